@@ -1,0 +1,399 @@
+"""The pre-training data, shared by every objective and knowing nothing about any of them.
+
+Documents (a Hugging Face dataset, local text/JSON/Parquet files, or the embedded CPython-docs
+corpus) are split into sentences, tokenised, and packed ELECTRA-style into examples
+``[CLS] A [SEP] B [SEP]`` of up to ``max_seq_length`` tokens, with ``token_type_ids`` 0 for the
+first segment and 1 for the second. Sentences run on across documents so that short documents do
+not leave examples mostly padding. Each example also carries ``special_tokens_mask`` and
+``word_ids`` (the word each token belongs to, -1 for special tokens) so that objectives can mask
+whole words; the datamodule never masks anything itself.
+
+Tokenisation and packing go through ``datasets.map`` (batched, multi-process, cached under an
+explicit fingerprint of source, tokenizer and settings), so a second run reuses the cache.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.corpus import default_cache_dir
+from datamodules.tokenizer import cached_wordpiece, load_tokenizer, tokenizer_hash
+
+PACK_VERSION = "pack-1"
+_FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# Sentence boundary: end punctuation followed by space and an upper-case letter or digit, or a line break.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split a document into sentences (a simple rule; ELECTRA's corpus is one sentence per line)."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+def resolve_data_files(data_files: str | list[str]) -> list[str]:
+    """Expand globs; one-line error naming what was looked for when nothing matches."""
+    patterns = [data_files] if isinstance(data_files, str) else list(data_files)
+    found: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        if not matches:
+            raise FileNotFoundError(f"no data file matches {pattern!r} (looked in {os.path.abspath(os.path.dirname(pattern) or '.')})")
+        found += matches
+    formats = {_FORMATS.get(Path(f).suffix.lower()) for f in found}
+    if None in formats or len(formats) != 1:
+        raise ValueError(f"data_files must all be one of {', '.join(sorted(_FORMATS))} files, got {found[:5]}")
+    return found
+
+
+class Packer:
+    """Turns a batch of documents into packed examples (a picklable callable for ``datasets.map``)."""
+
+    def __init__(self, tokenizer, text_column: str, max_seq_length: int, short_seq_prob: float,
+                 single_segment_prob: float, seed: int):
+        self.tokenizer = tokenizer
+        self.text_column = text_column
+        self.max_len = max_seq_length
+        self.short_seq_prob = short_seq_prob
+        self.single_segment_prob = single_segment_prob
+        self.seed = seed
+        self.special_ids = frozenset(tokenizer.all_special_ids)
+
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        # Seeded by the batch's first document: the same data and settings give the same examples.
+        rng = random.Random(self.seed * 1_000_003 + indices[0])
+        sentences = [s for text in batch[self.text_column] if text for s in split_sentences(text)]
+        out: dict[str, list] = {"input_ids": [], "token_type_ids": [], "special_tokens_mask": [], "word_ids": []}
+        if not sentences:
+            return out
+        enc = self.tokenizer(sentences, add_special_tokens=False, return_attention_mask=False,
+                             return_token_type_ids=False)
+        chunk: list[tuple[list[int], list[int]]] = []
+        length, target = 0, self._target(rng)
+        for i, ids in enumerate(enc["input_ids"]):
+            if not ids:
+                continue
+            words = [-1 if w is None else w for w in enc.word_ids(i)]
+            for start in range(0, len(ids), self.max_len - 3):  # split over-long sentences
+                chunk.append((ids[start:start + self.max_len - 3], words[start:start + self.max_len - 3]))
+                length += len(chunk[-1][0])
+                if length >= target - 3:
+                    self._emit(chunk, target, rng, out)
+                    chunk, length, target = [], 0, self._target(rng)
+        if chunk:
+            self._emit(chunk, target, rng, out)
+        return out
+
+    def _target(self, rng: random.Random) -> int:
+        # Mostly full-length examples; a few short ones so the model also sees short inputs.
+        return rng.randint(5, self.max_len) if rng.random() < self.short_seq_prob else self.max_len
+
+    def _emit(self, chunk, target: int, rng: random.Random, out: dict[str, list]) -> None:
+        first_target = 10**9 if rng.random() < self.single_segment_prob else (target - 3) // 2
+        a: list[tuple[list[int], list[int]]] = []
+        b: list[tuple[list[int], list[int]]] = []
+        a_len = 0
+        for sentence in chunk:
+            if not b and (not a or a_len + len(sentence[0]) < first_target):
+                a.append(sentence)
+                a_len += len(sentence[0])
+            else:
+                b.append(sentence)
+        ids_a, words_a = self._concat(a, 0)
+        ids_a, words_a = ids_a[: self.max_len - 2], words_a[: self.max_len - 2]
+        n_words = max(words_a, default=-1) + 1
+        ids_b, words_b = self._concat(b, n_words)
+        room = max(0, self.max_len - len(ids_a) - 3)
+        ids_b, words_b = ids_b[:room], words_b[:room]
+        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        ids = [cls] + ids_a + [sep]
+        types = [0] * len(ids)
+        word_ids = [-1] + words_a + [-1]
+        if ids_b:
+            ids += ids_b + [sep]
+            types += [1] * (len(ids_b) + 1)
+            word_ids += words_b + [-1]
+        special = [1 if t in self.special_ids else 0 for t in ids]
+        # Special tokens have no word (-1); other tokens without a word id (-2) become words of their own.
+        word_ids = [-1 if s else (w if w >= 0 else -2) for w, s in zip(word_ids, special)]
+        out["input_ids"].append(ids)
+        out["token_type_ids"].append(types)
+        out["special_tokens_mask"].append(special)
+        out["word_ids"].append(word_ids)
+
+    @staticmethod
+    def _concat(sentences, offset: int) -> tuple[list[int], list[int]]:
+        """Concatenate sentences, renumbering word ids so each word in the example is unique."""
+        ids: list[int] = []
+        words: list[int] = []
+        for s_ids, s_words in sentences:
+            ids += s_ids
+            base = offset
+            words += [base + w if w >= 0 else -1 for w in s_words]
+            offset = max(words, default=offset - 1) + 1
+        return ids, words
+
+
+def collate(examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """Pad a list of packed examples to the longest (rounded up to a multiple of 8, for tensor cores).
+
+    Returns (B, L) tensors: input_ids, token_type_ids, attention_mask (long), special_tokens_mask
+    (bool) and word_ids (long, -1 for special tokens and padding; unique per word within a row).
+    """
+    lengths = [len(e["input_ids"]) for e in examples]
+    L_ = -(-max(lengths) // pad_to_multiple_of) * pad_to_multiple_of
+    B = len(examples)
+    input_ids = np.full((B, L_), pad_token_id, dtype=np.int64)
+    token_type_ids = np.zeros((B, L_), dtype=np.int64)
+    attention_mask = np.zeros((B, L_), dtype=np.int64)
+    special = np.zeros((B, L_), dtype=bool)
+    word_ids = np.full((B, L_), -1, dtype=np.int64)
+    for i, (e, n) in enumerate(zip(examples, lengths)):
+        input_ids[i, :n] = e["input_ids"]
+        token_type_ids[i, :n] = e["token_type_ids"]
+        attention_mask[i, :n] = 1
+        special[i, :n] = e["special_tokens_mask"]
+        w = np.asarray(e["word_ids"], dtype=np.int64)
+        # Pieces without a word id (-2) become words of their own, numbered after the real words.
+        lone = w == -2
+        w[lone] = w.max(initial=-1) + 1 + np.arange(lone.sum())
+        word_ids[i, :n] = w
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "token_type_ids": torch.from_numpy(token_type_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+        "special_tokens_mask": torch.from_numpy(special),
+        "word_ids": torch.from_numpy(word_ids),
+    }
+
+
+class PretrainingDataModule(L.LightningDataModule):
+    """Packed ``[CLS] A [SEP] B [SEP]`` examples for pre-training, from any text source.
+
+    Args:
+        dataset: a Hugging Face dataset name (e.g. ``Salesforce/wikitext``) or a directory written by
+            ``datasets.save_to_disk``. ``None`` and no ``data_files``: the embedded CPython-docs corpus.
+        dataset_config: the dataset's configuration (e.g. ``wikitext-103-raw-v1``).
+        data_files: local ``.txt`` (one document per line), ``.json``/``.jsonl`` or ``.parquet`` files
+            (paths or globs) with a ``text_column``.
+        text_column: the column that holds the document text.
+        tokenizer: a tokenizer name or path to load; ``None`` trains a WordPiece tokenizer on the
+            training split (cached on disk and reused).
+        vocab_size: size of the trained tokenizer's vocabulary (must equal the encoder's).
+        lowercase: lower-case and strip accents before WordPiece (the paper's uncased setting).
+        max_seq_length: longest example in tokens, [CLS] and [SEP]s included.
+        batch_size: examples per device per step (the global batch is this x devices x accumulation).
+        val_fraction: share of documents held out for validation when the source has no validation split.
+        max_val_examples: cap on validation examples (validation then costs little beside training).
+        short_seq_prob: share of examples packed to a random shorter length.
+        single_segment_prob: share of examples with one segment only (no B).
+        seed: seed for the split, packing and shuffling; the same seed gives the same order.
+        num_workers: DataLoader worker processes.
+        num_proc: processes for tokenisation and packing (``None``: one).
+        cache_dir: where the corpus, tokenizers and packed data are cached (default ``$ISOFLOP_CACHE``
+            or ``~/.cache/isoflop``).
+        max_documents: use only the first N training documents (quick experiments).
+    """
+
+    def __init__(
+        self,
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        data_files: list[str] | str | None = None,
+        text_column: str = "text",
+        tokenizer: str | None = None,
+        vocab_size: int = 30522,
+        lowercase: bool = True,
+        max_seq_length: int = 128,
+        batch_size: int = 32,
+        val_fraction: float = 0.02,
+        max_val_examples: int | None = 1024,
+        short_seq_prob: float = 0.05,
+        single_segment_prob: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
+        max_documents: int | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if max_seq_length < 8:
+            raise ValueError(f"max_seq_length must be at least 8, got {max_seq_length}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+        if dataset is not None and data_files is not None:
+            raise ValueError("give either dataset or data_files, not both")
+        # Bad local paths fail here, at construction, before anything is computed.
+        self.data_files = resolve_data_files(data_files) if data_files is not None else None
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._tokenizer = None
+        self.fingerprint: dict[str, Any] = {}
+        self.train_dataset = None
+        self.val_dataset = None
+
+    # -- sources -------------------------------------------------------------------------------
+
+    def _load_documents(self):
+        """(train, validation or None) document datasets, plus a fingerprint of the source."""
+        import datasets
+
+        hp = self.hparams
+        if self.data_files is not None:
+            fmt = _FORMATS[Path(self.data_files[0]).suffix.lower()]
+            ds = datasets.load_dataset(fmt, data_files=self.data_files, split="train")
+            fp = {"source": "files", "files": self.data_files, "fingerprint": ds._fingerprint}
+            splits = {"train": ds}
+        elif hp.dataset is None:
+            from datamodules.corpus import corpus_fingerprint, load_corpus
+
+            ds = load_corpus(self.cache_dir)
+            fp = {"source": "embedded", **corpus_fingerprint(self.cache_dir)}
+            splits = {"train": ds}
+        elif os.path.isdir(hp.dataset) and (Path(hp.dataset) / "dataset_info.json").exists() or (
+            os.path.isdir(hp.dataset) and (Path(hp.dataset) / "dataset_dict.json").exists()
+        ):
+            loaded = datasets.load_from_disk(hp.dataset)
+            splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+            fp = {"source": "disk", "path": os.path.abspath(hp.dataset), "fingerprint": splits["train"]._fingerprint}
+        else:
+            try:
+                loaded = datasets.load_dataset(hp.dataset, hp.dataset_config)
+            except Exception as err:  # datasets raises many types; all mean "could not get it"
+                raise ValueError(
+                    f"could not load dataset {hp.dataset!r} (config {hp.dataset_config!r}) from the Hugging Face hub "
+                    f"or a local directory: {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
+                    "Check the name, or pass local files with --data.data_files"
+                ) from None
+            splits = dict(loaded)
+            if "train" not in splits:
+                raise ValueError(f"dataset {hp.dataset!r} has no 'train' split (it has {', '.join(splits)})")
+            fp = {"source": "hub", "name": hp.dataset, "config": hp.dataset_config, "fingerprint": splits["train"]._fingerprint}
+        train = splits["train"]
+        if hp.text_column not in train.column_names:
+            raise ValueError(f"the data has no column {hp.text_column!r} (it has {', '.join(train.column_names)}): set --data.text_column")
+        val = splits.get("validation")
+        if val is None:
+            parts = train.train_test_split(test_size=hp.val_fraction, seed=hp.seed, shuffle=True)
+            train, val = parts["train"], parts["test"]
+        if hp.max_documents is not None:
+            train = train.select(range(min(hp.max_documents, len(train))))
+        return train, val, fp
+
+    # -- tokenizer -----------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        """The tokenizer, loaded or trained (and cached) on first use."""
+        if self._tokenizer is None:
+            self._prepare_tokenizer()
+        return self._tokenizer
+
+    def _prepare_tokenizer(self, train_docs=None, source_fp=None) -> None:
+        hp = self.hparams
+        if hp.tokenizer is not None:
+            self._tokenizer = load_tokenizer(hp.tokenizer)
+            return
+        if train_docs is None:
+            train_docs, _, source_fp = self._load_documents()
+        column = hp.text_column
+
+        def texts():
+            for start in range(0, len(train_docs), 1000):
+                yield from (t for t in train_docs[start:start + 1000][column] if t)
+
+        self._tokenizer = cached_wordpiece(
+            texts, {"source": source_fp, "documents": len(train_docs)}, self.cache_dir, hp.vocab_size,
+            hp.lowercase, length=len(train_docs),
+        )
+
+    def tokenizer_vocab_size(self) -> int:
+        """The vocabulary size the tokenizer will have, known without training it."""
+        if self.hparams.tokenizer is None:
+            return self.hparams.vocab_size
+        return len(self.tokenizer)
+
+    # -- packing -------------------------------------------------------------------------------
+
+    def _pack(self, docs, split: str, source_fp: dict):
+        hp = self.hparams
+        tok = self.tokenizer
+        settings = {k: hp[k] for k in ("max_seq_length", "short_seq_prob", "single_segment_prob", "seed", "text_column")}
+        blob = json.dumps({"source": source_fp, "docs": docs._fingerprint, "split": split, "tok": tokenizer_hash(tok),
+                           "settings": settings, "v": PACK_VERSION}, sort_keys=True, default=str)
+        fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        if (hp.num_proc or 1) > 1:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers each tokenise
+        packer = Packer(tok, hp.text_column, hp.max_seq_length, hp.short_seq_prob, hp.single_segment_prob, hp.seed)
+        return docs.map(
+            packer,
+            batched=True,
+            batch_size=256,
+            with_indices=True,
+            remove_columns=docs.column_names,
+            num_proc=hp.num_proc,
+            new_fingerprint=fingerprint,
+            desc=f"Packing {split} examples",
+        )
+
+    def _build(self) -> None:
+        train_docs, val_docs, source_fp = self._load_documents()
+        if self._tokenizer is None:
+            self._prepare_tokenizer(train_docs, source_fp)
+        self.fingerprint = source_fp
+        self.train_dataset = self._pack(train_docs, "train", source_fp)
+        val = self._pack(val_docs, "validation", source_fp)
+        if self.hparams.max_val_examples is not None and len(val) > self.hparams.max_val_examples:
+            val = val.select(range(self.hparams.max_val_examples))
+        self.val_dataset = val
+        if len(self.train_dataset) == 0:
+            raise ValueError("the training data produced no examples: is the text column empty?")
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node: build the corpus, tokenizer and packed caches once.
+        self._build()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is None:
+            self._build()  # loads from the caches prepare_data wrote
+        if self.trainer is not None:
+            for logger in self.trainer.loggers:
+                logger.log_hyperparams({"data_fingerprint": self.fingerprint})
+
+    # -- loaders -------------------------------------------------------------------------------
+
+    def _collate(self, examples):
+        return collate(examples, self.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        # Seeded shuffle; under DDP Lightning swaps in a DistributedSampler so ranks read disjoint data.
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(self.hparams.seed),
+            collate_fn=self._collate,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=False,
+            collate_fn=self._collate,
+            num_workers=self.hparams.num_workers,
+        )

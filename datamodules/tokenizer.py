@@ -1,0 +1,90 @@
+"""WordPiece tokenizers: trained on the training split (cached on disk) or loaded by name/path.
+
+A trained tokenizer is an uncased (by default) BERT-style WordPiece vocabulary, the ELECTRA
+paper's choice, saved as a Hugging Face ``ElectraTokenizerFast`` so exports load it with
+``AutoTokenizer.from_pretrained``. Its vocabulary size is exactly the one asked for: when the corpus
+supports fewer pieces, the rest is filled with ``[unusedN]`` tokens, as in BERT's own vocabulary,
+so the encoder's embedding matrix and the tokenizer always agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from filelock import FileLock
+from transformers import AutoTokenizer, ElectraTokenizerFast, PreTrainedTokenizerBase
+
+# Fixed ids 0..4 for the special tokens of trained tokenizers.
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TOKENIZER_VERSION = "wordpiece-1"
+
+
+def train_wordpiece(
+    texts: Iterable[str], vocab_size: int, lowercase: bool = True, length: int | None = None
+) -> ElectraTokenizerFast:
+    """Train a BERT-style WordPiece tokenizer with exactly ``vocab_size`` tokens."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=True, min_frequency=2
+    )
+    tok.train_from_iterator(texts, trainer=trainer, length=length)
+    vocab = tok.get_vocab()
+    for i in range(vocab_size - len(vocab)):  # pad to the exact size asked for
+        vocab[f"[unused{i}]"] = len(vocab)
+    return ElectraTokenizerFast(vocab=vocab, do_lower_case=lowercase, strip_accents=lowercase)
+
+
+def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A stable hash of a tokenizer's full definition (for cache keys)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """Any Hugging Face tokenizer by hub name or local path, with a clear error if it cannot be found."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not load tokenizer {name_or_path!r} (looked for a local directory and a Hugging Face hub "
+            f"name): {str(err).splitlines()[0]}"
+        ) from None
+    if tokenizer.mask_token is None or tokenizer.pad_token is None:
+        raise ValueError(f"tokenizer {name_or_path!r} has no [MASK] or no [PAD] token: masked-input objectives need both")
+    return tokenizer
+
+
+def cached_wordpiece(
+    texts: "callable[[], Iterator[str]]",
+    key: dict,
+    cache_dir: str | os.PathLike,
+    vocab_size: int,
+    lowercase: bool = True,
+    length: int | None = None,
+) -> PreTrainedTokenizerBase:
+    """Train once per (corpus, settings) and reuse: the tokenizer lives in ``cache_dir/tokenizers/<hash>``.
+
+    ``texts`` is called only on a cache miss. A file lock makes concurrent ranks wait for the first.
+    """
+    blob = json.dumps({**key, "vocab_size": vocab_size, "lowercase": lowercase, "v": TOKENIZER_VERSION}, sort_keys=True)
+    path = Path(cache_dir) / "tokenizers" / hashlib.sha256(blob.encode()).hexdigest()[:16]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not (path / "tokenizer_config.json").exists():
+            tokenizer = train_wordpiece(texts(), vocab_size, lowercase, length)
+            tmp = path.with_name(path.name + ".tmp")
+            tokenizer.save_pretrained(tmp)
+            (tmp / "isoflop_tokenizer.json").write_text(blob)
+            os.replace(tmp, path)  # atomic: a crash never leaves a half-written tokenizer
+    return AutoTokenizer.from_pretrained(path)

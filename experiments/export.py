@@ -1,0 +1,48 @@
+"""``isoflop export``: a Lightning checkpoint to Hugging Face ``save_pretrained`` directories.
+
+The checkpoint carries the objective's class path and its tokenizer (see
+``PretrainingObjective.on_save_checkpoint``), so export needs nothing but the file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def load_objective(checkpoint: str | os.PathLike):
+    """The objective saved in a checkpoint, on the CPU, in eval mode."""
+    from objectives.base import import_class
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} not found: pass a .ckpt file written by isoflop pretrain")
+    meta = torch.load(path, map_location="cpu", weights_only=False).get("isoflop")
+    if not meta or "class_path" not in meta:
+        raise ValueError(f"{str(path)!r} is not an isoflop checkpoint (no 'isoflop' metadata): export needs one written by isoflop pretrain")
+    module = import_class(meta["class_path"]).load_from_checkpoint(path, map_location="cpu")
+    return module.eval()
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> list[str]:
+    """Export, writing to a temporary directory first so a failure never leaves a half-written one.
+
+    Returns lines describing what was written.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{str(out)!r} exists and is not empty: choose another directory (nothing was overwritten)")
+    module = load_objective(checkpoint)
+    tmp = out.with_name(out.name + ".tmp-export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    module.export(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    lines = [f"exported {type(module).__name__} to {out}"]
+    for config in sorted(out.rglob("config.json")):
+        lines.append(f"  {config.parent}: {__import__('json').loads(config.read_text())['architectures'][0]}")
+    return lines

@@ -1,0 +1,280 @@
+"""What every pre-training objective shares: sizes, masking settings, optimiser, schedule, token
+counting, tokenizer bookkeeping and checkpoint metadata. An objective's own logic (its models,
+losses and export) lives in its own file; this module holds no objective-specific code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from objectives.encoder import MASK_PROB, EncoderSize, electra_config, resolve_size
+from objectives.masking import MaskedPositions, check_mask_args, choose_positions, max_predictions
+
+# Paper Table 6 learning rates; tiny is ours (a small model on a CPU wants a larger step).
+LEARNING_RATE = {"tiny": 2e-3, "small": 5e-4, "base": 2e-4, "large": 2e-4}
+
+
+class PretrainingObjective(L.LightningModule):
+    """Base class of the pre-training objectives (not an objective itself).
+
+    Args:
+        size: encoder size preset: ``tiny``, ``small``, ``base`` or ``large`` (ELECTRA paper, Table 6).
+        vocab_size: vocabulary size; must equal the tokenizer's.
+        hidden_size: override the preset's hidden width.
+        num_layers: override the preset's number of layers.
+        num_heads: override the preset's number of attention heads.
+        intermediate_size: override the preset's feed-forward width.
+        embedding_size: override the preset's embedding width (ELECTRA-Small: 128 < hidden 256).
+        max_position_embeddings: longest sequence the encoder accepts.
+        dropout: hidden and attention dropout.
+        mask_prob: share of non-pad tokens chosen for masking; ``None``: the paper's value for the size
+            (0.15, or 0.25 at Large).
+        mask_style: ``bert`` (80% [MASK], 10% random, 10% kept) or ``electra`` (85% [MASK], 15% kept).
+        whole_word: choose whole words (all their WordPiece pieces together) instead of single tokens.
+        learning_rate: peak learning rate; ``None``: the paper's value for the size.
+        weight_decay: AdamW weight decay, not applied to biases and LayerNorm weights.
+        adam_betas: AdamW betas.
+        adam_eps: AdamW epsilon.
+        warmup_fraction: share of training spent in linear warmup; then linear decay to 0.
+        max_grad_norm: gradient-norm clipping (0 disables).
+        seed: seed of the fixed validation masks (each validation batch is masked the same way every time).
+    """
+
+    def __init__(
+        self,
+        size: str = "small",
+        vocab_size: int = 30522,
+        hidden_size: int | None = None,
+        num_layers: int | None = None,
+        num_heads: int | None = None,
+        intermediate_size: int | None = None,
+        embedding_size: int | None = None,
+        max_position_embeddings: int = 512,
+        dropout: float = 0.1,
+        mask_prob: float | None = None,
+        mask_style: str = "bert",
+        whole_word: bool = False,
+        learning_rate: float | None = None,
+        weight_decay: float = 0.01,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-6,
+        warmup_fraction: float = 0.01,
+        max_grad_norm: float = 1.0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.shape: EncoderSize = resolve_size(size, hidden_size, num_layers, num_heads, intermediate_size, embedding_size)
+        self.mask_prob = MASK_PROB[size] if mask_prob is None else mask_prob
+        check_mask_args(self.mask_prob, mask_style)
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction}")
+        self.learning_rate = LEARNING_RATE[size] if learning_rate is None else learning_rate
+        self.vocab_size = vocab_size
+        self.mask_style = mask_style
+        self.whole_word = whole_word
+        # Set from the tokenizer (attach_tokenizer); buffers so they follow the module across devices
+        # and into checkpoints.
+        self.register_buffer("mask_token_id", torch.tensor(-1, dtype=torch.long))
+        # Global count of training tokens (all ranks), kept in checkpoints so resume continues it.
+        self.register_buffer("tokens_seen", torch.tensor(0, dtype=torch.long))
+        self.scheduled_steps: int | None = None  # set from a FLOPs budget; else the trainer's steps
+        self.tokenizer = None
+
+    # -- construction helpers ------------------------------------------------------------------
+
+    def encoder_config(self, shape: EncoderSize | None = None):
+        """Hugging Face config of an encoder of ``shape`` (default: this objective's size)."""
+        hp = self.hparams
+        return electra_config(shape or self.shape, self.vocab_size, hp.max_position_embeddings, hp.dropout)
+
+    # -- tokenizer and data checks -------------------------------------------------------------
+
+    def attach_tokenizer(self, tokenizer) -> None:
+        """Take the special-token ids from the tokenizer, after checking it fits the encoder."""
+        if len(tokenizer) != self.vocab_size:
+            raise ValueError(
+                f"tokenizer vocabulary size {len(tokenizer)} differs from the encoder's vocab_size {self.vocab_size}: "
+                f"set the model's vocab_size to {len(tokenizer)} (or the data's vocab_size to {self.vocab_size})"
+            )
+        if tokenizer.mask_token_id is None:
+            raise ValueError("the tokenizer has no [MASK] token: masked-input objectives need one")
+        self.mask_token_id.fill_(tokenizer.mask_token_id)
+        self.tokenizer = tokenizer
+
+    def check_data(self, datamodule) -> None:
+        """Bad combinations of data and model, found before any compute is spent."""
+        max_len = datamodule.hparams.max_seq_length
+        limit = self.hparams.max_position_embeddings
+        if max_len > limit:
+            raise ValueError(
+                f"max_seq_length {max_len} exceeds the encoder's position limit {limit}: lower the data's "
+                f"max_seq_length or raise the model's max_position_embeddings"
+            )
+        n = datamodule.tokenizer_vocab_size()
+        if n != self.vocab_size:
+            raise ValueError(
+                f"tokenizer vocabulary size {n} differs from the encoder's vocab_size {self.vocab_size}: "
+                f"set the model's vocab_size to {n} (or the data's vocab_size to {self.vocab_size})"
+            )
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
+            self.check_data(datamodule)
+            self.attach_tokenizer(datamodule.tokenizer)
+        if int(self.mask_token_id) < 0:
+            raise RuntimeError("no tokenizer attached: use a datamodule with a tokenizer or call attach_tokenizer()")
+
+    # -- FLOPs -------------------------------------------------------------------------------------
+
+    def flops_shape(self, shape: EncoderSize | None = None):
+        """The FLOPs-relevant shape of an encoder of this objective (default: the main one)."""
+        from objectives.flops import EncoderShape
+
+        return EncoderShape.from_size(shape or self.shape, self.vocab_size)
+
+    def predicted_positions(self, seq_len: int, convention: str, mask_prob: float | None = None) -> float:
+        """Positions per sequence an MLM head is charged for: the static K slots it really runs on
+        (``masking.max_predictions``) in the ``actual`` convention, the paper's fixed share in ``paper``."""
+        from objectives.flops import predicted_positions
+
+        p = self.mask_prob if mask_prob is None else mask_prob
+        k = max_predictions(seq_len, p, self.whole_word)
+        return predicted_positions(seq_len, convention, mask_prob=p, n_masked=k)
+
+    def flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
+        """Training FLOPs (forward and backward) of one sequence of ``seq_len`` tokens in one step,
+        by ``objectives.flops`` in the named convention (``actual`` or ``paper``)."""
+        raise NotImplementedError
+
+    def flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
+        return batch_size * self.flops_per_sequence(seq_len, convention)
+
+    # -- the step --------------------------------------------------------------------------------
+
+    def choose_positions(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> MaskedPositions:
+        return choose_positions(
+            batch["attention_mask"],
+            batch["special_tokens_mask"],
+            self.mask_prob,
+            word_ids=batch["word_ids"] if self.whole_word else None,
+            generator=generator,
+        )
+
+    def compute(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
+        """The objective's losses and metrics for one batch; ``loss`` is what is optimised."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        metrics = self.compute(batch, None)
+        tokens = batch["attention_mask"].sum()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum")  # count over the global batch
+        self.tokens_seen += tokens
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
+                      batch_size=batch["input_ids"].shape[0])
+        self.log("train/tokens", self.tokens_seen.double(), on_step=True, on_epoch=False, reduce_fx="max")
+        return metrics["loss"]
+
+    def validation_generator(self, batch_idx: int) -> torch.Generator:
+        """The same masks at every validation run, so validation curves compare across steps and runs."""
+        return torch.Generator(device=self.device).manual_seed(self.hparams.seed * 100_003 + batch_idx)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        metrics = self.compute(batch, self.validation_generator(batch_idx))
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True, sync_dist=True,
+                      batch_size=batch["input_ids"].shape[0])
+
+    # -- optimisation ------------------------------------------------------------------------------
+
+    def total_steps(self) -> int:
+        """Optimiser steps the schedule spans: those a FLOPs budget buys when there is one, else the
+        trainer's ``max_steps`` (or epochs x batches)."""
+        if self.scheduled_steps is not None:
+            return self.scheduled_steps
+        return max(1, int(self.trainer.estimated_stepping_batches))
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():  # shared parameters appear once
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 else decay).append(p)  # biases and LayerNorm weights: no decay
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.learning_rate,
+            betas=tuple(hp.adam_betas),
+            eps=hp.adam_eps,
+        )
+        total = self.total_steps()
+        warmup = int(hp.warmup_fraction * total)
+
+        def schedule(step: int) -> float:  # linear warmup, then linear decay to 0 at the end
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+
+    # -- checkpoints and export -----------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint is self-contained for export: the objective's class and its tokenizer's files.
+        meta = {"class_path": f"{type(self).__module__}.{type(self).__qualname__}"}
+        if self.tokenizer is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.tokenizer.save_pretrained(tmp)
+                meta["tokenizer_files"] = {p.name: p.read_text() for p in Path(tmp).iterdir() if p.is_file()}
+        checkpoint["isoflop"] = meta
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        files = checkpoint.get("isoflop", {}).get("tokenizer_files")
+        if files:
+            from transformers import AutoTokenizer
+
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, text in files.items():
+                    (Path(tmp) / name).write_text(text)
+                self.tokenizer = AutoTokenizer.from_pretrained(tmp)
+
+    def save_tokenizer(self, out_dir: str | Path) -> None:
+        if self.tokenizer is None:
+            raise RuntimeError("no tokenizer to export: the checkpoint was saved without one")
+        self.tokenizer.save_pretrained(out_dir)
+
+    def export(self, out_dir: str | Path) -> None:
+        """Write Hugging Face ``save_pretrained`` directories (model and tokenizer) to ``out_dir``."""
+        raise NotImplementedError
+
+
+def masked_lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross entropy and accuracy over labelled slots; ``labels`` is -100 where nothing is predicted.
+
+    logits: (B, K, V); labels: (B, K). The loss is taken in float32 (bf16 logits lose precision in
+    the log-sum-exp). No boolean indexing, so no host-device sync.
+    """
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    valid = labels != -100
+    correct = (logits.argmax(-1) == labels) & valid
+    acc = correct.sum() / valid.sum().clamp(min=1)
+    return loss, acc
+
+
+def import_class(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,318 @@
+"""Fine-tuning a pre-trained encoder on one classification or regression task, ELECTRA's way.
+
+Every objective is judged by the same downstream recipe (ELECTRA paper, appendix A; official code
+``finetune/`` and ``model/optimization.py``): the [CLS] vector -> dropout 0.1 -> linear (no
+pooler); AdamW with weight decay 0.01 (not on LayerNorm and biases), eps 1e-6; learning rate 1e-4
+with layer-wise decay 0.8, linear warmup over 10% of the steps then linear decay to 0. MSE on
+STS-B's rescaled score, cross entropy elsewhere.
+
+The encoder is whatever ``AutoModel.from_pretrained(dir)`` returns: for an isoflop export or any
+``save_pretrained`` directory of ``ElectraForPreTraining`` / ``ElectraForMaskedLM`` /
+``BertForMaskedLM`` that is the bare encoder, with the pre-training head's weights left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef
+from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from datamodules.glue import TaskSpec, get_task
+
+# Files any Hugging Face tokenizer is saved as; at least one must be in an encoder directory.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+# GLUE's metrics by name (what TaskSpec.metrics lists). Binary F1 is of the positive class, as
+# GLUE's own scorer (sklearn's f1_score) computes it for MRPC and QQP.
+_METRICS: dict[str, Any] = {
+    "accuracy": lambda n: Accuracy(task="multiclass", num_classes=n),
+    "f1": lambda n: F1Score(task="binary"),
+    "macro_f1": lambda n: F1Score(task="multiclass", num_classes=n, average="macro"),
+    "mcc": lambda n: MatthewsCorrCoef(task="binary" if n == 2 else "multiclass", num_classes=n),
+    "pearson": lambda n: PearsonCorrCoef(),
+    "spearman": lambda n: SpearmanCorrCoef(),
+}
+
+
+def task_metrics(spec: TaskSpec) -> MetricCollection:
+    """A fresh metric collection for one task, keyed by metric name.
+
+    Update it with ``(preds, labels)``: predicted class ids ``(B,)`` for classification, predicted
+    scores ``(B,)`` for regression.
+    """
+    with warnings.catch_warnings():
+        # Spearman keeps every prediction to rank them: fine at GLUE's dev-set sizes, no need to warn.
+        warnings.filterwarnings("ignore", message=".*will save all targets and predictions.*")
+        metrics: dict[str, Metric] = {name: _METRICS[name](spec.num_labels) for name in spec.metrics}
+    return MetricCollection(metrics)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks on an encoder directory
+# --------------------------------------------------------------------------------------------
+
+
+def check_encoder(encoder: str) -> None:
+    """Fail fast, in one line, on an encoder directory that cannot be fine-tuned.
+
+    Checks that the directory exists, holds a config and a tokenizer, and that the tokenizer's
+    vocabulary has exactly as many entries as the encoder's embedding matrix. Loads no weights.
+    Raises FileNotFoundError or ValueError.
+    """
+    path = Path(encoder).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"encoder {encoder!r} is a file; give the directory written by save_pretrained / isoflop export")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"encoder directory {encoder!r} has no config.json (not a save_pretrained directory)")
+        if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"encoder directory {encoder!r} has no tokenizer (none of {', '.join(_TOKENIZER_FILES[:3])}); "
+                "save it beside the model with tokenizer.save_pretrained(dir)"
+            )
+    elif os.path.isabs(encoder) or encoder.startswith((".", "~")) or encoder.count("/") > 1:
+        raise FileNotFoundError(f"encoder directory {encoder!r} not found")
+    # Otherwise a hub name ("google/electra-small-discriminator"): let transformers resolve it.
+    try:
+        config = AutoConfig.from_pretrained(encoder)
+        tokenizer = AutoTokenizer.from_pretrained(encoder)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"cannot load encoder {encoder!r}: {str(err).strip().splitlines()[0]}") from None
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) != vocab:
+        raise ValueError(
+            f"encoder {encoder!r}: tokenizer has {len(tokenizer)} tokens but the model's embedding matrix has "
+            f"{vocab} rows; they must match (was the tokenizer saved from the same run?)"
+        )
+
+
+def load_encoder(encoder: str) -> PreTrainedModel:
+    """The bare encoder of a checkpoint, without a pooler; refuses checkpoints with missing weights."""
+    # The pre-training head's weights are always "unexpected" here; transformers' load report and
+    # progress bar would print that for every seed, so they are muted and the missing keys, the
+    # only real problem, are checked below.
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = AutoModel.from_pretrained(encoder, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    # BERT checkpoints from an MLM run have no trained pooler and ELECTRA's recipe uses none;
+    # dropping it also keeps DDP from seeing parameters that never get a gradient.
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    if missing:
+        # A renamed or foreign checkpoint would otherwise fine-tune a randomly initialised encoder.
+        raise ValueError(
+            f"encoder {encoder!r}: {len(missing)} encoder weights missing from the checkpoint "
+            f"(e.g. {', '.join(missing[:3])}); it would fine-tune from random weights"
+        )
+    return model
+
+
+def encoder_layers(encoder: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The encoder's list of transformer layers and its dotted name (``encoder.layer`` for BERT/ELECTRA)."""
+    inner = getattr(encoder, "encoder", None)
+    if isinstance(getattr(inner, "layer", None), nn.ModuleList):
+        return "encoder.layer", inner.layer
+    # Other layouts: the first ModuleList called layer/layers/h.
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layer", "layers", "h"):
+            return name, module
+    raise ValueError(f"cannot find the transformer layers of {type(encoder).__name__} (no encoder.layer list)")
+
+
+# --------------------------------------------------------------------------------------------
+# The LightningModule
+# --------------------------------------------------------------------------------------------
+
+
+class SequenceClassification(L.LightningModule):
+    """A pre-trained encoder plus a linear head on [CLS], fine-tuned on one task.
+
+    Logs ``train/loss``, and after each dev pass ``val/loss`` and ``val/<metric>`` for the task's
+    metrics (MNLI's mismatched dev set as ``val/<metric>_mismatched``); ``test/...`` likewise for
+    tasks with a labelled test split.
+    """
+
+    def __init__(
+        self,
+        encoder: str,
+        task: str = "sst2",
+        learning_rate: float = 1e-4,
+        layerwise_lr_decay: float = 0.8,
+        weight_decay: float = 0.01,
+        warmup_fraction: float = 0.1,
+        adam_epsilon: float = 1e-6,
+        classifier_dropout: float = 0.1,
+    ) -> None:
+        """
+        Args:
+            encoder: Checkpoint directory (``save_pretrained`` / ``isoflop export``) or hub name; loaded with ``AutoModel``.
+            task: Task name (GLUE or offline); sets the number of labels, the loss and the metrics.
+            learning_rate: Peak learning rate of the task head; the top encoder layer gets ``learning_rate * decay``.
+                ELECTRA: 1e-4 (Base), 3e-4 (Small), 5e-5 (Large).
+            layerwise_lr_decay: Each layer further from the head multiplies the rate by this (ELECTRA: 0.8; Large 0.9).
+                1.0 turns the decay off.
+            weight_decay: Decoupled AdamW weight decay, not applied to biases and LayerNorm weights.
+            warmup_fraction: Fraction of the training steps with linear warmup; then linear decay to 0.
+            adam_epsilon: AdamW epsilon (ELECTRA: 1e-6).
+            classifier_dropout: Dropout on the [CLS] vector before the linear head.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = get_task(task)
+        self.encoder = load_encoder(encoder)
+        # from_pretrained returns the model in eval mode, and Lightning keeps each module's mode:
+        # without this, fine-tuning would run with the encoder's dropout switched off.
+        self.encoder.train()
+        hidden = self.encoder.config.hidden_size
+        self.dropout = nn.Dropout(classifier_dropout)
+        self.classifier = nn.Linear(hidden, self.spec.num_labels)
+        # BERT's initialisation for the new head: N(0, 0.02), zero bias.
+        std = getattr(self.encoder.config, "initializer_range", 0.02)
+        nn.init.normal_(self.classifier.weight, std=std)
+        nn.init.zeros_(self.classifier.bias)
+        self.val_metrics = nn.ModuleList([task_metrics(self.spec) for _ in self.spec.val_splits])
+        self.test_metrics = task_metrics(self.spec)
+
+    # -- forward and loss -------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits ``(B, num_labels)`` (``(B, 1)`` for regression) from a tokenised batch."""
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        hidden = self.encoder(**inputs).last_hidden_state  # (B, T, H)
+        cls = hidden[:, 0]  # (B, H): the [CLS] position
+        return self.classifier(self.dropout(cls))  # (B, num_labels)
+
+    def _predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """Regression scores or class ids ``(B,)`` from logits ``(B, num_labels)``."""
+        return logits.squeeze(-1).float() if self.spec.is_regression else logits.argmax(dim=-1)
+
+    def _loss_and_preds(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch).float()  # losses in float32 under mixed precision
+        labels = batch["labels"]
+        if self.spec.is_regression:
+            loss = F.mse_loss(logits.squeeze(-1), labels.float())
+        else:
+            loss = F.cross_entropy(logits, labels)
+        return loss, self._predictions(logits)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss_and_preds(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch["labels"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        loss, preds = self._loss_and_preds(batch)
+        self.val_metrics[dataloader_idx].update(preds, batch["labels"])
+        suffix = self.spec.metric_suffix(dataloader_idx)
+        self.log(
+            f"val/loss{suffix}", loss, on_epoch=True, sync_dist=True, add_dataloader_idx=False, batch_size=batch["labels"].shape[0]
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        for i, metrics in enumerate(self.val_metrics):
+            # torchmetrics gathers its states across processes inside compute().
+            for name, value in metrics.compute().items():
+                self.log(f"val/{name}{self.spec.metric_suffix(i)}", value, add_dataloader_idx=False)
+            metrics.reset()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, preds = self._loss_and_preds(batch)
+        self.test_metrics.update(preds, batch["labels"])
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch["labels"].shape[0])
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in self.test_metrics.compute().items():
+            self.log(f"test/{name}", value)
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Predicted class ids (or regression scores) ``(B,)``; labels are not needed."""
+        return self._predictions(self(batch))
+
+    # -- optimiser --------------------------------------------------------------------------
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW parameter groups with ELECTRA's layer-wise learning rates.
+
+        With L layers, distance from the top d: head 0, layer L-1 (the top) 1, ..., layer 0 L,
+        embeddings (with the embedding projection, and any other parameter outside the layer list)
+        L+1; a group's rate is ``learning_rate * layerwise_lr_decay ** d``. (ELECTRA's official code
+        leaves one unused depth between the head and the top layer, for BERT's pooler, so its top
+        layer gets decay**2; here, without a pooler, the distances are contiguous.)
+        Each depth is split in two groups: with weight decay, and without it for biases and
+        LayerNorm weights (every 1-d parameter). Groups are named ``head``, ``layer.<i>``,
+        ``embeddings``, with ``/no_decay`` appended for the second kind.
+        """
+        hp = self.hparams
+        prefix, layers = encoder_layers(self.encoder)
+        n_layers = len(layers)
+        groups: dict[str, dict[str, Any]] = {}
+
+        def add(name: str, distance: int, param: nn.Parameter, pname: str) -> None:
+            no_decay = param.ndim < 2
+            key = name + ("/no_decay" if no_decay else "")
+            if key not in groups:
+                groups[key] = {
+                    "name": key,
+                    "params": [],
+                    "param_names": [],
+                    "lr": hp.learning_rate * hp.layerwise_lr_decay**distance,
+                    "weight_decay": 0.0 if no_decay else hp.weight_decay,
+                }
+            groups[key]["params"].append(param)
+            groups[key]["param_names"].append(pname)
+
+        for pname, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            if not pname.startswith("encoder."):
+                add("head", 0, param, pname)
+                continue
+            rest = pname[len("encoder."):]
+            if rest.startswith(prefix + "."):
+                index = int(rest[len(prefix) + 1:].split(".", 1)[0])
+                add(f"layer.{index}", n_layers - index, param, pname)
+            else:
+                add("embeddings", n_layers + 1, param, pname)
+        return list(groups.values())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = self.parameter_groups()
+        for group in groups:
+            group.pop("param_names")  # torch keeps unknown keys, but names are for inspection only
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=(0.9, 0.999), eps=hp.adam_epsilon)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_fraction * total)
+
+        def schedule(step: int) -> float:
+            # Multiplies every group's own rate, so the layer-wise ratios hold throughout.
+            if step < warmup:
+                return step / warmup
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

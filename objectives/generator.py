@@ -1,0 +1,242 @@
+"""Generator-based corruption, shared by ELECTRA and the objectives the paper compares it with.
+
+Steps 1-6 of replaced token detection (reference section 2): choose positions, mask them, run a
+small MLM generator on the masked input, sample replacements from its softmax with Gumbel-max in
+float32 under no_grad (no gradient reaches the generator through sampling), write the samples into
+the original tokens, and label a token "replaced" iff it differs from the original. What the main
+network does with the corrupted input (detect replacements, predict originals, ...) is each
+objective's own business, in its own file.
+
+Also here: the generator/main-network pair, with the paper's embedding-sharing modes:
+
+- ``none``: separate embeddings.
+- ``embeddings`` (default): one embedding block (word, position and token-type tables and the
+  embedding LayerNorm) at ``embedding_size``; each network projects it to its own width; the
+  generator's output matrix is the shared word matrix.
+- ``all``: same-size networks share every encoder weight (the paper's tying study).
+- ``gdes``: DeBERTa-v3's gradient-disentangled sharing: the main network's word table is
+  stop_gradient(generator table) + a zero-initialised delta, so its loss never moves the shared table.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import ElectraForMaskedLM, PreTrainedModel
+
+from objectives.base import PretrainingObjective, masked_lm_loss
+from objectives.encoder import GENERATOR_HIDDEN_FRACTION
+from objectives.masking import MaskedPositions, apply_mask
+from objectives.mlm import mlm_logits
+
+SHARING_MODES = ("none", "embeddings", "all", "gdes")
+
+
+class GDESEmbedding(nn.Module):
+    """Word embeddings as stop_gradient(shared table) + delta (DeBERTa-v3, He et al. 2021).
+
+    The delta starts at zero, so at initialisation the main network sees the generator's table.
+    """
+
+    def __init__(self, shared: nn.Embedding):
+        super().__init__()
+        self.shared = shared
+        self.delta = nn.Parameter(torch.zeros_like(shared.weight))
+
+    @property
+    def weight(self) -> Tensor:
+        return self.shared.weight.detach() + self.delta
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return F.embedding(input_ids, self.weight, self.shared.padding_idx)
+
+
+@dataclass
+class Corruption:
+    """One batch's corruption.
+
+    masked:     the chosen positions.
+    corrupted:  (B, L) original tokens with the generator's samples at the chosen positions.
+    replaced:   (B, L) bool, corrupted != original (a sample equal to the original is "real").
+    labels:     (B, K) original tokens at the chosen positions, -100 in filler slots.
+    gen_logits: (B, K, V) generator logits at the chosen positions (None for a uniform generator).
+    """
+
+    masked: MaskedPositions
+    corrupted: Tensor
+    replaced: Tensor
+    labels: Tensor
+    gen_logits: Tensor | None
+
+
+def gumbel_sample(logits: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    """Sample token ids from softmax(logits / temperature) with the Gumbel-max trick, in float32.
+
+    float32 because Gumbel noise in half precision saturates (-log(-log(u)) of a rounded u) and the
+    argmax then picks badly; the known NaN failures of fp16 ELECTRA ports come from here.
+    """
+    logits = logits.float() / temperature
+    u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-9, 1.0 - 1e-9)
+    return (logits - torch.log(-torch.log(u))).argmax(dim=-1)
+
+
+def materialised_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A fresh Hugging Face model of the same class with GDES tables materialised (table + delta) and
+    no module shared with anything else, ready for ``save_pretrained``."""
+    state = {}
+    for name, module in model.named_modules():
+        if isinstance(module, GDESEmbedding):
+            state[f"{name}.weight"] = module.weight.detach().clone()
+    for key, value in model.state_dict().items():
+        if ".word_embeddings.shared." not in key and not key.endswith(".word_embeddings.delta"):
+            state[key] = value
+    fresh = type(model)(model.config)
+    fresh.load_state_dict(state, strict=False)  # the tied output matrix is restored by tying
+    fresh.tie_weights()
+    return fresh
+
+
+class GeneratorObjective(PretrainingObjective):
+    """Base of objectives that corrupt their input with a small MLM generator (not an objective itself).
+
+    Args:
+        generator_hidden_fraction: generator width as a fraction of the main network's; ``None``: the
+            paper's value for the size (1/4 Small and Large, 1/3 Base).
+        generator_layers_fraction: generator depth as a fraction of the main network's (paper: 1).
+        embedding_sharing: ``none``, ``embeddings`` (default), ``all`` (same sizes only) or ``gdes``.
+        gen_weight: weight of the generator's MLM loss in the total.
+        temperature: sampling temperature of the generator's softmax (paper: 1).
+        disallow_correct: never sample the original token at a chosen position.
+        uniform_generator: replace chosen tokens with uniformly random ones (no generator network).
+    """
+
+    main_class: type[PreTrainedModel]  # the main network's Hugging Face class, set by each objective
+
+    def __init__(
+        self,
+        generator_hidden_fraction: float | None = None,
+        generator_layers_fraction: float = 1.0,
+        embedding_sharing: str = "embeddings",
+        gen_weight: float = 1.0,
+        temperature: float = 1.0,
+        disallow_correct: bool = False,
+        uniform_generator: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        size = self.hparams.size
+        fraction = GENERATOR_HIDDEN_FRACTION[size] if generator_hidden_fraction is None else generator_hidden_fraction
+        if embedding_sharing not in SHARING_MODES:
+            raise ValueError(f"unknown embedding_sharing {embedding_sharing!r}: choose one of {', '.join(SHARING_MODES)}")
+        if fraction <= 0 or generator_layers_fraction <= 0:
+            raise ValueError("generator_hidden_fraction and generator_layers_fraction must be positive")
+        if fraction > 1:
+            warnings.warn(
+                f"generator_hidden_fraction {fraction} makes the generator wider than the discriminator: the ELECTRA "
+                "paper found generators 1/4 to 1/2 of the discriminator's size work best, and too strong a generator "
+                "makes the discriminator's task too hard (it collapses)",
+                stacklevel=2,
+            )
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.generator_shape = self.shape.scaled(fraction, generator_layers_fraction)
+        same_size = (fraction, generator_layers_fraction) == (1.0, 1.0)
+        if embedding_sharing == "all" and not same_size:
+            raise ValueError(
+                "embedding_sharing 'all' shares every weight, so it needs a generator of the discriminator's size: "
+                f"set generator_hidden_fraction and generator_layers_fraction to 1 (got {fraction} and {generator_layers_fraction})"
+            )
+        if same_size:
+            self.generator_shape = self.shape  # exactly the same shape, heads and FFN included
+        self.embedding_sharing = embedding_sharing
+        self.uniform_generator = uniform_generator
+
+        self.discriminator = self.main_class(self.encoder_config())
+        self.generator = None if uniform_generator else ElectraForMaskedLM(self.encoder_config(self.generator_shape))
+        if self.generator is not None:
+            self._share(embedding_sharing)
+
+    def _share(self, mode: str) -> None:
+        gen, disc = self.generator.electra, self.discriminator.electra
+        if mode == "embeddings":
+            gen.embeddings = disc.embeddings
+        elif mode == "all":
+            self.generator.electra = disc
+        elif mode == "gdes":
+            disc.embeddings.word_embeddings = GDESEmbedding(gen.embeddings.word_embeddings)
+        self.tie_output_embeddings()
+
+    def tie_output_embeddings(self) -> None:
+        """Point each MLM output matrix at its network's word table. Needed after any module swap:
+        otherwise the generator stays tied to an orphaned matrix (a known re-implementation bug)."""
+        for model in self.modules():
+            if isinstance(model, ElectraForMaskedLM):
+                words = model.electra.embeddings.word_embeddings
+                if isinstance(words, GDESEmbedding):
+                    continue  # its MLM head reads the materialised table through mlm_logits
+                model.generator_lm_head.weight = words.weight
+
+    # -- corruption --------------------------------------------------------------------------------
+
+    def corrupt(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> tuple[Corruption, dict[str, Tensor]]:
+        """Steps 1-6 of RTD; returns the corruption and the generator's loss and metrics."""
+        original = batch["input_ids"]  # (B, L)
+        masked = self.choose_positions(batch, generator)
+        labels = torch.where(masked.valid, masked.gather(original), -100)  # (B, K)
+        metrics: dict[str, Tensor] = {}
+        gen_logits = None
+        if self.generator is None:
+            sampled = torch.randint(self.vocab_size, labels.shape, device=original.device, generator=generator)
+        else:
+            gen_input = apply_mask(original, masked, self.mask_token_id, self.vocab_size, self.mask_style, generator=generator)
+            hidden = self.generator.electra(
+                input_ids=gen_input, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+            ).last_hidden_state  # (B, L, H_g)
+            gen_logits = mlm_logits(self.generator, masked.gather(hidden))  # (B, K, V)
+            metrics["gen_loss"], metrics["gen_acc"] = masked_lm_loss(gen_logits, labels)
+            with torch.no_grad():
+                logits = gen_logits.detach().float()
+                if self.hparams.disallow_correct:
+                    logits = logits.scatter(-1, labels.clamp(min=0).unsqueeze(-1), float("-inf"))
+                sampled = gumbel_sample(logits, self.hparams.temperature, generator)  # (B, K)
+        corrupted = masked.scatter(original, sampled)
+        replaced = corrupted != original  # padding and unchosen positions are never replaced
+        non_pad = batch["attention_mask"].sum()
+        metrics["replaced_frac"] = replaced.sum() / non_pad
+        return Corruption(masked, corrupted, replaced, labels, gen_logits), metrics
+
+    # -- FLOPs ----------------------------------------------------------------------------------------
+
+    def generator_flops(self, seq_len: int, convention: str) -> float:
+        """Training FLOPs of the generator per sequence (its encoder and MLM head; sampling is free)."""
+        from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
+
+        if self.generator is None:
+            return 0.0
+        gen = self.flops_shape(self.generator_shape)
+        n = self.predicted_positions(seq_len, convention)
+        return train_multiplier(convention) * (encoder_flops(gen, seq_len, convention) + mlm_head_flops(gen, n, convention))
+
+    def main_flops(self, seq_len: int, convention: str) -> float:
+        """Training FLOPs of the main network per sequence (each objective's own)."""
+        raise NotImplementedError
+
+    def flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
+        return self.generator_flops(seq_len, convention) + self.main_flops(seq_len, convention)
+
+    # -- export --------------------------------------------------------------------------------------
+
+    def export(self, out_dir: str | Path) -> None:
+        """``out_dir``: the main network with the tokenizer (what downstream tasks load);
+        ``out_dir/generator``: the generator as ``ElectraForMaskedLM`` with the tokenizer."""
+        out_dir = Path(out_dir)
+        materialised_copy(self.discriminator).save_pretrained(out_dir)
+        self.save_tokenizer(out_dir)
+        if self.generator is not None:
+            materialised_copy(self.generator).save_pretrained(out_dir / "generator")
+            self.save_tokenizer(out_dir / "generator")

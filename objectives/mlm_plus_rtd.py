@@ -1,0 +1,81 @@
+"""MLM + RTD: ELECTRA whose discriminator also carries an MLM head on positions of its own.
+
+After the generator's corruption, a second, disjoint set of positions (``disc_mask_prob`` of the
+non-pad tokens, never ones the generator filled) is set to [MASK] in the discriminator's input.
+The discriminator then (a) classifies every other non-pad token as original or replaced and
+(b) predicts the original token at its own [MASK] positions with an MLM head tied to its word
+embeddings. Total loss = gen_weight x generator MLM + disc_weight x RTD + mlm_weight x MLM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from transformers import ElectraForMaskedLM
+
+from objectives.base import masked_lm_loss
+from objectives.generator import materialised_copy
+from objectives.masking import choose_positions
+from objectives.mlm import mlm_logits
+from objectives.rtd import ReplacedTokenDetection, rtd_loss
+
+
+class MLMPlusRTD(ReplacedTokenDetection):
+    """Replaced token detection plus masked language modelling in one discriminator.
+
+    Args:
+        size: discriminator size preset: ``tiny``, ``small``, ``base`` or ``large``.
+        disc_mask_prob: share of non-pad tokens the discriminator sees as [MASK] and predicts.
+        mlm_weight: weight of the discriminator's MLM loss in the total.
+        **kwargs: every setting of :class:`objectives.rtd.ReplacedTokenDetection` (disc_weight,
+            generator_hidden_fraction, embedding_sharing, ...).
+    """
+
+    def __init__(self, size: str = "small", disc_mask_prob: float = 0.15, mlm_weight: float = 1.0, **kwargs):
+        super().__init__(size=size, **kwargs)
+        if not 0.0 < disc_mask_prob < 1.0 - self.mask_prob:
+            raise ValueError(f"disc_mask_prob must lie in (0, 1 - mask_prob), got {disc_mask_prob}")
+        # The discriminator's MLM head: an ElectraForMaskedLM whose encoder is the discriminator's.
+        self.discriminator_mlm = ElectraForMaskedLM(self.encoder_config())
+        self.discriminator_mlm.electra = self.discriminator.electra
+        self.tie_output_embeddings()
+
+    def main_flops(self, seq_len: int, convention: str) -> float:
+        from objectives.flops import mlm_head_flops, train_multiplier
+
+        n = self.predicted_positions(seq_len, convention, self.hparams.disc_mask_prob)
+        head = train_multiplier(convention) * mlm_head_flops(self.flops_shape(), n, convention)
+        return super().main_flops(seq_len, convention) + head
+
+    def compute(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
+        corruption, metrics = self.corrupt(batch, generator)
+        # The discriminator's own positions: chosen among tokens the generator did not touch.
+        own = choose_positions(
+            batch["attention_mask"],
+            batch["special_tokens_mask"] | corruption.masked.chosen,
+            self.hparams.disc_mask_prob,
+            generator=generator,
+        )
+        disc_input = corruption.corrupted.masked_fill(own.chosen, int(self.mask_token_id))  # (B, L)
+        hidden = self.discriminator.electra(
+            input_ids=disc_input, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+        ).last_hidden_state  # (B, L, H)
+        rtd_logits = self.discriminator.discriminator_predictions(hidden)  # (B, L)
+        weights = batch["attention_mask"].bool() & ~own.chosen  # [MASK]ed tokens are neither original nor replaced
+        disc_loss, disc_metrics = rtd_loss(rtd_logits, corruption.replaced, weights)
+        metrics.update(disc_metrics)
+        labels = torch.where(own.valid, own.gather(batch["input_ids"]), -100)  # (B, K')
+        mlm_logit = mlm_logits(self.discriminator_mlm, own.gather(hidden))  # (B, K', V)
+        metrics["mlm_loss"], metrics["mlm_acc"] = masked_lm_loss(mlm_logit, labels)
+        hp = self.hparams
+        gen_loss = metrics.get("gen_loss", torch.zeros((), device=self.device))
+        metrics["loss"] = hp.gen_weight * gen_loss + hp.disc_weight * disc_loss + hp.mlm_weight * metrics["mlm_loss"]
+        return metrics
+
+    def export(self, out_dir: str | Path) -> None:
+        """As ELECTRA, plus ``out_dir/discriminator_mlm``: the discriminator with its MLM head."""
+        super().export(out_dir)
+        materialised_copy(self.discriminator_mlm).save_pretrained(Path(out_dir) / "discriminator_mlm")
+        self.save_tokenizer(Path(out_dir) / "discriminator_mlm")

@@ -1,0 +1,50 @@
+"""Replace MLM: masked language modelling whose masked positions hold generator samples, not [MASK].
+
+The paper's ablation (section 3.2, Table 5: GLUE 82.4) that tests how much of BERT's deficit comes
+from the pre-train/fine-tune mismatch of the [MASK] token: the main network predicts the original
+token at the chosen positions, but its input there is a plausible sample from the generator.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers import ElectraForMaskedLM
+
+from objectives.base import masked_lm_loss
+from objectives.generator import GeneratorObjective
+from objectives.mlm import mlm_logits
+
+
+class ReplaceMLM(GeneratorObjective):
+    """MLM on generator-corrupted input.
+
+    Args:
+        size: main network size preset: ``tiny``, ``small``, ``base`` or ``large``.
+        mask_style: how the generator's input is masked: ``electra`` (85/15) or ``bert`` (80/10/10).
+        **kwargs: generator settings of :class:`objectives.generator.GeneratorObjective` and the shared
+            settings of :class:`objectives.base.PretrainingObjective`.
+    """
+
+    main_class = ElectraForMaskedLM
+
+    def __init__(self, size: str = "small", mask_style: str = "electra", **kwargs):
+        super().__init__(size=size, mask_style=mask_style, **kwargs)
+
+    def main_flops(self, seq_len: int, convention: str) -> float:
+        from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
+
+        shape = self.flops_shape()
+        n = self.predicted_positions(seq_len, convention)
+        return train_multiplier(convention) * (encoder_flops(shape, seq_len, convention) + mlm_head_flops(shape, n, convention))
+
+    def compute(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
+        corruption, metrics = self.corrupt(batch, generator)
+        hidden = self.discriminator.electra(
+            input_ids=corruption.corrupted, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+        ).last_hidden_state  # (B, L, H)
+        logits = mlm_logits(self.discriminator, corruption.masked.gather(hidden))  # (B, K, V)
+        metrics["mlm_loss"], metrics["mlm_acc"] = masked_lm_loss(logits, corruption.labels)
+        gen_loss = metrics.get("gen_loss", torch.zeros((), device=self.device))
+        metrics["loss"] = self.hparams.gen_weight * gen_loss + metrics["mlm_loss"]
+        return metrics

@@ -1,0 +1,140 @@
+"""ELECTRA: replaced token detection (Clark et al., ICLR 2020, arXiv 2003.10555).
+
+A small generator (an MLM) fills the masked positions with plausible samples; the discriminator,
+the network kept for downstream tasks, classifies every token of the corrupted input as original
+or replaced. Total loss = gen_weight x generator MLM loss + disc_weight x discriminator loss
+(1 and 50 in the paper). Corruption (steps 1-6) lives in ``objectives/generator.py``; the
+discriminator's loss and the two-stage option are here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import ElectraForPreTraining
+
+from objectives.generator import Corruption, GeneratorObjective
+
+
+def rtd_loss(logits: Tensor, replaced: Tensor, weights: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Sigmoid cross entropy of "replaced" over the weighted tokens, with accuracy, precision, recall.
+
+    logits: (B, L) discriminator logits; replaced: (B, L) bool labels; weights: (B, L) 0/1 (which
+    tokens count: all non-pad tokens for ELECTRA). Float32, no boolean indexing (no host sync).
+    """
+    weights = weights.float()
+    target = replaced.float()
+    per_token = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    n = weights.sum().clamp(min=1)
+    loss = (per_token * weights).sum() / n
+    predicted = (logits > 0).float() * weights
+    true_pos = (predicted * target).sum()
+    metrics = {
+        "disc_loss": loss,
+        "disc_acc": (((logits > 0) == replaced).float() * weights).sum() / n,
+        "disc_precision": true_pos / predicted.sum().clamp(min=1),
+        "disc_recall": true_pos / (target * weights).sum().clamp(min=1),
+    }
+    return loss, metrics
+
+
+class ReplacedTokenDetection(GeneratorObjective):
+    """ELECTRA (replaced token detection).
+
+    Args:
+        size: discriminator size preset: ``tiny``, ``small``, ``base`` or ``large``.
+        mask_style: ``electra`` (85% [MASK], 15% kept; the paper's) or ``bert`` (80/10/10).
+        disc_weight: weight of the discriminator loss (the paper's lambda = 50; DeBERTa-v3 uses 10).
+        two_stage: train the generator alone first, then initialise the discriminator from it and
+            train the discriminator with the generator frozen (paper section 3.2; needs equal sizes).
+        two_stage_fraction: share of training steps spent in the generator-only stage.
+        **kwargs: generator settings of :class:`objectives.generator.GeneratorObjective`
+            (generator_hidden_fraction, embedding_sharing, temperature, disallow_correct, ...) and the
+            shared settings of :class:`objectives.base.PretrainingObjective`.
+    """
+
+    main_class = ElectraForPreTraining
+
+    def __init__(
+        self,
+        size: str = "small",
+        mask_style: str = "electra",
+        disc_weight: float = 50.0,
+        two_stage: bool = False,
+        two_stage_fraction: float = 0.5,
+        **kwargs,
+    ):
+        super().__init__(size=size, mask_style=mask_style, **kwargs)
+        if two_stage:
+            if self.generator is None or self.generator_shape != self.shape:
+                raise ValueError(
+                    "two_stage initialises the discriminator from the generator, so they must have the same size: "
+                    "set generator_hidden_fraction and generator_layers_fraction to 1 (and uniform_generator false)"
+                )
+            if self.embedding_sharing not in ("none", "embeddings"):
+                raise ValueError(
+                    f"two_stage copies the generator into the discriminator, which embedding_sharing "
+                    f"{self.embedding_sharing!r} does not allow: use 'none' or 'embeddings'"
+                )
+            if not 0.0 < two_stage_fraction < 1.0:
+                raise ValueError(f"two_stage_fraction must lie in (0, 1), got {two_stage_fraction}")
+        # 1: generator only (two-stage), 2: the discriminator stage (always 2 without two_stage).
+        # A buffer so a resumed run knows which stage it is in; mirrored in a Python int so the
+        # training step never reads a device value.
+        self.register_buffer("stage", torch.tensor(1 if two_stage else 2))
+        self._stage = 1 if two_stage else 2
+
+    def disc_weights(self, batch: dict[str, Tensor], corruption: Corruption) -> Tensor:
+        """Which tokens the discriminator loss covers: all non-pad tokens ([CLS] and [SEP] included)."""
+        return batch["attention_mask"]
+
+    def compute(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
+        corruption, metrics = self.corrupt(batch, generator)
+        gen_loss = metrics.get("gen_loss", torch.zeros((), device=self.device))
+        if self._stage == 1:
+            metrics["loss"] = gen_loss
+            return metrics
+        logits = self.discriminator(
+            input_ids=corruption.corrupted, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+        ).logits  # (B, L)
+        disc_loss, disc_metrics = rtd_loss(logits, corruption.replaced, self.disc_weights(batch, corruption))
+        metrics.update(disc_metrics)
+        gen_weight = self.hparams.gen_weight if self.stage_trains_generator else 0.0
+        metrics["loss"] = gen_weight * gen_loss + self.hparams.disc_weight * disc_loss
+        return metrics
+
+    def main_flops(self, seq_len: int, convention: str) -> float:
+        from objectives.flops import disc_head_flops, encoder_flops, train_multiplier
+
+        if self._stage == 1:  # two-stage, first stage: the discriminator does not run
+            return 0.0
+        disc = self.flops_shape()
+        return train_multiplier(convention) * (encoder_flops(disc, seq_len, convention) + disc_head_flops(disc, seq_len, convention))
+
+    @property
+    def stage_trains_generator(self) -> bool:
+        return not self.hparams.two_stage
+
+    # -- two-stage training ------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        self._stage = int(self.stage)
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._stage = int(checkpoint["state_dict"].get("stage", torch.tensor(self._stage)))
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._stage == 1 and self.global_step >= int(self.hparams.two_stage_fraction * self.total_steps()):
+            self.start_discriminator_stage()
+
+    def start_discriminator_stage(self) -> None:
+        """Initialise the discriminator's encoder from the generator's and freeze the generator."""
+        self.discriminator.electra.load_state_dict(self.generator.electra.state_dict())
+        shared = {id(p) for p in self.discriminator.parameters()}
+        for p in self.generator.parameters():
+            if id(p) not in shared:
+                p.requires_grad_(False)
+        self.stage.fill_(2)
+        self._stage = 2

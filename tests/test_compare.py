@@ -1,0 +1,103 @@
+"""`isoflop compare` end to end at a toy budget: equal FLOPs, results files, rerun, the notebook."""
+
+import csv
+import json
+import os
+
+import pytest
+
+import experiments.compare as compare_module
+from experiments.cli import main
+
+TINY = ["--data.vocab_size=1024", "--model.init_args.vocab_size=1024", "--data.max_seq_length=64",
+        "--model.init_args.max_position_embeddings=64", "--data.batch_size=8", "--data.max_documents=1500",
+        "--data.max_val_examples=32", "--trainer.val_check_interval=4", "--trainer.limit_val_batches=2",
+        "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def compare_dir(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("compare")
+    args = ["compare", "--out_dir", str(out), "--budget_steps", "12", "--seeds", "2", "--finetune_epochs", "1",
+            "--finetune_max_train_examples", "48", "--overrides", json.dumps(TINY)]
+    assert main(args) == 0
+    return out
+
+
+def rows(out):
+    with (out / "results.csv").open() as f:
+        return {r["run"]: r for r in csv.DictReader(f)}
+
+
+def test_equal_flops_and_steps(compare_dir):
+    results = rows(compare_dir)
+    budget = json.loads((compare_dir / "compare.json").read_text())["budget_flops"]
+    mlm, rtd = results["MaskedLM"], results["ReplacedTokenDetection"]
+    for r in (mlm, rtd):
+        flops, steps = float(r["flops"]), int(r["steps"])
+        per_step = flops / steps
+        assert budget <= flops < budget + per_step, r  # within one step of the budget
+    # the cheaper objective takes proportionally more steps
+    ratio_steps = int(mlm["steps"]) / int(rtd["steps"])
+    ratio_cost = (float(rtd["flops"]) / int(rtd["steps"])) / (float(mlm["flops"]) / int(mlm["steps"]))
+    assert int(mlm["steps"]) > int(rtd["steps"])
+    assert ratio_steps == pytest.approx(ratio_cost, rel=0.15)
+
+
+def test_results_files(compare_dir):
+    results = rows(compare_dir)
+    for r in results.values():
+        for task in ("docpkg", "docpair"):
+            assert float(r[f"{task}_min"]) <= float(r[f"{task}_median"]) <= float(r[f"{task}_max"])
+        assert float(r["val_loss"]) > 0 and float(r["tokens"]) > 0
+    md = (compare_dir / "results.md").read_text()
+    assert "| MaskedLM |" in md and "| ReplacedTokenDetection |" in md
+    for png in ("val_loss_vs_flops.png", "downstream.png"):
+        assert (compare_dir / png).read_bytes()[:4] == b"\x89PNG"
+    assert (compare_dir / "ReplacedTokenDetection" / "export" / "generator" / "config.json").exists()
+    assert list((compare_dir / "MaskedLM" / "wandb").glob("offline-run-*"))
+
+
+def test_rerun_skips_finished_runs(compare_dir, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr("experiments.cli.pretrain", fail)
+    monkeypatch.setattr("experiments.finetune.finetune", fail)
+    before = (compare_dir / "results.csv").read_text()
+    assert main(["compare", "--out_dir", str(compare_dir), "--budget_steps", "12", "--seeds", "2",
+                 "--overrides", json.dumps(TINY)]) == 0
+    assert "pre-training done, skipped" in capsys.readouterr().out
+    assert (compare_dir / "results.csv").read_text() == before
+
+
+def test_notebook_runs_headless(compare_dir):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read("notebooks/compare_objectives.ipynb", as_version=4)
+    os.environ["COMPARE_DIR"] = str(compare_dir)
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    finally:
+        del os.environ["COMPARE_DIR"]
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_unknown_objective(tmp_path):
+    with pytest.raises(SystemExit, match="unknown objective 'objectives.Nope'"):
+        main(["compare", "--objectives", '["objectives.Nope"]', "--out_dir", str(tmp_path)])
+
+
+def test_sweep_expansion():
+    from experiments.sweep import expand
+
+    runs = expand({"objective": ["objectives.MaskedLM", "objectives.ReplacedTokenDetection"],
+                   "generator_hidden_fraction": [0.25, 0.5]})
+    # MaskedLM takes no generator: its two grid points merge into one run
+    assert [r.name for r in runs] == ["MaskedLM", "ReplacedTokenDetection-generator_hidden_fraction=0.25",
+                                      "ReplacedTokenDetection-generator_hidden_fraction=0.5"]
+    with pytest.raises(ValueError, match="no objective of the grid takes 'generator_size'"):
+        expand({"objective": ["objectives.ReplacedTokenDetection"], "generator_size": [1]})

@@ -1,0 +1,401 @@
+"""Fine-tuning: metrics against independent formulas, ELECTRA's layer-wise learning rates and
+schedule, checkpoints written by transformers' own ``save_pretrained``, the ``finetune`` API and
+``isoflop finetune`` CLI, and their one-line errors on bad input. Tiny, seeded, CPU, offline."""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+import scipy.stats
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    ElectraConfig,
+    ElectraForMaskedLM,
+    ElectraForPreTraining,
+    PreTrainedTokenizerFast,
+)
+
+from datamodules.glue import GlueDataModule, get_task
+from experiments import finetune as ft
+from objectives.finetune import SequenceClassification, task_metrics
+
+FIXTURES = Path(__file__).parent / "fixtures" / "glue"
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared with test_glue.py and test_downstream.py
+# --------------------------------------------------------------------------------------------
+
+
+def fixture_texts() -> list[str]:
+    """Every line of the GLUE fixtures (a few hundred short lines: enough for a tiny WordPiece)."""
+    return [line for path in sorted(FIXTURES.glob("*/*")) for line in path.read_text().splitlines()]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A BERT-style uncased WordPiece trained with the ``tokenizers`` library, wrapped for transformers."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+    )
+
+
+def tiny_electra_config(vocab_size: int, hidden: int = 32, layers: int = 2, embedding: int = 16) -> ElectraConfig:
+    return ElectraConfig(
+        vocab_size=vocab_size, embedding_size=embedding, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128,
+    )
+
+
+def make_tiny_checkpoint(path: Path, texts: list[str] | None = None, model: str = "electra-pretraining", layers: int = 2,
+                         vocab_size: int = 300) -> str:
+    """A tiny checkpoint directory as transformers' own ``save_pretrained`` writes it, tokenizer included.
+
+    ``model``: ``electra-pretraining`` (ElectraForPreTraining, embedding 16 != hidden 32, so with an
+    embedding projection), ``electra-mlm`` (ElectraForMaskedLM) or ``bert-mlm`` (BertForMaskedLM).
+    """
+    tokenizer = train_tokenizer(texts if texts is not None else fixture_texts(), vocab_size)
+    torch.manual_seed(0)
+    if model == "bert-mlm":
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=128)
+        net = BertForMaskedLM(config)
+    else:
+        cls = ElectraForPreTraining if model == "electra-pretraining" else ElectraForMaskedLM
+        net = cls(tiny_electra_config(len(tokenizer), layers=layers))
+    net.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the spinning
+    OpenMP threads of concurrent processes slow a run down by an order of magnitude."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("electra-ckpt"))
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics: torchmetrics as wired for each task == an independent computation
+# --------------------------------------------------------------------------------------------
+
+
+def _confusion(preds, labels):
+    tp = sum(p == 1 and y == 1 for p, y in zip(preds, labels))
+    tn = sum(p == 0 and y == 0 for p, y in zip(preds, labels))
+    fp = sum(p == 1 and y == 0 for p, y in zip(preds, labels))
+    fn = sum(p == 0 and y == 1 for p, y in zip(preds, labels))
+    return tp, tn, fp, fn
+
+
+def _f1(tp, fp, fn):
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def _compute(task: str, preds, labels) -> dict[str, float]:
+    metrics = task_metrics(get_task(task))
+    dtype = torch.float32 if get_task(task).is_regression else torch.long
+    metrics.update(torch.tensor(preds, dtype=dtype), torch.tensor(labels, dtype=dtype))
+    return {k: float(v) for k, v in metrics.compute().items()}
+
+
+def test_metrics_match_independent_computation():
+    # Binary: CoLA's Matthews correlation, MRPC's accuracy and F1 (of the positive class).
+    preds = [1, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0]
+    labels = [1, 0, 0, 1, 0, 1, 1, 0, 1, 0, 1, 1]
+    tp, tn, fp, fn = _confusion(preds, labels)
+    mcc = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert _compute("cola", preds, labels)["mcc"] == pytest.approx(mcc, abs=1e-6)
+    got = _compute("mrpc", preds, labels)
+    assert got["accuracy"] == pytest.approx((tp + tn) / len(labels))
+    assert got["f1"] == pytest.approx(_f1(tp, fp, fn))
+
+    # MNLI: three-class accuracy.
+    preds3, labels3 = [0, 1, 2, 2, 1, 0, 0, 2], [0, 1, 1, 2, 1, 2, 0, 0]
+    assert _compute("mnli", preds3, labels3)["accuracy"] == pytest.approx(5 / 8)
+
+    # STS-B: Spearman (with ties: average ranks) and Pearson, against scipy.
+    scores = [0.1, 0.4, 0.4, 0.9, 0.35, 0.8, 0.2, 0.6]
+    gold = [0.0, 0.5, 0.3, 1.0, 0.3, 0.9, 0.2, 0.4]
+    got = _compute("stsb", scores, gold)
+    assert got["spearman"] == pytest.approx(scipy.stats.spearmanr(scores, gold).statistic, abs=1e-5)
+    assert got["pearson"] == pytest.approx(scipy.stats.pearsonr(scores, gold).statistic, abs=1e-5)
+
+    # Offline: accuracy and macro-F1 over the classes that occur (class 5 is never predicted).
+    predk = [0, 1, 2, 2, 3, 4, 0, 1, 3, 3]
+    goldk = [0, 1, 2, 3, 3, 4, 1, 1, 5, 3]
+    classes = sorted(set(predk) | set(goldk))
+    f1s = []
+    for c in classes:
+        tp = sum(p == c and y == c for p, y in zip(predk, goldk))
+        fp = sum(p == c and y != c for p, y in zip(predk, goldk))
+        fn = sum(p != c and y == c for p, y in zip(predk, goldk))
+        f1s.append(_f1(tp, fp, fn))
+    got = _compute("docpkg", predk, goldk)
+    assert got["accuracy"] == pytest.approx(sum(p == y for p, y in zip(predk, goldk)) / len(goldk))
+    assert got["macro_f1"] == pytest.approx(sum(f1s) / len(f1s), abs=1e-6)
+
+
+def test_glue_average_is_mean_of_task_medians_without_wnli():
+    # ELECTRA-Small (OWT) dev scores from the official release: their GLUE score is 80.36.
+    paper = {"cola": 56.8, "sst2": 88.3, "mrpc": 87.4, "stsb": 86.8, "qqp": 88.3, "mnli": 78.9, "qnli": 87.9, "rte": 68.5}
+    results = {t: ft.TaskResult(t, get_task(t).metric, {0: s - 1, 1: s, 2: s + 5}) for t, s in paper.items()}
+    results["wnli"] = ft.TaskResult("wnli", "accuracy", {0: 10.0, 1: 10.0, 2: 10.0})
+    avg = ft.average(results)
+    assert avg.median == pytest.approx(80.3625)
+    assert avg.scores[1] == pytest.approx(80.3625)  # per-seed averages give the spread
+    assert ft.average(results, include_wnli=True).median == pytest.approx((642.9 + 10) / 9)
+
+
+# --------------------------------------------------------------------------------------------
+# Layer-wise learning rates and the schedule
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["electra-pretraining", "bert-mlm"])
+def test_layerwise_lr_decay_groups(tmp_path, model):
+    path = make_tiny_checkpoint(tmp_path / model, model=model, layers=3)
+    module = SequenceClassification(path, task="mrpc", learning_rate=1e-4, layerwise_lr_decay=0.8, weight_decay=0.01)
+    groups = {g["name"]: g for g in module.parameter_groups()}
+    expected = {"head": 1e-4, "layer.2": 8e-5, "layer.1": 6.4e-5, "layer.0": 5.12e-5, "embeddings": 4.096e-5}
+    assert {name.split("/")[0] for name in groups} == set(expected)
+    for name, group in groups.items():
+        base = name.split("/")[0]
+        assert group["lr"] == pytest.approx(expected[base], rel=1e-12), name
+        assert group["weight_decay"] == (0.0 if name.endswith("/no_decay") else 0.01)
+        for pname, p in zip(group["param_names"], group["params"]):
+            if base.startswith("layer."):
+                assert pname.startswith(f"encoder.encoder.{base}."), (name, pname)
+            elif base == "embeddings":
+                assert pname.startswith(("encoder.embeddings.", "encoder.embeddings_project.")), pname
+            else:
+                assert pname.startswith("classifier."), pname
+            # No weight decay exactly on biases and LayerNorm weights.
+            assert name.endswith("/no_decay") == (p.ndim == 1), pname
+    if model == "electra-pretraining":  # the 16 -> 32 embedding projection sits with the embeddings
+        assert any(n.startswith("encoder.embeddings_project.") for n in groups["embeddings"]["param_names"])
+    # Every trainable parameter exactly once; BERT's unused pooler is gone.
+    listed = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(listed) == sorted(id(p) for p in module.parameters())
+    assert not any("pooler" in n for g in groups.values() for n in g["param_names"])
+
+
+def test_warmup_then_linear_decay_keeps_layer_ratios(ckpt):
+    seen: list[list[float]] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append([g["lr"] for g in trainer.optimizers[0].param_groups])
+
+    dm = GlueDataModule(ckpt, task="sst2", data_dir=str(FIXTURES), batch_size=4)
+    dm.setup("fit")
+    L.seed_everything(0, verbose=False)
+    module = SequenceClassification(ckpt, task="sst2", learning_rate=1e-3, warmup_fraction=0.2)
+    trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[Record()])
+    trainer.fit(module, train_dataloaders=dm.train_dataloader())
+    names = [g["name"] for g in trainer.optimizers[0].param_groups]
+    head, emb = names.index("head"), names.index("embeddings")
+    # 10 steps, 2 of warmup: step s trains at s/2 of the peak, then (10 - s) / 8 of it.
+    expected = [s / 2 if s < 2 else (10 - s) / 8 for s in range(10)]
+    assert [round(lrs[head] / 1e-3, 9) for lrs in seen] == pytest.approx(expected)
+    ratio = 0.8 ** 3  # embeddings: two layers plus one below the head
+    assert all(lrs[emb] == pytest.approx(lrs[head] * ratio) for lrs in seen)
+
+
+# --------------------------------------------------------------------------------------------
+# Dev metrics logged by the module == independent computation on its own predictions
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["stsb", "mrpc", "mnli"])
+def test_logged_dev_metrics_equal_independent_computation(ckpt, task):
+    dm = GlueDataModule(ckpt, task=task, data_dir=str(FIXTURES), batch_size=8, eval_batch_size=5)
+    dm.setup("fit")
+    L.seed_everything(0, verbose=False)
+    module = SequenceClassification(ckpt, task=task, learning_rate=1e-3)
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=dm.train_dataloader())
+    trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    spec = dm.spec
+    for i, split in enumerate(spec.val_splits):
+        preds = torch.cat(trainer.predict(module, dataloaders=dm._loader(split, train=False))).tolist()
+        gold = list(dm.datasets[split]["labels"])
+        suffix = spec.metric_suffix(i)
+        if task == "stsb":
+            # Targets are the 0..5 scores divided by 5.
+            raw = [float(r) for r in dm.load_raw()[split]["label"]]
+            assert gold == pytest.approx([r / 5 for r in raw])
+            assert logged["val/spearman"] == pytest.approx(scipy.stats.spearmanr(preds, gold).statistic, abs=1e-5)
+            assert logged["val/pearson"] == pytest.approx(scipy.stats.pearsonr(preds, gold).statistic, abs=1e-5)
+        else:
+            acc = sum(p == y for p, y in zip(preds, gold)) / len(gold)
+            assert logged[f"val/accuracy{suffix}"] == pytest.approx(acc, abs=1e-6)
+            if task == "mrpc":
+                tp, _, fp, fn = _confusion(preds, gold)
+                assert logged["val/f1"] == pytest.approx(_f1(tp, fp, fn), abs=1e-6)
+    if task == "mnli":
+        assert "val/accuracy_mismatched" in logged and "val/loss_mismatched" in logged
+
+
+# --------------------------------------------------------------------------------------------
+# The finetune API and the CLI
+# --------------------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_finetune_api_from_save_pretrained_checkpoint(ckpt, tmp_path, monkeypatch):
+    calls, make_loggers = [], ft.make_loggers
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return make_loggers(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "make_loggers", spy)
+    out = tmp_path / "out"
+    results = ft.finetune(ckpt, tasks="sst2,mrpc,stsb", seeds=2, out_dir=str(out), data_dir=str(FIXTURES),
+                          max_steps=3, batch_size=8, wandb=False)
+    assert list(results) == ["sst2", "mrpc", "stsb"]
+    rows = _read_csv(out / "results.csv")
+    assert [r["task"] for r in rows] == ["sst2", "mrpc", "stsb", "average"]
+    assert [r["metric"] for r in rows[:3]] == ["accuracy", "accuracy", "spearman"]
+    for row, res in zip(rows, results.values()):
+        assert row["n_seeds"] == "2"
+        seeds = [float(row["seed_0"]), float(row["seed_1"])]
+        assert seeds == pytest.approx([res.scores[0], res.scores[1]], abs=1e-3)
+        assert float(row["median"]) == pytest.approx(sum(seeds) / 2, abs=1e-3)
+        assert float(row["min"]) == pytest.approx(min(seeds), abs=1e-3)
+        assert float(row["std"]) == pytest.approx(abs(seeds[0] - seeds[1]) / math.sqrt(2), abs=1e-3)
+        assert all(0.0 <= s <= 100.0 for s in seeds) or row["task"] == "stsb"
+    assert float(rows[-1]["median"]) == pytest.approx(sum(r.median for r in results.values()) / 3, abs=1e-3)
+    assert set(results["mrpc"].others) == {"f1"} and set(results["stsb"].others) == {"pearson"}
+    md = (out / "results.md").read_text()
+    assert "| mrpc | accuracy |" in md and "| average |" in md and "| stsb | pearson |" in md
+    long = _read_csv(out / "metrics.csv")
+    assert {(r["task"], r["metric"]) for r in long} >= {("mrpc", "f1"), ("stsb", "spearman"), ("sst2", "accuracy")}
+    # The CSV logger of each run holds the dev metrics under val/<metric>.
+    logged = (out / "mrpc" / "seed1" / "metrics.csv").read_text().splitlines()[0]
+    assert "val/accuracy" in logged and "val/f1" in logged and "train/loss" in logged
+    # One logger set per run, named task/seed and grouped by encoder directory and task.
+    tag = f"{Path(ckpt).parent.name}-{Path(ckpt).name}"
+    assert [(a[1], k["group"]) for a, k in calls] == [
+        (f"{t}/seed{s}", f"{tag}-{t}") for t in ("sst2", "mrpc", "stsb") for s in (0, 1)
+    ]
+
+
+@pytest.mark.parametrize("model", ["electra-mlm", "bert-mlm"])
+def test_finetune_other_checkpoint_kinds(tmp_path, model):
+    path = make_tiny_checkpoint(tmp_path / model, model=model)
+    results = ft.finetune(path, tasks="sst2", seeds=1, out_dir=str(tmp_path / "out"),
+                          data_dir=str(FIXTURES), max_steps=2, batch_size=8, wandb=False)
+    assert results["sst2"].n_seeds == 1
+
+
+def test_cli_help_shows_docstrings(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ft.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--encoder" in help_text and "--tasks" in help_text and "--data_dir" in help_text
+    assert "Number of fine-tuning seeds" in help_text  # the docstring became the option's help
+
+
+def test_cli_runs_with_wandb_offline(ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "cli"
+    code = ft.main(["--encoder", ckpt, "--tasks", "mnli", "--seeds", "1", "--max_steps", "2", "--batch_size", "8",
+                    "--data_dir", str(FIXTURES), "--out_dir", str(out)])
+    assert code == 0
+    assert "| mnli | accuracy |" in capsys.readouterr().out
+    assert any((out / "wandb").glob("offline-run-*")), "wandb should have written an offline run"
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: one clear line, before any training compute
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("training started despite bad input")
+
+    monkeypatch.setattr(ft, "_run_one", fail)
+
+
+def test_unknown_task_lists_valid_ones(ckpt, tmp_path, no_training):
+    with pytest.raises(ValueError, match="unknown task 'sst3'") as err:
+        ft.finetune(ckpt, tasks="mrpc,sst3", out_dir=str(tmp_path / "o"), wandb=False)
+    message = str(err.value)
+    assert all(name in message for name in ("cola", "mnli", "wnli", "docpkg", "docpair", "glue", "offline"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_tokenizer(ckpt, tmp_path, no_training):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(ckpt) / name, bare / name)
+    with pytest.raises(FileNotFoundError, match="no tokenizer") as err:
+        ft.finetune(str(bare), tasks="sst2", data_dir=str(FIXTURES), out_dir=str(tmp_path / "o"), wandb=False)
+    assert "\n" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ft.finetune(str(tmp_path / "nowhere"), tasks="sst2", data_dir=str(FIXTURES), wandb=False)
+
+
+def test_tokenizer_vocab_differs_from_embeddings(tmp_path, no_training):
+    tokenizer = train_tokenizer(fixture_texts())
+    path = tmp_path / "mismatch"
+    ElectraForPreTraining(tiny_electra_config(len(tokenizer) + 7)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    with pytest.raises(ValueError, match=rf"tokenizer has {len(tokenizer)} tokens .* {len(tokenizer) + 7} rows") as err:
+        ft.finetune(str(path), tasks="sst2", data_dir=str(FIXTURES), out_dir=str(tmp_path / "o"), wandb=False)
+    assert "\n" not in str(err.value)
+
+
+def test_local_file_missing_column(ckpt, tmp_path, no_training, capsys):
+    data = tmp_path / "glue"
+    shutil.copytree(FIXTURES / "sst2", data / "sst2")
+    (data / "rte").mkdir()
+    (data / "rte" / "train.tsv").write_text("sentence1\tlabel\nthe cat sat .\t0\n")
+    (data / "rte" / "validation.tsv").write_text("sentence1\tsentence2\tlabel\nthe cat sat .\ta cat sat .\t0\n")
+    args = dict(tasks="sst2,rte", data_dir=str(data), out_dir=str(tmp_path / "o"), wandb=False)
+    with pytest.raises(ValueError, match=r"rte/train\.tsv: missing column 'sentence2'"):
+        ft.finetune(ckpt, **args)
+    assert not (tmp_path / "o").exists()
+    # Through the CLI: exit code 2 and one line on stderr.
+    code = ft.main(["--encoder", ckpt, "--tasks", "sst2,rte", "--data_dir", str(data), "--wandb", "false"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("isoflop finetune: error:") and "sentence2" in err and "\n" not in err

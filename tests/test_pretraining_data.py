@@ -1,0 +1,115 @@
+"""The shared pre-training datamodule: packing, caching, determinism and bad input."""
+
+import pytest
+import torch
+
+from datamodules import PretrainingDataModule
+from datamodules.pretraining import Packer
+from tests.conftest import TINY_SEQ, TINY_VOCAB
+
+
+def test_segment_layout(tiny_data):
+    tok = tiny_data.tokenizer
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    n_two_segments = 0
+    for ex in tiny_data.train_dataset.select(range(300)):
+        ids, types, special, words = ex["input_ids"], ex["token_type_ids"], ex["special_tokens_mask"], ex["word_ids"]
+        assert len(ids) == len(types) == len(special) == len(words) <= TINY_SEQ
+        assert ids[0] == cls and ids[-1] == sep
+        seps = [i for i, t in enumerate(ids) if t == sep]
+        assert len(seps) in (1, 2)
+        if len(seps) == 2:  # [CLS] A [SEP] B [SEP]: type 0 up to the first [SEP], then 1
+            n_two_segments += 1
+            assert types == [0] * (seps[0] + 1) + [1] * (len(ids) - seps[0] - 1)
+        else:
+            assert set(types) == {0}
+        assert special == [1 if t in (cls, sep) else 0 for t in ids]
+        assert all((w == -1) == bool(s) for w, s in zip(words, special))
+    assert n_two_segments > 200  # most examples have two segments (10% are single-segment)
+
+
+def test_little_padding(tiny_data):
+    lengths = [len(x) for x in tiny_data.train_dataset["input_ids"]]
+    assert max(lengths) == TINY_SEQ
+    assert sum(lengths) / len(lengths) > 0.85 * TINY_SEQ
+
+
+def test_word_ids_follow_wordpieces(tiny_data):
+    """A '##' piece continues the previous token's word; every other piece starts a new word."""
+    tok = tiny_data.tokenizer
+    for ex in tiny_data.train_dataset.select(range(50)):
+        pieces = tok.convert_ids_to_tokens(ex["input_ids"])
+        words = ex["word_ids"]
+        for i in range(1, len(pieces)):
+            if words[i] < 0 or words[i - 1] < 0:
+                continue
+            if pieces[i].startswith("##"):
+                assert words[i] == words[i - 1]
+            else:
+                assert words[i] != words[i - 1]
+        real = [w for w in words if w >= 0]
+        assert real == sorted(real)  # numbered in order, unique within the example
+
+
+def test_batches(tiny_data):
+    batch = next(iter(tiny_data.train_dataloader()))
+    assert batch["input_ids"].shape == (16, TINY_SEQ)
+    assert batch["special_tokens_mask"].dtype == torch.bool
+    pad = batch["attention_mask"] == 0
+    assert (batch["input_ids"][pad] == tiny_data.tokenizer.pad_token_id).all()
+    assert (batch["word_ids"][pad] == -1).all()
+    assert len(tiny_data.tokenizer) == TINY_VOCAB
+
+
+def test_deterministic_order(tiny_data):
+    a = next(iter(tiny_data.train_dataloader()))["input_ids"]
+    b = next(iter(tiny_data.train_dataloader()))["input_ids"]
+    assert torch.equal(a, b)
+
+
+def test_second_run_reuses_cache(tiny_data, cache_dir, monkeypatch):
+    """A new datamodule with the same settings loads the packed cache: the packer never runs."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("packing ran again instead of reusing the cache")
+
+    monkeypatch.setattr(Packer, "__call__", fail)
+    dm = PretrainingDataModule(vocab_size=TINY_VOCAB, max_seq_length=TINY_SEQ, batch_size=16, max_documents=3000,
+                               max_val_examples=64, cache_dir=str(cache_dir))
+    dm.prepare_data()
+    assert dm.train_dataset["input_ids"][:5] == tiny_data.train_dataset["input_ids"][:5]
+    assert dm.train_dataset.cache_files == tiny_data.train_dataset.cache_files
+
+
+def test_fingerprint_logged_fields(tiny_data):
+    fp = tiny_data.fingerprint
+    assert fp["source"] == "embedded" and fp["python_version"] and len(fp["sha256"]) == 64 and fp["bytes"] > 10**6
+
+
+def test_local_text_files(tmp_path, cache_dir):
+    text = tmp_path / "docs.txt"
+    text.write_text("\n".join(f"Document number {i} talks about apples and pears. It has a second sentence." for i in range(200)))
+    dm = PretrainingDataModule(data_files=str(text), vocab_size=200, max_seq_length=32, batch_size=4,
+                               cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    assert len(dm.train_dataset) > 10
+    assert dm.fingerprint["source"] == "files"
+
+
+def test_missing_files_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no data file matches .*nothing-here"):
+        PretrainingDataModule(data_files=str(tmp_path / "nothing-here*.txt"))
+
+
+def test_unknown_dataset_error(tmp_path):
+    dm = PretrainingDataModule(dataset="no-such-org/no-such-dataset", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="could not load dataset 'no-such-org/no-such-dataset'"):
+        dm.prepare_data()
+
+
+def test_missing_text_column(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"body": "hello there"}\n' * 50)
+    dm = PretrainingDataModule(data_files=str(f), cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="no column 'text'.*body"):
+        dm.prepare_data()
