@@ -1,19 +1,19 @@
 """GLUE (and isoflop's offline tasks) as a LightningDataModule for fine-tuning encoders.
 
 The tasks, their columns and metrics follow the GLUE benchmark (https://gluebenchmark.com) as the
-ELECTRA paper (Clark et al. 2020) reports it:
+ELECTRA paper (Clark et al. 2020) reports it::
 
-| task  | input                    | labels | headline metric (others logged)  | epochs |
-|-------|--------------------------|--------|----------------------------------|--------|
-| cola  | sentence                 | 2      | Matthews correlation             | 3      |
-| sst2  | sentence                 | 2      | accuracy                         | 3      |
-| mrpc  | sentence1, sentence2     | 2      | accuracy (F1)                    | 3      |
-| stsb  | sentence1, sentence2     | 0..5   | Spearman (Pearson), MSE on y / 5 | 10     |
-| qqp   | question1, question2     | 2      | accuracy (F1)                    | 3      |
-| mnli  | premise, hypothesis      | 3      | matched accuracy (mismatched)    | 3      |
-| qnli  | question, sentence       | 2      | accuracy                         | 3      |
-| rte   | sentence1, sentence2     | 2      | accuracy                         | 10     |
-| wnli  | sentence1, sentence2     | 2      | accuracy (not in the average)    | 3      |
+    | task  | input                    | labels | headline metric (others logged)  | epochs |
+    |-------|--------------------------|--------|----------------------------------|--------|
+    | cola  | sentence                 | 2      | Matthews correlation             | 3      |
+    | sst2  | sentence                 | 2      | accuracy                         | 3      |
+    | mrpc  | sentence1, sentence2     | 2      | accuracy (F1)                    | 3      |
+    | stsb  | sentence1, sentence2     | 0..5   | Spearman (Pearson), MSE on y / 5 | 10     |
+    | qqp   | question1, question2     | 2      | accuracy (F1)                    | 3      |
+    | mnli  | premise, hypothesis      | 3      | matched accuracy (mismatched)    | 3      |
+    | qnli  | question, sentence       | 2      | accuracy                         | 3      |
+    | rte   | sentence1, sentence2     | 2      | accuracy                         | 10     |
+    | wnli  | sentence1, sentence2     | 2      | accuracy (not in the average)    | 3      |
 
 Data comes from the Hugging Face hub (``datasets.load_dataset("nyu-mll/glue", task)``) or from
 local files with the hub's column names (``.tsv``, ``.csv``, ``.json``, ``.jsonl``, ``.parquet``),

@@ -45,7 +45,9 @@ class InitialValidation(Callback):
 
 class FlopsBudget(Callback):
     """Count training FLOPs over the global batch, log ``train/flops`` every step, and stop once a
-    budget is reached (the last step overshoots by less than one step).
+    budget is reached (the last step overshoots by less than one step). On several ranks the count
+    is each rank's batch shape x world size, and training stops after the steps the budget buys at
+    full-length batches (packed data is full length), so all ranks stop together without a collective.
 
     The count is this callback's state, saved in every checkpoint, so a resumed run continues it. With a budget, the learning-rate schedule spans the steps the budget
     buys at full-length batches, so objectives of different step costs all finish their schedules.
@@ -80,7 +82,7 @@ class FlopsBudget(Callback):
             return
         data = trainer.datamodule.hparams
         global_batch = data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-        step = pl_module.flops_per_batch(global_batch, data.max_seq_length, self.convention)
+        step = global_batch * pl_module.scheduled_flops_per_sequence(data.max_seq_length, self.convention)
         pl_module.scheduled_steps = max(1, math.ceil(self.budget / step))
         if trainer.max_steps != -1 and trainer.max_steps < pl_module.scheduled_steps:
             rank_zero_warn(f"max_steps {trainer.max_steps} ends training before the FLOPs budget "
@@ -98,5 +100,11 @@ class FlopsBudget(Callback):
         flops = pl_module.flops_per_batch(B, L, self.convention) * trainer.world_size
         self.total += flops
         pl_module.log("train/flops", self.total, on_step=True, on_epoch=False, reduce_fx="max")
-        if self.budget is not None and self.total >= self.budget:
-            trainer.should_stop = True
+        if self.budget is None:
+            return
+        if trainer.world_size == 1:
+            trainer.should_stop = self.total >= self.budget
+        else:
+            # Ranks may pad their batches to different lengths, so their counts can differ; the step
+            # count the budget buys is the same everywhere, and stopping on it needs no collective.
+            trainer.should_stop = trainer.global_step >= pl_module.scheduled_steps

@@ -1,4 +1,4 @@
-"""The ``isoflop`` command.
+"""The ``isoflop`` command::
 
     isoflop pretrain [--config PRESET_OR_YAML] [--model objectives.X] [--overrides ...]
     isoflop export CKPT OUT_DIR
@@ -129,7 +129,10 @@ def pretrain(argv: list[str]) -> int:
             model_cfg = cfg["model"]
             name = model_cfg["class_path"].rsplit(".", 1)[-1].lower()
             size = model_cfg["init_args"].get("size", "")
-            run_dir = Path(cfg["run_dir"] or Path("runs") / f"{name}-{size}-{time.strftime('%Y%m%d-%H%M%S')}")
+            # One default directory for all ranks: the first process picks it, the ranks that
+            # Lightning launches later inherit it through the environment.
+            default = os.environ.setdefault("ISOFLOP_RUN_DIR", str(Path("runs") / f"{name}-{size}-{time.strftime('%Y%m%d-%H%M%S')}"))
+            run_dir = Path(cfg["run_dir"] or default)
             if self.config_init[self.subcommand]["trainer"].get("logger") in (None, True):
                 kwargs["logger"] = make_loggers(run_dir, "csv", wandb=cfg["wandb"], group=cfg["wandb_group"])
             kwargs.setdefault("default_root_dir", str(run_dir))
@@ -166,7 +169,12 @@ def pretrain(argv: list[str]) -> int:
             # Data/model mismatches fail here, before tokenisation or training start.
             self.model.check_data(self.datamodule)
 
-    argv_before, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args=..., not the process's argv
+    import warnings
+
+    # LightningCLI gets its arguments from args=..., and sys.argv stays the real command line:
+    # Lightning's DDP launcher re-runs sys.argv for the other ranks.
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    inherited_run_dir = "ISOFLOP_RUN_DIR" in os.environ
     try:
         cli = IsoflopCLI(
             PretrainingObjective,
@@ -180,7 +188,8 @@ def pretrain(argv: list[str]) -> int:
             trainer_defaults={"callbacks": [InitialValidation()]},
         )
     finally:
-        sys.argv = argv_before
+        if not inherited_run_dir:  # the next run in this process picks its own directory
+            os.environ.pop("ISOFLOP_RUN_DIR", None)
     finish_loggers(cli.trainer.loggers)
     return 0
 
@@ -194,8 +203,11 @@ def export(argv: list[str]) -> int:
     parser.add_argument("checkpoint", help="a Lightning checkpoint written by isoflop pretrain")
     parser.add_argument("out_dir", help="output directory (save_pretrained format, model and tokenizer)")
     args = parser.parse_args(argv)
-    for line in export_checkpoint(args.checkpoint, args.out_dir):
-        print(line)
+    try:
+        for line in export_checkpoint(args.checkpoint, args.out_dir):
+            print(line)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        raise SystemExit(f"isoflop export: error: {err}") from None
     return 0
 
 

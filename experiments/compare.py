@@ -2,7 +2,7 @@
 
 For each objective, on the same data, tokenizer and seed: pre-train until the budget is spent
 (``isoflop pretrain --flops_budget``), export it, fine-tune it on the downstream tasks over several
-seeds, and collect everything into one directory:
+seeds, and collect everything into one directory::
 
     OUT/results.csv, OUT/results.md    one row per objective: steps, tokens, FLOPs, final validation
                                        loss, each task's median and spread, the average
@@ -84,9 +84,9 @@ def compare(
         objectives: objective class paths (or preset names); default MLM and ELECTRA.
         size: encoder size for every objective given by class path (``tiny``, ``small``, ``base``, ``large``).
         config: the shared pre-training preset (data, tokenizer, trainer): a name in experiments/configs or a YAML file.
-        budget: the FLOPs budget: a number or PRESET:STEPS. Default: what the last objective (the most
-            expensive per step, ELECTRA by default) takes for ``budget_steps`` steps.
-        budget_steps: steps of the last objective that make the default budget.
+        budget: the FLOPs budget: a number or PRESET:STEPS. Default: what the most expensive objective
+            per step takes for ``budget_steps`` steps (every other objective then takes more steps).
+        budget_steps: steps of the most expensive objective that make the default budget.
         tasks: downstream tasks: ``offline`` (no network), ``glue``, a task name or a comma list.
         seeds: fine-tuning seeds per task (the median is reported).
         out_dir: output directory; a rerun skips finished runs and resumes interrupted ones.
@@ -116,12 +116,14 @@ def compare(
         import yaml
 
         base = apply_overrides(yaml.safe_load(Path(config_path).read_text()), overrides or [])
-        last = runs[-1]
-        model = {"class_path": last.objective, "init_args": {**base["model"].get("init_args", {}), **last.init_args}}
         data = base.get("data", {})
-        step = objective_from_preset({"model": model}).flops_per_batch(
-            data.get("batch_size", 32), data.get("max_seq_length", 128), flops_convention)
-        budget_flops = step * budget_steps
+
+        def step_cost(run: RunSpec) -> float:
+            model = {"class_path": run.objective, "init_args": {**base["model"].get("init_args", {}), **run.init_args}}
+            return objective_from_preset({"model": model}).flops_per_batch(
+                data.get("batch_size", 32), data.get("max_seq_length", 128), flops_convention)
+
+        budget_flops = max(step_cost(run) for run in runs) * budget_steps
     else:
         budget_flops = resolve_budget(budget, flops_convention)
     out.mkdir(parents=True, exist_ok=True)

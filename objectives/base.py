@@ -156,6 +156,11 @@ class PretrainingObjective(L.LightningModule):
         by ``objectives.flops`` in the named convention (``actual`` or ``paper``)."""
         raise NotImplementedError
 
+    def scheduled_flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
+        """Average training FLOPs per sequence over a whole run (what a FLOPs budget is divided by to
+        find the run's length); differs from ``flops_per_sequence`` for objectives whose step cost changes."""
+        return self.flops_per_sequence(seq_len, convention)
+
     def flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
         return batch_size * self.flops_per_sequence(seq_len, convention)
 

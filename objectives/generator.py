@@ -178,7 +178,11 @@ class GeneratorObjective(PretrainingObjective):
             if isinstance(model, ElectraForMaskedLM):
                 words = model.electra.embeddings.word_embeddings
                 if isinstance(words, GDESEmbedding):
-                    continue  # its MLM head reads the materialised table through mlm_logits
+                    # Its MLM head reads the computed table (shared + delta) through mlm_logits; the
+                    # head's own matrix is never used, so it takes no gradient (and DDP ignores it).
+                    # Export ties it to the materialised table.
+                    model.generator_lm_head.weight.requires_grad_(False)
+                    continue
                 model.generator_lm_head.weight = words.weight
 
     # -- corruption --------------------------------------------------------------------------------

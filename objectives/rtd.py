@@ -104,13 +104,23 @@ class ReplacedTokenDetection(GeneratorObjective):
         metrics["loss"] = gen_weight * gen_loss + self.hparams.disc_weight * disc_loss
         return metrics
 
-    def main_flops(self, seq_len: int, convention: str) -> float:
+    def scheduled_flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
+        if not self.hparams.two_stage:
+            return self.flops_per_sequence(seq_len, convention)
+        f = self.hparams.two_stage_fraction  # share of steps in the generator-only stage
+        full = self.generator_flops(seq_len, convention) + self.discriminator_flops(seq_len, convention)
+        return f * self.generator_flops(seq_len, convention) + (1 - f) * full
+
+    def discriminator_flops(self, seq_len: int, convention: str) -> float:
         from objectives.flops import disc_head_flops, encoder_flops, train_multiplier
 
-        if self._stage == 1:  # two-stage, first stage: the discriminator does not run
-            return 0.0
         disc = self.flops_shape()
         return train_multiplier(convention) * (encoder_flops(disc, seq_len, convention) + disc_head_flops(disc, seq_len, convention))
+
+    def main_flops(self, seq_len: int, convention: str) -> float:
+        if self._stage == 1:  # two-stage, first stage: the discriminator does not run
+            return 0.0
+        return self.discriminator_flops(seq_len, convention)
 
     @property
     def stage_trains_generator(self) -> bool:
@@ -120,6 +130,8 @@ class ReplacedTokenDetection(GeneratorObjective):
 
     def on_train_start(self) -> None:
         self._stage = int(self.stage)
+        if self.hparams.two_stage and self._stage == 2:
+            self.freeze_generator()  # resumed in the second stage: the freeze is not in the checkpoint
 
     def on_load_checkpoint(self, checkpoint) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -132,9 +144,14 @@ class ReplacedTokenDetection(GeneratorObjective):
     def start_discriminator_stage(self) -> None:
         """Initialise the discriminator's encoder from the generator's and freeze the generator."""
         self.discriminator.electra.load_state_dict(self.generator.electra.state_dict())
+        self.freeze_generator()
+        self.stage.fill_(2)
+        self._stage = 2
+
+    def freeze_generator(self) -> None:
+        """No more updates to the generator's own parameters (shared embeddings keep training). Their
+        gradients stay None, so AdamW skips them: no decay, no momentum."""
         shared = {id(p) for p in self.discriminator.parameters()}
         for p in self.generator.parameters():
             if id(p) not in shared:
                 p.requires_grad_(False)
-        self.stage.fill_(2)
-        self._stage = 2
