@@ -28,6 +28,10 @@ from experiments.budget import CONFIG_DIR, objective_from_preset, resolve_budget
 
 DEFAULT_OBJECTIVES = ["objectives.MaskedLM", "objectives.ReplacedTokenDetection"]
 
+# Fine-tuning peak learning rate by encoder size: the paper's 3e-4 (Small) and 1e-4 (Base), 5e-5 at
+# Large (as BERT-Large); tiny encoders need a larger step to move in a few hundred updates.
+FINETUNE_LEARNING_RATE = {"tiny": 2e-3, "small": 3e-4, "base": 1e-4, "large": 5e-5}
+
 
 @dataclass
 class RunSpec:
@@ -73,6 +77,7 @@ def compare(
     data_dir: str | None = None,
     finetune_max_train_examples: int | None = None,
     finetune_epochs: int | None = None,
+    finetune_learning_rate: float | None = None,
     flops_convention: str = "actual",
     wandb: bool = True,
     overrides: list[str] | None = None,
@@ -93,6 +98,8 @@ def compare(
         data_dir: local GLUE files, for ``tasks=glue`` without network.
         finetune_max_train_examples: cap on fine-tuning examples per task (quick runs).
         finetune_epochs: fine-tuning epochs for every task (default: each task's own).
+        finetune_learning_rate: fine-tuning peak learning rate; default by size (tiny 2e-3, small 3e-4,
+            base 1e-4, large 5e-5).
         flops_convention: ``actual`` or ``paper`` FLOPs accounting for the budget.
         wandb: log every run to wandb as well (one group per comparison; offline without network).
         overrides: extra ``isoflop pretrain`` arguments for every run (e.g. ``--data.batch_size=16``).
@@ -126,6 +133,9 @@ def compare(
         budget_flops = max(step_cost(run) for run in runs) * budget_steps
     else:
         budget_flops = resolve_budget(budget, flops_convention)
+    import yaml
+
+    base_size = yaml.safe_load(Path(config_path).read_text()).get("model", {}).get("init_args", {}).get("size", size)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps({
         "runs": [r.__dict__ for r in runs], "config": config_path, "budget_flops": budget_flops,
@@ -159,12 +169,14 @@ def compare(
         else:
             print(f"[compare] {run.name}: pre-training done, skipped", flush=True)
         ft_dir = run_dir / "finetune"
+        run_size = run.init_args.get("size") or base_size
         if (ft_dir / "results.json").exists():
             print(f"[compare] {run.name}: fine-tuning done, skipped", flush=True)
             results = json.loads((ft_dir / "results.json").read_text())
         else:
             task_results = finetune(str(export_dir), tasks=tasks, seeds=seeds, out_dir=str(ft_dir), data_dir=data_dir,
                                     max_train_examples=finetune_max_train_examples, epochs=finetune_epochs,
+                                    learning_rate=finetune_learning_rate or FINETUNE_LEARNING_RATE[run_size],
                                     wandb=wandb)
             results = {name: {"metric": r.metric, "median": r.median, "min": r.min, "max": r.max, "std": r.std,
                               "scores": list(r.scores.values())} for name, r in task_results.items()}

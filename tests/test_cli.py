@@ -14,7 +14,7 @@ PRESETS = sorted(CONFIG_DIR.glob("*.yaml"))
 def run_preset(preset: Path, run_dir: Path, cache_dir: Path, *extra: str) -> None:
     config = yaml.safe_load(preset.read_text())
     args = ["pretrain", "--config", str(preset), "--run_dir", str(run_dir), "--data.cache_dir", str(cache_dir),
-            "--trainer.max_steps", "1", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
+            "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.precision", "32-true", "--trainer.log_every_n_steps", "1",
             *extra]
     if config["model"]["init_args"].get("size") != "tiny":
