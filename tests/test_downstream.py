@@ -28,13 +28,8 @@ from experiments import finetune as ft
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the spinning
-    OpenMP threads of concurrent processes slow a run down by an order of magnitude."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Tiny fine-tuning runs: one intra-op thread (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")
