@@ -139,8 +139,7 @@ class Packer:
         words: list[int] = []
         for s_ids, s_words in sentences:
             ids += s_ids
-            base = offset
-            words += [base + w if w >= 0 else -1 for w in s_words]
+            words += [offset + w if w >= 0 else -1 for w in s_words]
             offset = max(words, default=offset - 1) + 1
         return ids, words
 

@@ -6,6 +6,7 @@ The checkpoint carries the objective's class path and its tokenizer (see
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -44,5 +45,5 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     os.replace(tmp, out)
     lines = [f"exported {type(module).__name__} to {out}"]
     for config in sorted(out.rglob("config.json")):
-        lines.append(f"  {config.parent}: {__import__('json').loads(config.read_text())['architectures'][0]}")
+        lines.append(f"  {config.parent}: {json.loads(config.read_text())['architectures'][0]}")
     return lines

@@ -8,7 +8,7 @@ for tests and CPU demos.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from transformers import ElectraConfig
 
@@ -111,6 +111,3 @@ def electra_config(
     config._attn_implementation = attn_implementation
     return config
 
-
-def describe(shape: EncoderSize) -> dict:
-    return asdict(shape)

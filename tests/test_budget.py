@@ -1,7 +1,5 @@
 """FLOPs budgets: training stops at the budget, resume continues the count, the schedule spans it."""
 
-import math
-
 import lightning as L
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint

@@ -6,7 +6,6 @@ import os
 
 import pytest
 
-import experiments.compare as compare_module
 from experiments.cli import main
 
 TINY = ["--data.vocab_size=1024", "--model.init_args.vocab_size=1024", "--data.max_seq_length=64",
