@@ -5,6 +5,12 @@ paper's choice, saved as a Hugging Face ``ElectraTokenizerFast`` so exports load
 ``AutoTokenizer.from_pretrained``. Its vocabulary size is exactly the one asked for: when the corpus
 supports fewer pieces, the rest is filled with ``[unusedN]`` tokens, as in BERT's own vocabulary,
 so the encoder's embedding matrix and the tokenizer always agree.
+
+Reproducibility: the corpus is byte-identical for a Python version, but the `tokenizers` trainer
+breaks ties between equally frequent merges in an order that varies between processes, so two
+trainings can differ in a few pieces. Every run that uses one cache shares the one trained
+tokenizer (all objectives of a comparison do); to pin it across machines, pass its directory
+(``<cache>/tokenizers/<hash>``) as ``tokenizer``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from transformers import AutoTokenizer, ElectraTokenizerFast, PreTrainedTokenize
 
 # Fixed ids 0..4 for the special tokens of trained tokenizers.
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-TOKENIZER_VERSION = "wordpiece-1"
+TOKENIZER_VERSION = "wordpiece-2"
 
 
 def train_wordpiece(
@@ -38,7 +44,12 @@ def train_wordpiece(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=True, min_frequency=2
     )
     tok.train_from_iterator(texts, trainer=trainer, length=length)
-    vocab = tok.get_vocab()
+    # The trainer numbers pieces in hash-map order, which changes from process to process: number
+    # them canonically (specials, then sorted). Its merges can also break count ties differently
+    # from one process to the next (a handful of pieces out of thousands), so a trained tokenizer is
+    # reproducible through its cache, not through retraining: every run on one cache shares it.
+    pieces = sorted(set(tok.get_vocab()) - set(SPECIAL_TOKENS))
+    vocab = {piece: i for i, piece in enumerate(SPECIAL_TOKENS + pieces)}
     for i in range(vocab_size - len(vocab)):  # pad to the exact size asked for
         vocab[f"[unused{i}]"] = len(vocab)
     return ElectraTokenizerFast(vocab=vocab, do_lower_case=lowercase, strip_accents=lowercase)
