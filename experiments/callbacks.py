@@ -66,6 +66,7 @@ class FlopsBudget(Callback):
         self.budget = budget
         self.convention = convention
         self.total = 0.0  # a Python float: counting and the stop test never sync with the device
+        self._cost: dict[tuple, float] = {}
 
     @property
     def state_key(self) -> str:
@@ -97,8 +98,12 @@ class FlopsBudget(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         B, L = batch["input_ids"].shape  # shapes are host-side: no sync
-        flops = pl_module.flops_per_batch(B, L, self.convention) * trainer.world_size
-        self.total += flops
+        # Batch shapes repeat (packed data is full length): compute each shape's cost once. The key
+        # holds the step's state, as two-stage objectives change cost between stages.
+        key = (B, L, getattr(pl_module, "trains_generator", None), getattr(pl_module, "_stage", None))
+        if key not in self._cost:
+            self._cost[key] = pl_module.flops_per_batch(B, L, self.convention) * trainer.world_size
+        self.total += self._cost[key]
         pl_module.log("train/flops", self.total, on_step=True, on_epoch=False, reduce_fx="max")
         if self.budget is None:
             return

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+from experiments.budget import CONFIG_DIR
 
 
 def resolve_config(value: str) -> str:

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.budget import CONFIG_DIR, objective_from_preset, resolve_budget
+from experiments.budget import CONFIG_DIR, load_preset, objective_from_preset, resolve_budget
 
 DEFAULT_OBJECTIVES = ["objectives.MaskedLM", "objectives.ReplacedTokenDetection"]
 
@@ -118,10 +118,10 @@ def compare(
             raise ValueError(f"unknown objective {run.objective!r}; available: {', '.join(sorted(known))}")
     if len({r.name for r in runs}) != len(runs):
         raise ValueError(f"run names must be unique, got {[r.name for r in runs]}")
+    # The shared preset as every run will see it (overrides applied): data shape, default size.
+    base = apply_overrides(load_preset(config_path), overrides or [])
+    base_size = base.get("model", {}).get("init_args", {}).get("size", size)
     if budget is None:
-        import yaml
-
-        base = apply_overrides(yaml.safe_load(Path(config_path).read_text()), overrides or [])
         data = base.get("data", {})
 
         def step_cost(run: RunSpec) -> float:
@@ -132,9 +132,6 @@ def compare(
         budget_flops = max(step_cost(run) for run in runs) * budget_steps
     else:
         budget_flops = resolve_budget(budget, flops_convention)
-    import yaml
-
-    base_size = yaml.safe_load(Path(config_path).read_text()).get("model", {}).get("init_args", {}).get("size", size)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps({
         "runs": [r.__dict__ for r in runs], "config": config_path, "budget_flops": budget_flops,
@@ -220,9 +217,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
 def spec_for(objective: str, size: str) -> RunSpec:
     """A run spec from a class path (at ``size``) or a preset name (its own model settings)."""
     if (CONFIG_DIR / f"{objective}.yaml").exists():
-        import yaml
-
-        model = yaml.safe_load((CONFIG_DIR / f"{objective}.yaml").read_text())["model"]
+        model = load_preset(objective)["model"]
         return RunSpec(objective, model["class_path"], dict(model.get("init_args", {})))
     if "." not in objective:
         objective = f"objectives.{objective}"

@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning as L
 
 from datamodules.glue import GLUE_TASKS, GlueDataModule, TaskSpec, all_tasks, get_task
-from experiments.loggers import make_loggers
+from experiments.loggers import finish_loggers, make_loggers
 from objectives.finetune import SequenceClassification, check_encoder
 
 
@@ -326,8 +326,7 @@ def _run_one(
     }
     for logger in loggers:
         logger.finalize("success")
-        if type(logger).__name__ == "WandbLogger":
-            logger.experiment.finish()  # else the next seed's logger would reuse this run
+    finish_loggers(loggers)  # else the next seed's wandb logger would reuse this run
     return metrics
 
 

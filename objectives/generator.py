@@ -187,8 +187,14 @@ class GeneratorObjective(PretrainingObjective):
 
     # -- corruption --------------------------------------------------------------------------------
 
+    @property
+    def trains_generator(self) -> bool:
+        """Whether this step trains the generator (objectives with a frozen-generator phase override it)."""
+        return self.generator is not None
+
     def corrupt(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> tuple[Corruption, dict[str, Tensor]]:
-        """Steps 1-6 of RTD; returns the corruption and the generator's loss and metrics."""
+        """Steps 1-6 of RTD; returns the corruption and the generator's loss and metrics. A frozen
+        generator runs under no_grad: it only samples, and its loss is logged, not optimised."""
         original = batch["input_ids"]  # (B, L)
         masked = self.choose_positions(batch, generator)
         labels = torch.where(masked.valid, masked.gather(original), -100)  # (B, K)
@@ -198,10 +204,11 @@ class GeneratorObjective(PretrainingObjective):
             sampled = torch.randint(self.vocab_size, labels.shape, device=original.device, generator=generator)
         else:
             gen_input = apply_mask(original, masked, self.mask_token_id, self.vocab_size, self.mask_style, generator=generator)
-            hidden = self.generator.electra(
-                input_ids=gen_input, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
-            ).last_hidden_state  # (B, L, H_g)
-            gen_logits = mlm_logits(self.generator, masked.gather(hidden))  # (B, K, V)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.trains_generator):
+                hidden = self.generator.electra(
+                    input_ids=gen_input, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+                ).last_hidden_state  # (B, L, H_g)
+                gen_logits = mlm_logits(self.generator, masked.gather(hidden))  # (B, K, V)
             metrics["gen_loss"], metrics["gen_acc"] = masked_lm_loss(gen_logits, labels)
             with torch.no_grad():
                 logits = gen_logits.detach().float()
@@ -216,15 +223,18 @@ class GeneratorObjective(PretrainingObjective):
 
     # -- FLOPs ----------------------------------------------------------------------------------------
 
-    def generator_flops(self, seq_len: int, convention: str) -> float:
-        """Training FLOPs of the generator per sequence (its encoder and MLM head; sampling is free)."""
+    def generator_flops(self, seq_len: int, convention: str, trained: bool | None = None) -> float:
+        """FLOPs of the generator per sequence (its encoder and MLM head; sampling is free): forward
+        and backward while it trains (``trained``, default: this step's state), forward only when frozen."""
         from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 
         if self.generator is None:
             return 0.0
+        trained = self.trains_generator if trained is None else trained
         gen = self.flops_shape(self.generator_shape)
         n = self.predicted_positions(seq_len, convention)
-        return train_multiplier(convention) * (encoder_flops(gen, seq_len, convention) + mlm_head_flops(gen, n, convention))
+        forward = encoder_flops(gen, seq_len, convention) + mlm_head_flops(gen, n, convention)
+        return (train_multiplier(convention) if trained else 1.0) * forward
 
     def main_flops(self, seq_len: int, convention: str) -> float:
         """Training FLOPs of the main network per sequence (each objective's own)."""

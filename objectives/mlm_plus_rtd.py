@@ -35,6 +35,8 @@ class MLMPlusRTD(ReplacedTokenDetection):
 
     def __init__(self, size: str = "small", disc_mask_prob: float = 0.15, mlm_weight: float = 1.0, **kwargs):
         super().__init__(size=size, **kwargs)
+        if self.hparams.two_stage:
+            raise ValueError("MLMPlusRTD does not support two_stage: use ReplacedTokenDetection for two-stage training")
         if not 0.0 < disc_mask_prob < 1.0 - self.mask_prob:
             raise ValueError(f"disc_mask_prob must lie in (0, 1 - mask_prob), got {disc_mask_prob}")
         # The discriminator's MLM head: an ElectraForMaskedLM whose encoder is the discriminator's.
@@ -58,7 +60,7 @@ class MLMPlusRTD(ReplacedTokenDetection):
             self.hparams.disc_mask_prob,
             generator=generator,
         )
-        disc_input = corruption.corrupted.masked_fill(own.chosen, int(self.mask_token_id))  # (B, L)
+        disc_input = torch.where(own.chosen, self.mask_token_id, corruption.corrupted)  # (B, L), no host sync
         hidden = self.discriminator.electra(
             input_ids=disc_input, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
         ).last_hidden_state  # (B, L, H)

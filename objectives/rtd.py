@@ -100,16 +100,18 @@ class ReplacedTokenDetection(GeneratorObjective):
         ).logits  # (B, L)
         disc_loss, disc_metrics = rtd_loss(logits, corruption.replaced, self.disc_weights(batch, corruption))
         metrics.update(disc_metrics)
-        gen_weight = self.hparams.gen_weight if self.stage_trains_generator else 0.0
-        metrics["loss"] = gen_weight * gen_loss + self.hparams.disc_weight * disc_loss
+        metrics["loss"] = self.hparams.disc_weight * disc_loss
+        if self.trains_generator:
+            metrics["loss"] = metrics["loss"] + self.hparams.gen_weight * gen_loss
         return metrics
 
     def scheduled_flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
         if not self.hparams.two_stage:
             return self.flops_per_sequence(seq_len, convention)
         f = self.hparams.two_stage_fraction  # share of steps in the generator-only stage
-        full = self.generator_flops(seq_len, convention) + self.discriminator_flops(seq_len, convention)
-        return f * self.generator_flops(seq_len, convention) + (1 - f) * full
+        first = self.generator_flops(seq_len, convention, trained=True)
+        second = self.generator_flops(seq_len, convention, trained=False) + self.discriminator_flops(seq_len, convention)
+        return f * first + (1 - f) * second
 
     def discriminator_flops(self, seq_len: int, convention: str) -> float:
         from objectives.flops import disc_head_flops, encoder_flops, train_multiplier
@@ -123,8 +125,9 @@ class ReplacedTokenDetection(GeneratorObjective):
         return self.discriminator_flops(seq_len, convention)
 
     @property
-    def stage_trains_generator(self) -> bool:
-        return not self.hparams.two_stage
+    def trains_generator(self) -> bool:
+        # Two-stage training freezes the generator in its second stage: it then only samples.
+        return self.generator is not None and not (self.hparams.two_stage and self._stage == 2)
 
     # -- two-stage training ------------------------------------------------------------------------
 
