@@ -1,6 +1,6 @@
 """The offline downstream tasks (docpkg, docpair) built from the embedded corpus: deterministic,
 split by source module, balanced, cached, usable wherever a GLUE task is, and learnable: a short
-fine-tune of a briefly pre-trained tiny encoder beats the majority-class baseline."""
+fine-tune of a briefly pre-trained tiny encoder beats the majority-class baseline on docpkg."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 from collections import Counter
 
 import pytest
-import torch
 
 from datamodules.downstream import (
     DOCPKG_CAP,
@@ -149,17 +148,26 @@ def test_docpair_labels_carry_signal(tasks):
     assert accuracy(dev, threshold) > 0.65  # chance (and the majority class) is 0.5
 
 
-def test_short_finetune_beats_majority_baseline(tmp_path, cache_dir, corpus, tasks):
-    """docpkg: a randomly initialised tiny ELECTRA, fine-tuned for 100 steps, far above the majority class."""
-    from tests.test_finetune import train_tokenizer, tiny_electra_config
-    from transformers import ElectraForPreTraining
+def test_short_finetune_beats_majority_baseline(tmp_path, cache_dir, corpus, tasks, tiny_data):
+    """docpkg: a tiny MaskedLM pre-trained for 300 steps on the embedded corpus and exported, then
+    fine-tuned for 200 steps, lands far above the majority class (about 52% against 12%).
 
-    tokenizer = train_tokenizer(list(corpus["text"])[::4], vocab_size=1000)
-    torch.manual_seed(0)
-    ElectraForPreTraining(tiny_electra_config(len(tokenizer), hidden=64, embedding=64)).save_pretrained(tmp_path / "ck")
-    tokenizer.save_pretrained(tmp_path / "ck")
+    (Pre-training for only 100 steps leaves the encoder in a worse starting point than random
+    initialisation for this task, 17-19% after 100 fine-tuning steps against 45%; 300 steps do not.)"""
+    import lightning as L
+
+    from objectives import MaskedLM
+    from tests.conftest import TINY_SEQ, TINY_VOCAB
+
+    L.seed_everything(0)
+    model = MaskedLM(size="tiny", vocab_size=TINY_VOCAB, max_position_embeddings=TINY_SEQ, learning_rate=3e-3,
+                     warmup_fraction=0.1)
+    model.attach_tokenizer(tiny_data.tokenizer)
+    L.Trainer(max_steps=300, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              limit_val_batches=0, default_root_dir=tmp_path).fit(model, tiny_data)
+    model.export(tmp_path / "ck")
     results = ft.finetune(str(tmp_path / "ck"), tasks="docpkg", seeds=1, out_dir=str(tmp_path / "out"),
-                          cache_dir=str(cache_dir), max_steps=100, epochs=10, max_length=48, batch_size=32,
+                          cache_dir=str(cache_dir), max_steps=200, epochs=20, max_length=48, batch_size=32,
                           learning_rate=2e-3, layerwise_lr_decay=1.0, wandb=False)
     dev = Counter(tasks["docpkg"]["validation"]["label"])
     majority = 100 * max(dev.values()) / sum(dev.values())
