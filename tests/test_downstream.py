@@ -148,7 +148,7 @@ def test_docpair_labels_carry_signal(tasks):
     assert accuracy(dev, threshold) > 0.65  # chance (and the majority class) is 0.5
 
 
-def test_short_finetune_beats_majority_baseline(tmp_path, cache_dir, corpus, tasks, tiny_data):
+def test_short_finetune_beats_majority_baseline(tmp_path, cache_dir, tasks, tiny_data):
     """docpkg: a tiny MaskedLM pre-trained for 300 steps on the embedded corpus and exported, then
     fine-tuned for 200 steps, lands far above the majority class (about 52% against 12%).
 
