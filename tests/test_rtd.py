@@ -224,7 +224,7 @@ def test_short_run_on_embedded_corpus(tiny_data, tmp_path, uniform):
     (its samples are unigram-like and need context to spot), so its accuracy is that of always
     answering "original"; with uniformly random replacements it beats that baseline within the run.
     The learned-generator gap is not a short-run artefact of this test: tiny discriminators trained
-    for up to 4000 steps (several widths, head counts, learning rates, sequence lengths, mask rates
+    for up to 12,000 steps (several widths, head counts, learning rates, sequence lengths, mask rates
     and sharing modes), and a plain transformers discriminator against fixed unigram replacements,
     all stayed at the prior (see rtd/objectives.rst, "Reading the discriminator's metrics").
     """
