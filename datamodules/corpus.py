@@ -60,17 +60,16 @@ import json
 import os
 import platform
 import re
-import shutil
 import sys
 import sysconfig
 import unicodedata
-import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from filelock import FileLock
 from tqdm.auto import tqdm
+
+from datamodules.cache import build_once, default_cache_dir
 
 if TYPE_CHECKING:  # imported lazily: ``datasets`` costs seconds, and extraction does not need it
     import datasets
@@ -130,14 +129,6 @@ _SKIP_MODULE_PREFIXES = ("_sysconfigdata", "__hello__", "sitecustomize", "usercu
 # --------------------------------------------------------------------------------------------
 # Locations
 # --------------------------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """Return ``$ISOFLOP_CACHE`` if set (and not empty), else ``~/.cache/isoflop``."""
-    env = os.environ.get("ISOFLOP_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "isoflop"
 
 
 def _python_version() -> str:
@@ -515,34 +506,15 @@ def _write(docs: list[dict[str, str]], target: Path) -> dict[str, Any]:
 
 
 def _ensure_built(cache_dir: str | os.PathLike[str] | None) -> Path:
-    final = corpus_dir(cache_dir)
-    if (final / "fingerprint.json").is_file():
-        return final  # fast path: no lock needed to read a finished, never-modified directory
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # One builder at a time across processes and ranks; the others wait and then find it built.
-    with FileLock(str(final) + ".lock"):
-        if (final / "fingerprint.json").is_file():
-            return final
-        # Leftovers of a crashed build of this same entry: safe to remove while we hold the lock.
-        for stale in final.parent.glob(f".{final.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():  # incomplete directory from outside this code path
-            shutil.rmtree(final)
-        # Not tempfile.mkdtemp: its 0700 mode would make a shared cache unreadable to other users.
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            docs = build_documents(progress=True)
-            if not docs:
-                raise RuntimeError(f"no documents extracted from the stdlib at {_stdlib_dir()}")
-            _write(docs, tmp)
-            # Atomic on POSIX and Windows for a directory onto a missing path: readers see either
-            # nothing or a complete corpus.
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return final
+    """The corpus directory, extracted and written once (under a lock, through a temporary directory)."""
+
+    def build(tmp: Path) -> None:
+        docs = build_documents(progress=True)
+        if not docs:
+            raise RuntimeError(f"no documents extracted from the stdlib at {_stdlib_dir()}")
+        _write(docs, tmp)
+
+    return build_once(corpus_dir(cache_dir), build, done="fingerprint.json")
 
 
 def load_corpus(cache_dir: str | os.PathLike[str] | None = None) -> datasets.Dataset:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.corpus import default_cache_dir
+from datamodules.cache import default_cache_dir
 from datamodules.tokenizer import cached_wordpiece, load_tokenizer, tokenizer_hash
 
 PACK_VERSION = "pack-1"
@@ -227,7 +227,7 @@ class PretrainingDataModule(L.LightningDataModule):
         max_documents: int | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the run logs its whole resolved configuration instead
         if max_seq_length < 8:
             raise ValueError(f"max_seq_length must be at least 8, got {max_seq_length}")
         if not 0.0 < val_fraction < 1.0:
@@ -361,7 +361,8 @@ class PretrainingDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         # Runs on one process per node: build the corpus, tokenizer and packed caches once.
-        self._build()
+        if self.train_dataset is None:
+            self._build()
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None:

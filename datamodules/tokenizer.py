@@ -21,8 +21,9 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from filelock import FileLock
 from transformers import AutoTokenizer, ElectraTokenizerFast, PreTrainedTokenizerBase
+
+from datamodules.cache import build_once
 
 # Fixed ids 0..4 for the special tokens of trained tokenizers.
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -86,16 +87,14 @@ def cached_wordpiece(
 ) -> PreTrainedTokenizerBase:
     """Train once per (corpus, settings) and reuse: the tokenizer lives in ``cache_dir/tokenizers/<hash>``.
 
-    ``texts`` is called only on a cache miss. A file lock makes concurrent ranks wait for the first.
+    ``texts`` is called only on a cache miss; concurrent ranks wait for the first (``build_once``).
     """
     blob = json.dumps({**key, "vocab_size": vocab_size, "lowercase": lowercase, "v": TOKENIZER_VERSION}, sort_keys=True)
     path = Path(cache_dir) / "tokenizers" / hashlib.sha256(blob.encode()).hexdigest()[:16]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if not (path / "tokenizer_config.json").exists():
-            tokenizer = train_wordpiece(texts(), vocab_size, lowercase, length)
-            tmp = path.with_name(path.name + ".tmp")
-            tokenizer.save_pretrained(tmp)
-            (tmp / "isoflop_tokenizer.json").write_text(blob)
-            os.replace(tmp, path)  # atomic: a crash never leaves a half-written tokenizer
+
+    def build(tmp: Path) -> None:
+        train_wordpiece(texts(), vocab_size, lowercase, length).save_pretrained(tmp)
+        (tmp / "isoflop_tokenizer.json").write_text(blob)
+
+    build_once(path, build, done="isoflop_tokenizer.json")
     return AutoTokenizer.from_pretrained(path)

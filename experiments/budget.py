@@ -1,77 +1,105 @@
-"""FLOPs budgets: what a preset's training step costs, and budgets written as numbers or as
-"what preset P takes for N steps" (``electra-small:1000000``)."""
+"""FLOPs of configurations and budgets, always asked of the objective itself (built on the meta
+device: no memory, no compute), so budgets, reports and the documentation tables come from the one
+FLOPs path every run counts with.
+
+A budget is a number (``1.5e15``) or "what preset P takes for N steps" (``electra-small:1000000``).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from jsonargparse import Namespace
 
-import torch
-import yaml
+from experiments import presets
 
-from objectives.base import import_class
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def load_preset(name_or_path: str) -> dict:
-    path = Path(name_or_path)
-    if not path.exists():
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise ValueError(f"unknown preset {name_or_path!r}: choose a YAML file or one of {names}")
-    return yaml.safe_load(path.read_text())
+# The paper's training FLOPs for its configurations (Clark et al. 2020, Table 1; Table 8 for
+# ELECTRA-400K, the Large model at 400k steps), beside the presets that reproduce them.
+PUBLISHED = {"bert-small": "1.4e18", "electra-small": "1.4e18", "bert-base": "6.4e19", "electra-base": "6.4e19",
+             "electra-large": "7.1e20"}
+PAPER_PRESETS = ("bert-small", "electra-small", "bert-base", "electra-base", "bert-large", "electra-large")
 
 
-def objective_from_preset(config: dict, **overrides):
-    """The preset's objective, built on the meta device (no memory, no compute): for FLOPs only."""
-    model = config["model"]
+def meta_objective(config: Namespace):
+    """The configuration's objective, built on the meta device (for its FLOPs)."""
+    import torch
+
+    from objectives import resolve
+
     with torch.device("meta"):
-        return import_class(model["class_path"])(**{**model.get("init_args", {}), **overrides})
+        return resolve(config.model.class_path)(**config.model.init_args)
 
 
-def preset_step_flops(name_or_path: str, convention: str = "actual", batch: int | None = None, seq: int | None = None) -> float:
-    """Training FLOPs of one optimiser step of a preset at its global batch and sequence length."""
-    config = load_preset(name_or_path)
-    data = config.get("data", {})
-    batch = batch or data.get("batch_size", 32)
-    seq = seq or data.get("max_seq_length", 128)
-    return objective_from_preset(config).flops_per_batch(batch, seq, convention)
+def global_batch(config: Namespace) -> int:
+    """Sequences per optimiser step over every rank: batch x devices x nodes x accumulation."""
+    devices = config.trainer.devices
+    n = devices if isinstance(devices, int) and devices > 0 else len(devices) if isinstance(devices, list) else 1
+    return config.data.batch_size * n * (config.trainer.num_nodes or 1) * (config.trainer.accumulate_grad_batches or 1)
+
+
+def step_flops(config: Namespace, convention: str = "actual", batch: int | None = None, seq: int | None = None,
+               scheduled: bool = True) -> float:
+    """Training FLOPs of one optimiser step of a configuration, at its global batch and sequence length
+    (or the given ones); ``scheduled``: averaged over the run, for objectives whose step cost changes."""
+    objective = meta_objective(config)
+    seq = seq or config.data.max_seq_length
+    per_sequence = (objective.scheduled_flops_per_sequence if scheduled else objective.flops_per_sequence)(seq, convention)
+    return (batch or global_batch(config)) * per_sequence
+
+
+def preset_config(name_or_path: str) -> Namespace:
+    from experiments.config import parse
+
+    return parse(["--config", str(name_or_path)])
 
 
 def resolve_budget(spec: float | str, convention: str = "actual") -> float:
     """A budget in FLOPs from ``1.5e15`` or ``PRESET:STEPS`` (the FLOPs that preset takes for STEPS steps)."""
-    if isinstance(spec, (int, float)):
-        value = float(spec)
+    text = str(spec).strip()
+    if ":" in text:
+        preset, _, steps = text.rpartition(":")
+        try:
+            n = int(float(steps))
+            presets.find(preset)
+        except ValueError as err:
+            raise ValueError(f"bad FLOPs budget {spec!r}: {err}") from None
+        value = step_flops(preset_config(preset), convention) * n
     else:
-        text = str(spec).strip()
-        if ":" in text:
-            preset, _, steps = text.rpartition(":")
-            try:
-                value = preset_step_flops(preset, convention) * int(float(steps))
-            except ValueError as err:
-                raise ValueError(f"bad FLOPs budget {spec!r}: {err}") from None
-        else:
-            try:
-                value = float(text)
-            except ValueError:
-                raise ValueError(f"bad FLOPs budget {spec!r}: give a number (1.5e15) or PRESET:STEPS (electra-small:1000000)") from None
-    if value <= 0:
-        raise ValueError(f"the FLOPs budget must be positive, got {spec!r}")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"bad FLOPs budget {spec!r}: give a number (1.5e15) or PRESET:STEPS (electra-small:1000000)") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"the FLOPs budget must be a positive number, got {spec!r}")
     return value
 
 
-def report(name_or_path: str, steps: int, batch: int, seq: int, convention: str) -> str:
+def report(preset: str, steps: int, batch: int, seq: int, convention: str) -> str:
     """Per-sequence, per-step and total training FLOPs of a preset; the total is on the last line."""
     from objectives.flops import train_multiplier
 
-    objective = objective_from_preset(load_preset(name_or_path))
-    per_seq = objective.flops_per_sequence(seq, convention)
+    config = preset_config(preset)
+    objective = meta_objective(config)
+    per_seq = objective.scheduled_flops_per_sequence(seq, convention)
     per_step = per_seq * batch
     return "\n".join([
-        f"{name_or_path}: {type(objective).__name__}, convention {convention} (training = "
+        f"{preset}: {type(objective).__name__}, convention {convention} (training = "
         f"{train_multiplier(convention):g} x forward), seq {seq}, batch {batch}, steps {steps}",
         f"per-sequence training  {per_seq:.4e}",
         f"per-step training      {per_step:.4e}",
         f"total training FLOPs: {per_step * steps:.3e}",
     ])
+
+
+def flops_table() -> str:
+    """The table of the paper's configurations in ``objectives.flops`` and ``rtd/flops.rst``: each preset
+    at its own steps, batch and sequence length, in both conventions, beside the paper's figure."""
+    rows = [("preset", "seq / batch / steps", "paper", "published", "actual", "actual/paper")]
+    for name in PAPER_PRESETS:
+        config = preset_config(name)
+        steps, batch, seq = config.trainer.max_steps, config.data.batch_size, config.data.max_seq_length
+        paper, actual = (step_flops(config, c, batch=batch) * steps for c in ("paper", "actual"))
+        rows.append((name, f"{seq} / {batch} / {steps}", f"{paper:.3e}", PUBLISHED.get(name, "--"), f"{actual:.3e}",
+                     f"{actual / paper:.3f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    rule = "  ".join("=" * w for w in widths)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join([rule, lines[0], rule, *lines[1:], rule])

@@ -1,46 +1,12 @@
-"""Training callbacks shared by the commands."""
+"""Training callbacks of ``isoflop pretrain``: the FLOPs counter and budget, and the run's summary."""
 
 from __future__ import annotations
 
 import math
 
-import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
-
-
-class InitialValidation(Callback):
-    """Validate once before the first step and log it at step 0, so every curve starts from the
-    untrained model (Lightning's sanity check runs validation but logs nothing)."""
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.global_step != 0 or not trainer.val_dataloaders:
-            return
-        loaders = trainer.val_dataloaders
-        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        limit = trainer.limit_val_batches
-        was_training = pl_module.training
-        pl_module.eval()
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        with torch.no_grad():
-            for loader in loaders:
-                n_batches = len(loader) if isinstance(limit, float) else min(len(loader), int(limit))
-                if isinstance(limit, float):
-                    n_batches = max(1, int(n_batches * limit))
-                for batch_idx, batch in enumerate(loader):
-                    if batch_idx >= n_batches:
-                        break
-                    batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-                    for k, v in pl_module.compute(batch, pl_module.validation_generator(batch_idx)).items():
-                        sums[k] = sums.get(k, 0) + v.detach().float()
-                    count += 1
-        pl_module.train(was_training)
-        if count:
-            metrics = {f"val/{k}": trainer.strategy.reduce(v / count, reduce_op="mean").item() for k, v in sums.items()}
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=0)
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 
 class FlopsBudget(Callback):
@@ -49,8 +15,9 @@ class FlopsBudget(Callback):
     is each rank's batch shape x world size, and training stops after the steps the budget buys at
     full-length batches (packed data is full length), so all ranks stop together without a collective.
 
-    The count is this callback's state, saved in every checkpoint, so a resumed run continues it. With a budget, the learning-rate schedule spans the steps the budget
-    buys at full-length batches, so objectives of different step costs all finish their schedules.
+    The count is this callback's state, saved in every checkpoint, so a resumed run continues it. With
+    a budget, the learning-rate schedule spans the steps the budget buys at full-length batches, so
+    objectives of different step costs all finish their schedules.
 
     Args:
         budget: training FLOPs to stop at (``None``: count only).
@@ -66,7 +33,6 @@ class FlopsBudget(Callback):
         self.budget = budget
         self.convention = convention
         self.total = 0.0  # a Python float: counting and the stop test never sync with the device
-        self._cost: dict[tuple, float] = {}
 
     @property
     def state_key(self) -> str:
@@ -96,14 +62,15 @@ class FlopsBudget(Callback):
                 for prefix in ("train/*", "val/*"):
                     logger.experiment.define_metric(prefix, step_metric="train/flops")
 
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        # Each validation row carries the training FLOPs and tokens it was taken at (0 before training),
+        # so curves against compute read one row, whatever step numbering the logger uses.
+        pl_module.log("train/flops", self.total, reduce_fx="max")
+        pl_module.log("train/tokens", pl_module.tokens_seen.double(), reduce_fx="max")
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         B, L = batch["input_ids"].shape  # shapes are host-side: no sync
-        # Batch shapes repeat (packed data is full length): compute each shape's cost once. The key
-        # holds the step's state, as two-stage objectives change cost between stages.
-        key = (B, L, getattr(pl_module, "trains_generator", None), getattr(pl_module, "_stage", None))
-        if key not in self._cost:
-            self._cost[key] = pl_module.flops_per_batch(B, L, self.convention) * trainer.world_size
-        self.total += self._cost[key]
+        self.total += pl_module.step_flops(B, L, self.convention) * trainer.world_size
         pl_module.log("train/flops", self.total, on_step=True, on_epoch=False, reduce_fx="max")
         if self.budget is None:
             return
@@ -113,3 +80,52 @@ class FlopsBudget(Callback):
             # Ranks may pad their batches to different lengths, so their counts can differ; the step
             # count the budget buys is the same everywhere, and stopping on it needs no collective.
             trainer.should_stop = trainer.global_step >= pl_module.scheduled_steps
+
+
+class RunSummary(Callback):
+    """Print what the run is, before it starts: the objective, its networks' sizes, and its analytic
+    training FLOPs per step (what the budget counts), in place of Lightning's layer table. Also
+    remembers the step of the last validation, so the run's final validation is not repeated."""
+
+    def __init__(self, convention: str = "actual"):
+        self.convention = convention
+        self.last_validation_step = -1
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        data = trainer.datamodule.hparams
+        global_batch = data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        per_step = pl_module.flops_per_batch(global_batch, data.max_seq_length, self.convention)
+        lines = [f"{type(pl_module).__name__}: {_millions(pl_module.parameters())} parameters"]
+        for name, child in pl_module.named_children():
+            lines.append(f"  {name}: {type(child).__name__}, {_millions(child.parameters())} parameters")
+        lines.append(f"step: {global_batch} sequences x {data.max_seq_length} tokens, {per_step:.3e} training FLOPs "
+                     f"({self.convention})")
+        lines.append(f"device: {_device(pl_module)} x {trainer.world_size} process(es), precision "
+                     f"{trainer.precision}, strategy {type(trainer.strategy).__name__}")
+        if pl_module.scheduled_steps is not None:
+            lines.append(f"budget: {pl_module.scheduled_steps} steps")
+        say("\n".join(lines))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.last_validation_step = trainer.global_step
+
+
+@rank_zero_only
+def say(text: str) -> None:
+    """Print on the first process only (what the user needs to see, once)."""
+    print(text, flush=True)
+
+
+def _device(pl_module) -> str:
+    import torch
+
+    device = pl_module.device
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _millions(parameters) -> str:
+    unique = {id(p): p.numel() for p in parameters}  # tied weights count once
+    return f"{sum(unique.values()) / 1e6:.2f}M"

@@ -1,8 +1,8 @@
 """``isoflop compare``: pre-train several objectives to the same FLOPs budget, then judge them downstream.
 
 For each objective, on the same data, tokenizer and seed: pre-train until the budget is spent
-(``isoflop pretrain --flops_budget``), export it, fine-tune it on the downstream tasks over several
-seeds, and collect everything into one directory::
+(:func:`experiments.pretrain.pretrain` with a FLOPs budget), export it, fine-tune it on the downstream
+tasks over several seeds, and collect everything into one directory::
 
     OUT/results.csv, OUT/results.md    one row per objective: steps, tokens, FLOPs, final validation
                                        loss, each task's median and spread, the average
@@ -10,20 +10,26 @@ seeds, and collect everything into one directory::
     OUT/downstream.png                  downstream score per objective
     OUT/<run>/                          each run: csv/ and wandb/ logs, checkpoints/, export/, finetune/
 
-A rerun skips what is finished (an export, a fine-tuning results table) and resumes an interrupted
-pre-training from its last checkpoint. With no arguments it compares MLM and ELECTRA at the tiny size
-on the embedded corpus and its offline downstream tasks: minutes on a CPU.
+Every run starts from one pre-training configuration (``--config``, default ``default``, with any
+``--trainer.*``, ``--data.*`` and ``--model.init_args.*`` overrides); only the objective changes, and
+the objective's settings that the shared configuration names carry over. A rerun skips what is
+finished (a pre-training, an export, a fine-tuning results table) and resumes an interrupted
+pre-training from its last checkpoint. With no arguments it compares MLM and ELECTRA at the tiny
+size on the embedded corpus and its offline downstream tasks: minutes on a CPU.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.budget import CONFIG_DIR, load_preset, objective_from_preset, resolve_budget
+from jsonargparse import Namespace
+
+from datamodules.cache import write_atomic
 
 DEFAULT_OBJECTIVES = ["objectives.MaskedLM", "objectives.ReplacedTokenDetection"]
 
@@ -31,43 +37,49 @@ DEFAULT_OBJECTIVES = ["objectives.MaskedLM", "objectives.ReplacedTokenDetection"
 # Large (as BERT-Large); tiny encoders need a larger step to move in a few hundred updates.
 FINETUNE_LEARNING_RATE = {"tiny": 2e-3, "small": 3e-4, "base": 1e-4, "large": 5e-5}
 
+# The pre-training options a comparison shares (the rest it sets per run: run_dir, budget, resume).
+SHARED_RUN_OPTIONS = ("wandb", "flops_convention", "checkpoint_every")
+
 
 @dataclass
 class RunSpec:
-    """One pre-training run of a comparison: a name, an objective class path and its settings."""
+    """One pre-training run of a comparison: a name, an objective class path and its own settings
+    (laid over the comparison's shared configuration)."""
 
     name: str
     objective: str
     init_args: dict = field(default_factory=dict)
 
 
-def _read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "csv" / "metrics.csv"
-    if not path.exists():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
+def spec_for(objective: str) -> RunSpec:
+    """A run spec from a class path (``objectives.X`` or ``X``) or a preset name (its model settings)."""
+    from experiments import presets
+
+    if objective in presets.names():
+        model = presets.load(objective)["model"]
+        return RunSpec(objective, model["class_path"], dict(model.get("init_args") or {}))
+    path = objective if "." in objective else f"objectives.{objective}"
+    return RunSpec(path.rsplit(".", 1)[-1], path, {})
 
 
-def _last(rows: list[dict[str, str]], key: str) -> float | None:
-    values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
-    return values[-1] if values else None
+def plan(base: Namespace, runs: list[RunSpec], out: Path) -> list[tuple[RunSpec, Namespace]]:
+    """Each run's full configuration, parsed and checked before any compute."""
+    from experiments.config import parse
+    from objectives import resolve
 
-
-def run_summary(run_dir: Path) -> dict:
-    """Steps, tokens, FLOPs and validation curve of a finished run, from its CSV log."""
-    rows = _read_metrics(run_dir)
-    flops = _last(rows, "train/flops")
-    steps = max((int(r["step"]) for r in rows if r.get("train/flops")), default=0) + 1 if flops else 0
-    curve = [(int(r["step"]), float(r["val/loss"])) for r in rows if r.get("val/loss")]
-    return {"steps": steps, "tokens": _last(rows, "train/tokens"), "flops": flops,
-            "val_loss": curve[-1][1] if curve else None, "curve": curve}
+    if len({r.name for r in runs}) != len(runs):
+        raise ValueError(f"run names must be unique, got {[r.name for r in runs]}")
+    configs = []
+    for run in runs:
+        resolve(run.objective)  # an unknown objective lists the available ones
+        settings = {"model": {"class_path": run.objective, "init_args": run.init_args}, "run_dir": str(out / run.name)}
+        configs.append((run, parse(settings, base=base)))
+    return configs
 
 
 def compare(
+    base: Namespace,
     objectives: list[str] | None = None,
-    size: str = "tiny",
-    config: str = "default",
     budget: str | None = None,
     budget_steps: int = 600,
     tasks: str = "offline",
@@ -77,17 +89,13 @@ def compare(
     finetune_max_train_examples: int | None = None,
     finetune_epochs: int | None = None,
     finetune_learning_rate: float | None = None,
-    flops_convention: str = "actual",
-    wandb: bool = True,
-    overrides: list[str] | None = None,
     runs: list[RunSpec] | None = None,
 ) -> list[dict]:
     """Pre-train each objective to one FLOPs budget, fine-tune each, and tabulate and plot the results.
 
     Args:
+        base: the shared pre-training configuration (:func:`experiments.config.parse`).
         objectives: objective class paths (or preset names); default MLM and ELECTRA.
-        size: encoder size for every objective given by class path (``tiny``, ``small``, ``base``, ``large``).
-        config: the shared pre-training preset (data, tokenizer, trainer): a name in experiments/configs or a YAML file.
         budget: the FLOPs budget: a number or PRESET:STEPS. Default: what the most expensive objective
             per step takes for ``budget_steps`` steps (every other objective then takes more steps).
         budget_steps: steps of the most expensive objective that make the default budget.
@@ -99,197 +107,165 @@ def compare(
         finetune_epochs: fine-tuning epochs for every task (default: each task's own).
         finetune_learning_rate: fine-tuning peak learning rate; default by size (tiny 2e-3, small 3e-4,
             base 1e-4, large 5e-5).
-        flops_convention: ``actual`` or ``paper`` FLOPs accounting for the budget.
-        wandb: log every run to wandb as well (one group per comparison; offline without network).
-        overrides: extra ``isoflop pretrain`` arguments for every run (e.g. ``--data.batch_size=16``).
         runs: explicit run specs (used by sweeps); replaces ``objectives``.
     """
-    from experiments.cli import available_objectives, main as isoflop_main, resolve_config
-    from experiments.export import export_checkpoint
-    from experiments.finetune import average, finetune
+    from downstream.tasks import resolve_tasks
+    from experiments.budget import resolve_budget, step_flops
 
     out = Path(out_dir)
-    config_path = resolve_config(config)
-    if runs is None:
-        runs = [spec_for(o, size) for o in (objectives or DEFAULT_OBJECTIVES)]
-    known = available_objectives()
-    for run in runs:  # every check before any compute
-        if run.objective not in known:
-            raise ValueError(f"unknown objective {run.objective!r}; available: {', '.join(sorted(known))}")
-    if len({r.name for r in runs}) != len(runs):
-        raise ValueError(f"run names must be unique, got {[r.name for r in runs]}")
-    # The shared preset as every run will see it (overrides applied): data shape, default size.
-    base = apply_overrides(load_preset(config_path), overrides or [])
-    base_size = base.get("model", {}).get("init_args", {}).get("size", size)
+    task_names = resolve_tasks(tasks)  # every check before any compute
+    configs = plan(base, runs or [spec_for(o) for o in objectives or DEFAULT_OBJECTIVES], out)
+    convention = base.flops_convention
     if budget is None:
-        data = base.get("data", {})
-
-        def step_cost(run: RunSpec) -> float:
-            model = {"class_path": run.objective, "init_args": {**base["model"].get("init_args", {}), **run.init_args}}
-            return objective_from_preset({"model": model}).flops_per_batch(
-                data.get("batch_size", 32), data.get("max_seq_length", 128), flops_convention)
-
-        budget_flops = max(step_cost(run) for run in runs) * budget_steps
+        budget_flops = max(step_flops(cfg, convention) for _, cfg in configs) * budget_steps
     else:
-        budget_flops = resolve_budget(budget, flops_convention)
+        budget_flops = resolve_budget(budget, convention)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps({
-        "runs": [r.__dict__ for r in runs], "config": config_path, "budget_flops": budget_flops,
-        "flops_convention": flops_convention, "tasks": tasks, "seeds": seeds}, indent=2) + "\n")
-    group = f"compare-{out.resolve().name}"
-    print(f"[compare] budget {budget_flops:.3e} FLOPs ({flops_convention}) for {', '.join(r.name for r in runs)}", flush=True)
-
+    write_atomic(out / "compare.json", json.dumps({
+        "runs": [r.__dict__ for r, _ in configs], "budget_flops": budget_flops, "flops_convention": convention,
+        "tasks": task_names, "seeds": seeds}, indent=2) + "\n")
+    print(f"[compare] budget {budget_flops:.3e} FLOPs ({convention}) for {', '.join(r.name for r, _ in configs)}",
+          flush=True)
+    finetune_args = dict(tasks=task_names, seeds=seeds, data_dir=data_dir, max_train_examples=finetune_max_train_examples,
+                         epochs=finetune_epochs, learning_rate=finetune_learning_rate, wandb=base.wandb)
     rows = []
-    for run in runs:
-        run_dir = out / run.name
-        export_dir = run_dir / "export"
-        done = run_dir / "pretrain_done.json"
-        if not done.exists():
-            args = ["pretrain", "--config", config_path, "--model", run.objective, "--run_dir", str(run_dir),
-                    "--flops_budget", repr(budget_flops), "--flops_convention", flops_convention,
-                    "--wandb", str(wandb).lower(), "--wandb_group", group, "--checkpoint_every", "100"]
-            for key, value in run.init_args.items():
-                args += [f"--model.init_args.{key}", json.dumps(value) if not isinstance(value, str) else value]
-            args += list(overrides or [])
-            last = run_dir / "checkpoints" / "last.ckpt"
-            if last.exists():
-                print(f"[compare] {run.name}: resuming from {last}", flush=True)
-                args += ["--ckpt_path", str(last)]
-            else:
-                print(f"[compare] {run.name}: pre-training", flush=True)
-            isoflop_main(args)
-            done.write_text(json.dumps(run_summary(run_dir) | {"curve": None}) + "\n")
-        if not (export_dir / "config.json").exists():
-            for line in export_checkpoint(run_dir / "checkpoints" / "last.ckpt", export_dir, overwrite=True):
-                print(f"[compare] {line}", flush=True)
-        else:
-            print(f"[compare] {run.name}: pre-training done, skipped", flush=True)
-        ft_dir = run_dir / "finetune"
-        run_size = run.init_args.get("size") or base_size
-        if (ft_dir / "results.json").exists():
-            print(f"[compare] {run.name}: fine-tuning done, skipped", flush=True)
-            results = json.loads((ft_dir / "results.json").read_text())
-        else:
-            task_results = finetune(str(export_dir), tasks=tasks, seeds=seeds, out_dir=str(ft_dir), data_dir=data_dir,
-                                    max_train_examples=finetune_max_train_examples, epochs=finetune_epochs,
-                                    learning_rate=finetune_learning_rate or FINETUNE_LEARNING_RATE[run_size],
-                                    wandb=wandb)
-            results = {name: {"metric": r.metric, "median": r.median, "min": r.min, "max": r.max, "std": r.std,
-                              "scores": list(r.scores.values())} for name, r in task_results.items()}
-            avg = average(task_results)
-            if avg is not None:
-                results["average"] = {"metric": avg.metric, "median": avg.median, "min": avg.min, "max": avg.max,
-                                      "std": avg.std, "scores": list(avg.scores.values())}
-            (ft_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        rows.append({"name": run.name, "objective": run.objective, **run_summary(run_dir), "tasks": results})
-
+    for run, cfg in configs:
+        cfg.flops_budget, cfg.wandb_group = repr(budget_flops), f"compare-{out.resolve().name}"
+        summary = pretrain_once(run, cfg)
+        results = finetune_once(run, cfg, finetune_args)
+        rows.append({"name": run.name, "objective": run.objective, **summary, "curve": validation_curve(Path(cfg.run_dir)),
+                     "tasks": results})
     write_tables(rows, out, budget_flops)
     write_plots(rows, out)
+    print(f"[compare] results in {out}: results.md, results.csv, val_loss_vs_flops.png, downstream.png", flush=True)
     return rows
 
 
-def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """A preset with ``--a.b=v`` / ``--a.b v`` command-line overrides applied (``init_args`` as in YAML),
-    so the default budget is computed for the runs as they will really be configured."""
-    import copy
+def pretrain_once(run: RunSpec, cfg: Namespace) -> dict:
+    """Pre-train and export a run, unless a previous invocation did; resume from its last checkpoint."""
+    from experiments.export import export_checkpoint
+    from experiments.pretrain import pretrain
 
-    import yaml
-
-    config = copy.deepcopy(config)
-    items, i = [], 0
-    while i < len(overrides):
-        arg = overrides[i]
-        if arg.startswith("--") and "=" in arg:
-            items.append(arg[2:].split("=", 1))
-        elif arg.startswith("--") and i + 1 < len(overrides):
-            items.append((arg[2:], overrides[i + 1]))
-            i += 1
-        i += 1
-    for key, value in items:
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return config
+    run_dir = Path(cfg.run_dir)
+    done, export_dir = run_dir / "pretrain_done.json", run_dir / "export"
+    if done.exists():
+        print(f"[compare] {run.name}: pre-training done, skipped", flush=True)
+    else:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        cfg.ckpt_path = str(last) if last.exists() else None
+        print(f"[compare] {run.name}: " + (f"resuming from {last}" if cfg.ckpt_path else "pre-training"), flush=True)
+        result = pretrain(cfg)
+        if not result.finished:
+            raise RuntimeError(f"pre-training of {run.name} stopped before its budget (see {run_dir})")
+        write_atomic(done, json.dumps({"steps": result.steps, "tokens": result.tokens, "flops": result.flops,
+                                       "val_loss": result.val.get("val/loss")}) + "\n")
+    if not (export_dir / "config.json").exists():
+        for line in export_checkpoint(run_dir / "checkpoints" / "last.ckpt", export_dir, overwrite=True):
+            print(f"[compare] {line}", flush=True)
+    return json.loads(done.read_text())
 
 
-def spec_for(objective: str, size: str) -> RunSpec:
-    """A run spec from a class path (at ``size``) or a preset name (its own model settings)."""
-    if (CONFIG_DIR / f"{objective}.yaml").exists():
-        model = load_preset(objective)["model"]
-        return RunSpec(objective, model["class_path"], dict(model.get("init_args", {})))
-    if "." not in objective:
-        objective = f"objectives.{objective}"
-    return RunSpec(objective.rsplit(".", 1)[-1], objective, {"size": size})
+def finetune_once(run: RunSpec, cfg: Namespace, finetune_args: dict) -> dict:
+    """Fine-tune a run's export on the tasks, unless a previous invocation did; the results per task."""
+    from experiments.finetune import average, finetune
+
+    ft_dir = Path(cfg.run_dir) / "finetune"
+    if (ft_dir / "results.json").exists():
+        print(f"[compare] {run.name}: fine-tuning done, skipped", flush=True)
+        return json.loads((ft_dir / "results.json").read_text())
+    args = dict(finetune_args)
+    args["learning_rate"] = args["learning_rate"] or FINETUNE_LEARNING_RATE[cfg.model.init_args.size]
+    task_results = finetune(str(Path(cfg.run_dir) / "export"), out_dir=str(ft_dir), **args)
+    avg = average(task_results)
+    results = {name: {"metric": r.metric, "median": r.median, "min": r.min, "max": r.max, "std": r.std,
+                      "scores": list(r.scores.values())}
+               for name, r in {**task_results, **({"average": avg} if avg is not None else {})}.items()}
+    write_atomic(ft_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def validation_curve(run_dir: Path) -> list[tuple[int, float, float]]:
+    """(step, training FLOPs, validation loss) of every validation of a run, from its CSV log (each
+    validation row carries the training FLOPs it was taken at)."""
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return [(int(r["step"]), float(r["train/flops"]), float(r["val/loss"]))
+                for r in csv.DictReader(f) if r.get("val/loss")]
+
+
+def load_rows(out_dir: str | Path) -> list[dict]:
+    """The rows of a finished comparison directory (what ``compare`` returned), for the notebook."""
+    out = Path(out_dir)
+    settings = json.loads((out / "compare.json").read_text())
+    rows = []
+    for run in settings["runs"]:
+        run_dir = out / run["name"]
+        summary = json.loads((run_dir / "pretrain_done.json").read_text())
+        tasks = json.loads((run_dir / "finetune" / "results.json").read_text())
+        rows.append({"name": run["name"], "objective": run["objective"], **summary,
+                     "curve": validation_curve(run_dir), "tasks": tasks})
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3e}" if abs(v) >= 1e5 else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
 
 
 def write_tables(rows: list[dict], out: Path, budget: float) -> None:
     """results.csv and results.md: one row per run."""
     task_names = [t for t in rows[0]["tasks"] if t != "average"] if rows else []
     header = ["run", "objective", "steps", "tokens", "flops", "budget_frac", "val_loss"]
-    for t in task_names:
-        header += [f"{t}_median", f"{t}_min", f"{t}_max"]
-    header += ["average"]
+    header += [f"{t}_{s}" for t in task_names for s in ("median", "min", "max")] + ["average"]
     table = []
     for r in rows:
         line = [r["name"], r["objective"], r["steps"], r["tokens"], r["flops"],
                 r["flops"] / budget if r["flops"] else None, r["val_loss"]]
-        for t in task_names:
-            task = r["tasks"].get(t, {})
-            line += [task.get("median"), task.get("min"), task.get("max")]
-        line += [r["tasks"].get("average", {}).get("median")]
-        table.append(line)
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(table)
-
-    def fmt(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.3e}" if abs(v) >= 1e5 else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
-        return str(v)
+        line += [r["tasks"].get(t, {}).get(s) for t in task_names for s in ("median", "min", "max")]
+        table.append(line + [r["tasks"].get("average", {}).get("median")])
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([header, *table])
+    write_atomic(out / "results.csv", buffer.getvalue())
 
     md = [f"# Compute-matched comparison\n\nBudget: {budget:.3e} training FLOPs per objective.\n"]
     cols = ["run", "steps", "tokens", "FLOPs", "val loss"] + [f"{t} (median [min, max])" for t in task_names] + ["average"]
-    md.append("| " + " | ".join(cols) + " |")
-    md.append("|" + "---|" * len(cols))
-    for r, line in zip(rows, table):
-        cells = [r["name"], fmt(r["steps"]), fmt(r["tokens"]), fmt(r["flops"]), fmt(r["val_loss"])]
+    md += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [r["name"], _fmt(r["steps"]), _fmt(r["tokens"]), _fmt(r["flops"]), _fmt(r["val_loss"])]
         for t in task_names:
             task = r["tasks"].get(t, {})
-            cells.append(f"{fmt(task.get('median'))} [{fmt(task.get('min'))}, {fmt(task.get('max'))}]")
-        cells.append(fmt(r["tasks"].get("average", {}).get("median")))
+            cells.append(f"{_fmt(task.get('median'))} [{_fmt(task.get('min'))}, {_fmt(task.get('max'))}]")
+        cells.append(_fmt(r["tasks"].get("average", {}).get("median")))
         md.append("| " + " | ".join(cells) + " |")
     md.append("\nval loss is each objective's own training loss on held-out text (not comparable across "
               "objectives); downstream scores are medians over fine-tuning seeds, in points.\n")
-    (out / "results.md").write_text("\n".join(md))
+    write_atomic(out / "results.md", "\n".join(md))
 
 
-def write_plots(rows: list[dict], out: Path) -> None:
-    """val_loss_vs_flops.png and downstream.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_validation(rows: list[dict]):
+    """Each run's validation loss against training FLOPs (a matplotlib Figure)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, max(1, len(rows)), figsize=(4.5 * max(1, len(rows)), 3.5), squeeze=False)
     for ax, r in zip(axes[0], rows):
-        per_step = r["flops"] / r["steps"] if r["flops"] and r["steps"] else 0.0
         if r["curve"]:
-            x = [step * per_step for step, _ in r["curve"]]
-            ax.plot(x, [v for _, v in r["curve"]], marker="o")
-        ax.set_title(r["name"])
-        ax.set_xlabel("training FLOPs")
-        ax.set_ylabel("validation loss (own objective)")
+            ax.plot([f for _, f, _ in r["curve"]], [v for _, _, v in r["curve"]], marker="o")
+        ax.set(title=r["name"], xlabel="training FLOPs", ylabel="validation loss (own objective)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "val_loss_vs_flops.png", dpi=100)
-    plt.close(fig)
+    return fig
 
-    task_names = [t for t in rows[0]["tasks"]] if rows else []
+
+def plot_downstream(rows: list[dict]):
+    """Each run's median downstream score per task, with min-max bars (a matplotlib Figure)."""
+    import matplotlib.pyplot as plt
+
+    task_names = list(rows[0]["tasks"]) if rows else []
     fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(task_names) * max(1, len(rows)) / 2, 3.5))
     width = 0.8 / max(1, len(rows))
     for i, r in enumerate(rows):
@@ -302,20 +278,44 @@ def write_plots(rows: list[dict], out: Path) -> None:
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "downstream.png", dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def main(argv: list[str] | None = None) -> int:
+def write_plots(rows: list[dict], out: Path) -> None:
+    """val_loss_vs_flops.png and downstream.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name, fig in (("val_loss_vs_flops.png", plot_validation(rows)), ("downstream.png", plot_downstream(rows))):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        plt.close(fig)
+        write_atomic(out / name, buffer.getvalue())
+
+
+def build_parser():
+    """``isoflop compare``'s options: the shared pre-training configuration (``--config``, ``--trainer.*``,
+    ``--model.*``, ``--data.*``, as ``isoflop pretrain``) and the comparison's own."""
+    from experiments.config import build_parser as pretrain_parser
+
+    parser = pretrain_parser(prog="isoflop compare", run_options=SHARED_RUN_OPTIONS)
+    parser.description = (__doc__ or "").split("\n\n")[0]
+    parser.add_function_arguments(compare, skip={"base", "runs"}, as_group=False)
+    return parser
+
+
+def main(argv: list[str]) -> int:
     """Entry point of ``isoflop compare``."""
-    from jsonargparse import ArgumentParser
+    import inspect
 
-    parser = ArgumentParser(prog="isoflop compare", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_function_arguments(compare, skip={"runs"})
-    args = parser.parse_args(argv)
-    kwargs = {k: v for k, v in vars(args).items() if k != "__path__"}
-    try:
-        compare(**kwargs)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"isoflop compare: error: {err}") from None
+    from experiments.config import DEFAULT_PRESET, parse
+
+    if not any(a.split("=", 1)[0] == "--config" for a in argv):
+        argv = ["--config", DEFAULT_PRESET, *argv]
+    args = build_parser().parse_args(argv).as_dict()
+    own = {k: args[k] for k in inspect.signature(compare).parameters if k not in ("base", "runs")}
+    shared = {k: args[k] for k in ("seed_everything", "trainer", "model", "data", *SHARED_RUN_OPTIONS)}
+    compare(parse(shared), **own)
     return 0

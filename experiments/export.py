@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
-import torch
+from datamodules.cache import replace_directory
 
 
 def load_objective(checkpoint: str | os.PathLike):
     """The objective saved in a checkpoint, on the CPU, in eval mode."""
-    from objectives.base import import_class
+    import torch
+
+    from objectives import resolve
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -24,7 +25,7 @@ def load_objective(checkpoint: str | os.PathLike):
     meta = torch.load(path, map_location="cpu", weights_only=False).get("isoflop")
     if not meta or "class_path" not in meta:
         raise ValueError(f"{str(path)!r} is not an isoflop checkpoint (no 'isoflop' metadata): export needs one written by isoflop pretrain")
-    module = import_class(meta["class_path"]).load_from_checkpoint(path, map_location="cpu")
+    module = resolve(meta["class_path"]).load_from_checkpoint(path, map_location="cpu")
     return module.eval()
 
 
@@ -34,15 +35,20 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     Returns lines describing what was written.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{str(out)!r} is a file: give a directory to export into")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{str(out)!r} exists and is not empty: choose another directory (nothing was overwritten)")
+    from transformers.utils import logging as hf_logging
+
     module = load_objective(checkpoint)
-    tmp = out.with_name(out.name + ".tmp-export")
-    shutil.rmtree(tmp, ignore_errors=True)
-    module.export(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "writing model shards" bar per network says nothing here
+    try:
+        replace_directory(module.export, out)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     lines = [f"exported {type(module).__name__} to {out}"]
     for config in sorted(out.rglob("config.json")):
         lines.append(f"  {config.parent}: {json.loads(config.read_text())['architectures'][0]}")

@@ -17,18 +17,22 @@ logger (plus a wandb run, grouped by encoder and task). Scores are in GLUE point
 from __future__ import annotations
 
 import csv
+import io
 import json
 import statistics
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 
-from datamodules.glue import GLUE_TASKS, GlueDataModule, TaskSpec, all_tasks, get_task
+from datamodules.cache import write_atomic
+from downstream.classifier import SequenceClassification, check_encoder
+from downstream.data import TaskDataModule
+from downstream.tasks import TaskSpec, resolve_tasks
 from experiments.loggers import finish_loggers, make_loggers
-from objectives.finetune import SequenceClassification, check_encoder
 
 
 @dataclass
@@ -75,35 +79,6 @@ class TaskResult:
         return len(self.scores)
 
 
-def resolve_tasks(tasks: list[str] | str) -> list[str]:
-    """Task names from ``glue``, ``offline``, a name, a comma list, or a list of any of these.
-
-    ``glue`` is every GLUE task but WNLI (name ``wnli`` to run it too). Unknown names raise a
-    ValueError that lists the valid ones.
-    """
-    items = [tasks] if isinstance(tasks, str) else list(tasks)
-    names = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
-    known = all_tasks()
-    out: list[str] = []
-    for name in names:
-        key = name.lower()
-        if key == "glue":
-            expanded = [t for t in GLUE_TASKS if t != "wnli"]
-        elif key == "offline":
-            expanded = [t for t, spec in known.items() if spec.group == "offline"]
-        else:
-            try:
-                expanded = [get_task(name).name]
-            except ValueError:
-                raise ValueError(
-                    f"unknown task {name!r}; valid: glue, offline, {', '.join(known)}"
-                ) from None
-        out += [t for t in expanded if t not in out]
-    if not out:
-        raise ValueError(f"no task given; valid: glue, offline, {', '.join(known)}")
-    return out
-
-
 def encoder_tag(encoder: str) -> str:
     """A short name for an encoder directory: its last two path components (``electra-small-export``)."""
     path = Path(encoder).expanduser()
@@ -128,22 +103,27 @@ def average(results: dict[str, TaskResult], include_wnli: bool = False) -> TaskR
 
 
 def write_results(results: dict[str, TaskResult], out_dir: str | Path, header: str = "") -> None:
-    """``results.csv`` and ``results.md`` (tasks, then the ``average`` row) and ``metrics.csv`` in ``out_dir``."""
+    """``results.csv`` and ``results.md`` (tasks, then the ``average`` row) and ``metrics.csv`` in ``out_dir``.
+
+    Each file is written whole and renamed into place (:func:`datamodules.cache.write_atomic`):
+    they are rewritten after every task, and a crash or kill mid-write must not leave a truncated
+    table where the previous, complete one was.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rows = list(results.values())
     avg = average(results)
     if avg is not None:
         rows.append(avg)
     seeds = sorted({s for r in rows for s in r.scores})
     columns = ["task", "metric", "median", "min", "max", "std", "n_seeds", *[f"seed_{s}" for s in seeds]]
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for r in rows:
-            per_seed = [f"{r.scores[s]:.4f}" if s in r.scores else "" for s in seeds]
-            stats = [f"{v:.4f}" for v in (r.median, r.min, r.max, r.std)]
-            writer.writerow([r.task, r.metric, *stats, r.n_seeds, *per_seed])
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(columns)
+    for r in rows:
+        per_seed = [f"{r.scores[s]:.4f}" if s in r.scores else "" for s in seeds]
+        stats = [f"{v:.4f}" for v in (r.median, r.min, r.max, r.std)]
+        writer.writerow([r.task, r.metric, *stats, r.n_seeds, *per_seed])
+    write_atomic(out / "results.csv", table.getvalue())
 
     lines = [header, ""] if header else []
     lines += [
@@ -159,15 +139,27 @@ def write_results(results: dict[str, TaskResult], out_dir: str | Path, header: s
     if others:
         lines += ["", "Other metrics (median over seeds):", "", "| task | metric | median |", "|---|---|---:|"]
         lines += [f"| {task} | {name} | {value:.2f} |" for task, name, value in others]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "results.md", "\n".join(lines) + "\n")
 
     # Every metric of every run, long format, for later analysis.
-    with open(out / "metrics.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["task", "seed", "metric", "value"])
-        for r in results.values():
-            for name, per_seed in {r.metric: r.scores, **r.others}.items():
-                writer.writerows([r.task, seed, name, f"{value:.4f}"] for seed, value in sorted(per_seed.items()))
+    long = io.StringIO()
+    writer = csv.writer(long)
+    writer.writerow(["task", "seed", "metric", "value"])
+    for r in results.values():
+        for name, per_seed in {r.metric: r.scores, **r.others}.items():
+            writer.writerows([r.task, seed, name, f"{value:.4f}"] for seed, value in sorted(per_seed.items()))
+    write_atomic(out / "metrics.csv", long.getvalue())
+
+
+# Where finetune()'s parameters go: every task's datamodule, every run's training, and the record
+# (config.json, and each run's logged config; tasks and seeds as resolved).
+_DATA_OPTIONS = ("data_dir", "cache_dir", "max_length", "batch_size", "both_orders", "max_train_examples",
+                 "max_eval_examples", "num_workers")
+_RUN_OPTIONS = ("max_steps", "learning_rate", "layerwise_lr_decay", "weight_decay", "warmup_fraction", "accelerator",
+                "devices", "precision", "wandb", "progress_bar")
+_RECORDED = ("encoder", "tasks", "seeds", "data_dir", "epochs", "max_steps", "max_train_examples", "max_eval_examples",
+             "batch_size", "max_length", "learning_rate", "layerwise_lr_decay", "weight_decay", "warmup_fraction",
+             "both_orders", "precision")
 
 
 def finetune(
@@ -227,64 +219,64 @@ def finetune(
     Returns:
         Results per task name (in GLUE points, x100); ``average(results)`` gives the GLUE-style mean.
     """
-    # --- every check before any training compute ---
+    options = dict(locals())  # the parameters by name, dealt out below with the tuples above
+    # Every check (task names, seeds, encoder, data files and columns) before any training compute.
     names = resolve_tasks(tasks)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ValueError("seeds must be a positive count or a non-empty list")
-    check_encoder(encoder)
-    modules: dict[str, GlueDataModule] = {}
-    for name in names:
-        dm = GlueDataModule(
-            encoder,
-            task=name,
-            data_dir=data_dir,
-            max_length=max_length,
-            batch_size=batch_size,
-            both_orders=both_orders,
-            max_train_examples=max_train_examples,
-            max_eval_examples=max_eval_examples,
-            num_workers=num_workers,
-            cache_dir=cache_dir,
-        )
-        dm.load_raw()  # raises on missing files, columns or bad labels
-        modules[name] = dm
-
+    modules = _prepare_tasks(encoder, names, **{k: options[k] for k in _DATA_OPTIONS})
     out = Path(out_dir) if out_dir else Path("runs") / "finetune" / encoder_tag(encoder)
-    out.mkdir(parents=True, exist_ok=True)
-    # Recorded in config.json and logged with every run.
-    settings = dict(
-        encoder=encoder, tasks=names, seeds=seed_list, data_dir=data_dir, epochs=epochs, max_steps=max_steps,
-        max_train_examples=max_train_examples, max_eval_examples=max_eval_examples, batch_size=batch_size,
-        max_length=max_length, learning_rate=learning_rate, layerwise_lr_decay=layerwise_lr_decay,
-        weight_decay=weight_decay, warmup_fraction=warmup_fraction, both_orders=both_orders, precision=precision,
-    )
-    (out / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
-    header = f"Fine-tuning `{encoder}` (median over seeds, GLUE points)"
-
+    settings = {**{k: options[k] for k in _RECORDED}, "tasks": names, "seeds": seed_list}
+    write_atomic(out / "config.json", json.dumps(settings, indent=2) + "\n")
+    run = {k: options[k] for k in _RUN_OPTIONS}
     results: dict[str, TaskResult] = {}
     for name, dm in modules.items():
-        spec = dm.spec
-        dm.setup("fit")
-        result = results[name] = TaskResult(name, spec.metric)
-        for seed in seed_list:
-            metrics = _run_one(
-                dm, spec, seed, encoder=encoder, out=out, settings=settings, epochs=epochs or spec.epochs,
-                max_steps=max_steps, learning_rate=learning_rate, layerwise_lr_decay=layerwise_lr_decay,
-                weight_decay=weight_decay, warmup_fraction=warmup_fraction, accelerator=accelerator,
-                devices=devices, precision=precision, wandb=wandb, progress_bar=progress_bar,
-            )
-            result.scores[seed] = metrics[spec.metric]
-            for key, value in metrics.items():
-                if key != spec.metric:
-                    result.others.setdefault(key, {})[seed] = value
-            print(f"[finetune] {name} seed {seed}: {spec.metric} {metrics[spec.metric]:.2f}", flush=True)
-        write_results(results, out, header)  # after every task, so a crash keeps what is done
+        results[name] = _run_task(dm, seed_list, encoder=encoder, out=out, settings=settings, epochs=epochs, **run)
+        # After every task, so a crash keeps what is done.
+        write_results(results, out, f"Fine-tuning `{encoder}` (median over seeds, GLUE points)")
     return results
 
 
+def _prepare_tasks(encoder: str, names: list[str], **data_options: Any) -> dict[str, TaskDataModule]:
+    """Check the encoder and build every task's datamodule, loading and checking its raw data.
+
+    Runs before any training: a missing tokenizer, file, column or a bad label then fails in one
+    line, not after hours of fine-tuning the tasks before it. ``data_options`` are
+    :class:`~downstream.data.TaskDataModule` arguments.
+    """
+    check_encoder(encoder)
+    modules: dict[str, TaskDataModule] = {}
+    for name in names:
+        dm = TaskDataModule(encoder, task=name, **data_options)
+        dm.load_raw()  # raises on missing files, columns or bad labels
+        modules[name] = dm
+    return modules
+
+
+def _run_task(
+    dm: TaskDataModule, seed_list: list[int], *, encoder: str, out: Path, settings: dict, epochs: int | None,
+    **run: Any,
+) -> TaskResult:
+    """Every seed of one task (tokenised once); ``epochs`` None means the task's own.
+    ``run`` holds :func:`_run_one`'s training options."""
+    spec = dm.spec
+    dm.setup("fit")
+    result = TaskResult(spec.name, spec.metric)
+    for seed in seed_list:
+        metrics = _run_one(
+            dm, spec, seed, encoder=encoder, out=out, settings=settings, epochs=epochs or spec.epochs, **run
+        )
+        result.scores[seed] = metrics[spec.metric]
+        for key, value in metrics.items():
+            if key != spec.metric:
+                result.others.setdefault(key, {})[seed] = value
+        print(f"[finetune] {spec.name} seed {seed}: {spec.metric} {metrics[spec.metric]:.2f}", flush=True)
+    return result
+
+
 def _run_one(
-    dm: GlueDataModule, spec: TaskSpec, seed: int, *, encoder: str, out: Path, settings: dict, epochs: int,
+    dm: TaskDataModule, spec: TaskSpec, seed: int, *, encoder: str, out: Path, settings: dict, epochs: int,
     max_steps: int, learning_rate: float, layerwise_lr_decay: float, weight_decay: float, warmup_fraction: float,
     accelerator: str, devices: int | str, precision: str, wandb: bool, progress_bar: bool,
 ) -> dict[str, float]:

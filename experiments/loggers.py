@@ -8,9 +8,11 @@ reached, so a run on a machine without network still writes a wandb directory th
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -18,6 +20,29 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 WANDB_PROJECT = "isoflop"
+
+# Third-party lines that every run would print and that tell a user nothing about it.
+_NOISE = (
+    "💡 Tip:",  # Lightning advertising its cloud logger
+    "GPU available:", "TPU available:", "HPU available:",  # isoflop's run summary names the device in use
+    "Loading `train_dataloader` to estimate",  # a remark on Lightning's internals
+    "`Trainer.fit` stopped:",  # every isoflop command says how far each run got, in its own words
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_NOISE)
+
+
+def quiet() -> None:
+    """Silence third-party noise on every run: Lightning's tips, a torch ``_pytree`` deprecation that
+    Lightning triggers on each step's outputs, and wandb's warning about a setting Lightning passes."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def _has_wandb_credentials(host: str) -> bool:
@@ -63,8 +88,10 @@ def make_loggers(
 ) -> list[Logger]:
     """CSV logger in ``save_dir/name`` and, unless ``wandb=False``, a wandb logger beside it.
 
-    The wandb run directory is ``save_dir/wandb`` (offline runs land there for ``wandb sync``).
+    The wandb run directory is ``save_dir/wandb`` (offline runs land there for ``wandb sync``). Every
+    run makes its loggers here, so this is also where third-party noise is silenced (:func:`quiet`).
     """
+    quiet()
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     loggers: list[Logger] = [CSVLogger(save_dir=str(save_dir), name=name, version="")]
@@ -84,6 +111,8 @@ def make_loggers(
                 offline=mode == "offline",
                 settings=settings,
             )
+            # Lightning passes anonymous=None, which wandb (>= 0.19) warns about on every run.
+            logger._wandb_init.pop("anonymous", None)
             if config:
                 logger.log_hyperparams(config)
             loggers.append(logger)

@@ -1,9 +1,11 @@
-"""``isoflop sweep GRID.yaml``: an ablation grid expanded into runs at equal FLOPs.
+"""``isoflop sweep GRID``: an ablation grid expanded into runs at equal FLOPs.
 
-A grid file has three parts::
+A grid file (``experiments/configs/sweeps/<name>.yaml`` or any path) has up to five parts::
 
-    compare:                 # arguments of `isoflop compare` shared by every run (budget, tasks, seeds, ...)
-      size: tiny
+    config: default          # the pre-training preset every run starts from
+    pretrain:                # settings laid over it for every run (as in a preset: trainer, data, model)
+      data: {batch_size: 16}
+    compare:                 # arguments of `isoflop compare` (budget, budget_steps, tasks, seeds, ...)
       budget_steps: 600
     grid:                    # the cartesian product of these lists; `objective` is required
       objective: [objectives.ReplacedTokenDetection, objectives.Electra15]
@@ -11,21 +13,20 @@ A grid file has three parts::
     baselines: [objectives.MaskedLM]   # optional runs outside the grid
 
 Each grid point is one run; a setting an objective does not take is dropped for it (so a grid may
-mix objectives), and identical runs are merged. All runs share one budget and land in one
-results table, exactly as `isoflop compare`.
+mix objectives), and identical runs are merged. All runs share one budget and land in one results
+table, exactly as ``isoflop compare``.
 """
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import itertools
-from pathlib import Path
 
-import yaml
+from experiments import presets
+from experiments.compare import RunSpec
 
-from experiments.compare import RunSpec, compare
-
-SWEEP_DIR = Path(__file__).resolve().parent / "configs" / "sweeps"
+SWEEP_KEYS = ("config", "pretrain", "compare", "grid", "baselines")
 
 
 def accepted_args(cls: type) -> set[str]:
@@ -46,24 +47,17 @@ def _short(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def expand(grid: dict, baselines: list[str] | None = None, size: str = "tiny") -> list[RunSpec]:
+def expand(grid: dict, baselines: list[str] | None = None) -> list[RunSpec]:
     """The runs of a grid, baselines first, in a deterministic order."""
-    from objectives.base import import_class
+    from objectives import class_path, resolve
 
     if "objective" not in grid:
         raise ValueError("a sweep grid needs an 'objective' list")
-    keys = [k for k in grid if k != "objective"]
-    for key in grid:
-        if not isinstance(grid[key], list) or not grid[key]:
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
             raise ValueError(f"grid entry {key!r} must be a non-empty list")
-    def load(objective: str) -> tuple[str, type]:
-        path = objective if "." in objective else f"objectives.{objective}"
-        try:
-            return path, import_class(path)
-        except (ImportError, AttributeError):
-            raise ValueError(f"unknown objective {objective!r} in the sweep grid") from None
-
-    taken = set().union(*(accepted_args(load(o)[1]) for o in grid["objective"]))
+    keys = [k for k in grid if k != "objective"]
+    taken = set().union(*(accepted_args(resolve(o)) for o in grid["objective"]))
     for key in keys:
         if key not in taken:
             raise ValueError(f"no objective of the grid takes {key!r}: check the name")
@@ -72,51 +66,54 @@ def expand(grid: dict, baselines: list[str] | None = None, size: str = "tiny") -
     points = [(b, ()) for b in baselines or []]
     points += [(o, v) for o in grid["objective"] for v in itertools.product(*(grid[k] for k in keys))]
     for objective, values in points:
-        path, cls = load(objective)
+        cls = resolve(objective)
         ok = accepted_args(cls)
-        args = {"size": size, **{k: v for k, v in zip(keys, values) if k in ok}}
-        key = (path, tuple(sorted(args.items())))
-        if key in seen:
-            continue
-        seen.add(key)
-        name = "-".join([cls.__name__] + [f"{k}={_short(v)}" for k, v in args.items() if k != "size"])
-        runs.append(RunSpec(name, path, args))
+        args = {k: v for k, v in zip(keys, values) if k in ok}
+        key = (class_path(cls), tuple(sorted(args.items())))
+        if key not in seen:
+            seen.add(key)
+            runs.append(RunSpec("-".join([cls.__name__] + [f"{k}={_short(v)}" for k, v in args.items()]),
+                                class_path(cls), args))
     return runs
 
 
+def load(grid_file: str) -> dict:
+    """A sweep file (a path, or a name in experiments/configs/sweeps), checked for unknown parts."""
+    spec = presets.load(grid_file, presets.SWEEP_DIR)
+    unknown = set(spec) - set(SWEEP_KEYS)
+    if unknown:
+        raise ValueError(f"sweep {grid_file!r}: unknown part(s) {', '.join(sorted(unknown))}; "
+                         f"a sweep has {', '.join(SWEEP_KEYS)}")
+    if "grid" not in spec:
+        raise ValueError(f"sweep {grid_file!r} has no 'grid'")
+    return spec
+
+
 def sweep(grid_file: str, out_dir: str | None = None) -> list[dict]:
-    """Run a sweep file (a path, or a name in experiments/configs/sweeps)."""
-    path = Path(grid_file)
-    if not path.exists():
-        path = SWEEP_DIR / f"{grid_file}.yaml"
-    if not path.exists():
-        names = ", ".join(sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")))
-        raise ValueError(f"sweep file {grid_file!r} not found (shipped sweeps: {names})")
-    spec = yaml.safe_load(path.read_text())
-    options = dict(spec.get("compare", {}))
-    options.setdefault("out_dir", out_dir or f"runs/sweep-{path.stem}")
-    if out_dir:
-        options["out_dir"] = out_dir
-    runs = expand(spec["grid"], spec.get("baselines"), options.pop("size", "tiny"))
-    return compare(runs=runs, **options)
+    """Run a sweep file: every run at one FLOPs budget, in one results table."""
+    from experiments.compare import compare
+    from experiments.config import parse
+
+    spec = load(grid_file)
+    runs = expand(spec["grid"], spec.get("baselines"))
+    base = parse(["--config", str(spec.get("config", "default"))])
+    if spec.get("pretrain"):
+        base = parse(spec["pretrain"], base=base)
+    options = dict(spec.get("compare") or {})
+    options["out_dir"] = out_dir or options.get("out_dir") or f"runs/sweep-{presets.find(grid_file, presets.SWEEP_DIR).stem}"
+    return compare(base, runs=runs, **options)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="isoflop sweep", description="Run an ablation grid at equal FLOPs.")
     parser.add_argument("grid_file", help="a sweep YAML file or a name in experiments/configs/sweeps")
     parser.add_argument("--out_dir", default=None, help="output directory (default runs/sweep-<name>)")
     parser.add_argument("--dry_run", action="store_true", help="list the runs and exit")
     args = parser.parse_args(argv)
-    try:
-        if args.dry_run:
-            path = Path(args.grid_file) if Path(args.grid_file).exists() else SWEEP_DIR / f"{args.grid_file}.yaml"
-            spec = yaml.safe_load(path.read_text())
-            for run in expand(spec["grid"], spec.get("baselines"), spec.get("compare", {}).get("size", "tiny")):
-                print(run.name, run.objective, run.init_args)
-            return 0
-        sweep(args.grid_file, args.out_dir)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"isoflop sweep: error: {err}") from None
+    if args.dry_run:
+        spec = load(args.grid_file)
+        for run in expand(spec["grid"], spec.get("baselines")):
+            print(run.name, run.objective, run.init_args)
+        return 0
+    sweep(args.grid_file, args.out_dir)
     return 0

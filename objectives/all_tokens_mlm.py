@@ -15,47 +15,43 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import ElectraForMaskedLM
 
-from objectives.generator import GeneratorObjective
+from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.mlm import mlm_logits
+from objectives.replace_mlm import ReplaceMLM
 
 
-class AllTokensMLM(GeneratorObjective):
-    """MLM over all tokens of the generator-corrupted input, with the paper's copy mechanism.
+class AllTokensMLM(ReplaceMLM):
+    """MLM over all tokens of the generator-corrupted input, with the paper's copy mechanism: Replace
+    MLM (same networks and corruption) that predicts every token, not only the masked ones.
 
     Args:
         size: main network size preset: ``tiny``, ``small``, ``base`` or ``large``.
-        mask_style: how the generator's input is masked: ``electra`` (85/15) or ``bert`` (80/10/10).
-        **kwargs: generator settings of :class:`objectives.generator.GeneratorObjective` and the shared
-            settings of :class:`objectives.base.PretrainingObjective`.
+        **kwargs: every setting of :class:`objectives.replace_mlm.ReplaceMLM` (mask_style, generator
+            settings, the shared settings).
     """
 
-    main_class = ElectraForMaskedLM
-
-    def __init__(self, size: str = "small", mask_style: str = "electra", **kwargs):
-        super().__init__(size=size, mask_style=mask_style, **kwargs)
+    def __init__(self, size: str = "small", **kwargs):
+        super().__init__(size=size, **kwargs)
         # The copy gate D(x, t): hidden -> 1 logit per token.
         self.copy_gate = nn.Linear(self.shape.hidden_size, 1)
         nn.init.normal_(self.copy_gate.weight, std=0.02)
         nn.init.zeros_(self.copy_gate.bias)
 
     def main_flops(self, seq_len: int, convention: str) -> float:
-        from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
+        """The main network, its MLM head on every token and the copy gate, forward and backward."""
+        gate = 2 * self.shape.hidden_size * seq_len  # the copy gate, Linear(h, 1) on every token
+        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention) + mlm_head_flops(
+            self.shape, self.vocab_size, seq_len, convention) + gate
+        return train_multiplier(convention) * forward
 
-        shape = self.flops_shape()
-        gate = 2 * shape.hidden_size * seq_len  # the copy gate, Linear(h, 1) on every token
-        return train_multiplier(convention) * (
-            encoder_flops(shape, seq_len, convention) + mlm_head_flops(shape, seq_len, convention) + gate
-        )
-
-    def compute(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
-        corruption, metrics = self.corrupt(batch, generator)
+    def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
+        corruption, metrics = self.corrupt(batch, rng)
         original, corrupted = batch["input_ids"], corruption.corrupted  # (B, L)
-        hidden = self.discriminator.electra(
+        hidden = self.mlm.electra(
             input_ids=corrupted, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
         ).last_hidden_state  # (B, L, H)
-        logits = mlm_logits(self.discriminator, hidden).float()  # (B, L, V)
+        logits = mlm_logits(self.mlm, hidden).float()  # (B, L, V)
         gate = self.copy_gate(hidden).squeeze(-1).float()  # (B, L), logit of D(x, t)
         log_p_softmax = logits.log_softmax(-1).gather(-1, original.unsqueeze(-1)).squeeze(-1)  # (B, L)
         log_copy, log_no_copy = F.logsigmoid(gate), F.logsigmoid(-gate)
@@ -72,6 +68,5 @@ class AllTokensMLM(GeneratorObjective):
         best_softmax = logits.argmax(-1)
         predict = torch.where(torch.sigmoid(gate) > 0.5, corrupted, best_softmax)
         metrics["mlm_acc"] = ((predict == original).float() * weights).sum() / n
-        gen_loss = metrics.get("gen_loss", torch.zeros((), device=self.device))
-        metrics["loss"] = self.hparams.gen_weight * gen_loss + metrics["mlm_loss"]
+        metrics["loss"] = self.generator_loss(metrics) + metrics["mlm_loss"]
         return metrics

@@ -1,12 +1,13 @@
 """What every pre-training objective shares: sizes, masking settings, optimiser, schedule, token
-counting, tokenizer bookkeeping and checkpoint metadata. An objective's own logic (its models,
-losses and export) lives in its own file; this module holds no objective-specific code.
+counting, tokenizer bookkeeping, FLOPs bookkeeping and checkpoint metadata. An objective's own logic
+(its networks, losses, FLOPs sum and export) lives in its own file; this module holds none of it.
 """
 
 from __future__ import annotations
 
-import importlib
+import abc
 import tempfile
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from objectives.encoder import MASK_PROB, EncoderSize, electra_config, resolve_size
+from objectives.encoder import LEARNING_RATE, MASK_PROB, EncoderShape, check_size, electra_config, resolve_size
+from objectives.flops import predicted_positions
 from objectives.masking import MaskedPositions, check_mask_args, choose_positions, max_predictions
-
-# Paper Table 6 learning rates; tiny is ours (a small model on a CPU wants a larger step).
-LEARNING_RATE = {"tiny": 2e-3, "small": 5e-4, "base": 2e-4, "large": 2e-4}
+from objectives.optim import adamw_with_schedule, parameter_groups
 
 
-class PretrainingObjective(L.LightningModule):
+class PretrainingObjective(L.LightningModule, abc.ABC):
     """Base class of the pre-training objectives (not an objective itself).
 
     Args:
         size: encoder size preset: ``tiny``, ``small``, ``base`` or ``large`` (ELECTRA paper, Table 6).
-        vocab_size: vocabulary size; must equal the tokenizer's.
+        vocab_size: vocabulary size; set from the data's ``vocab_size`` (they must agree).
         hidden_size: override the preset's hidden width.
         num_layers: override the preset's number of layers.
         num_heads: override the preset's number of attention heads.
@@ -71,8 +71,9 @@ class PretrainingObjective(L.LightningModule):
         seed: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.shape: EncoderSize = resolve_size(size, hidden_size, num_layers, num_heads, intermediate_size, embedding_size)
+        self.save_hyperparameters(logger=False)  # the run logs its whole resolved configuration instead
+        check_size(size)
+        self.shape: EncoderShape = resolve_size(size, hidden_size, num_layers, num_heads, intermediate_size, embedding_size)
         self.mask_prob = MASK_PROB[size] if mask_prob is None else mask_prob
         check_mask_args(self.mask_prob, mask_style)
         if not 0.0 <= warmup_fraction < 1.0:
@@ -88,23 +89,25 @@ class PretrainingObjective(L.LightningModule):
         self.register_buffer("tokens_seen", torch.tensor(0, dtype=torch.long))
         self.scheduled_steps: int | None = None  # set from a FLOPs budget; else the trainer's steps
         self.tokenizer = None
+        self._step_flops: dict[tuple, float] = {}
 
     # -- construction helpers ------------------------------------------------------------------
 
-    def encoder_config(self, shape: EncoderSize | None = None):
+    def encoder_config(self, shape: EncoderShape | None = None):
         """Hugging Face config of an encoder of ``shape`` (default: this objective's size)."""
         hp = self.hparams
         return electra_config(shape or self.shape, self.vocab_size, hp.max_position_embeddings, hp.dropout)
 
     # -- tokenizer and data checks -------------------------------------------------------------
 
+    def _vocab_mismatch(self, n: int) -> ValueError:
+        return ValueError(f"tokenizer vocabulary size {n} differs from the encoder's vocab_size {self.vocab_size}: "
+                          f"set --data.vocab_size {n} (the model takes it from there)")
+
     def attach_tokenizer(self, tokenizer) -> None:
         """Take the special-token ids from the tokenizer, after checking it fits the encoder."""
         if len(tokenizer) != self.vocab_size:
-            raise ValueError(
-                f"tokenizer vocabulary size {len(tokenizer)} differs from the encoder's vocab_size {self.vocab_size}: "
-                f"set the model's vocab_size to {len(tokenizer)} (or the data's vocab_size to {self.vocab_size})"
-            )
+            raise self._vocab_mismatch(len(tokenizer))
         if tokenizer.mask_token_id is None:
             raise ValueError("the tokenizer has no [MASK] token: masked-input objectives need one")
         self.mask_token_id.fill_(tokenizer.mask_token_id)
@@ -119,12 +122,8 @@ class PretrainingObjective(L.LightningModule):
                 f"max_seq_length {max_len} exceeds the encoder's position limit {limit}: lower the data's "
                 f"max_seq_length or raise the model's max_position_embeddings"
             )
-        n = datamodule.tokenizer_vocab_size()
-        if n != self.vocab_size:
-            raise ValueError(
-                f"tokenizer vocabulary size {n} differs from the encoder's vocab_size {self.vocab_size}: "
-                f"set the model's vocab_size to {n} (or the data's vocab_size to {self.vocab_size})"
-            )
+        if datamodule.tokenizer_vocab_size() != self.vocab_size:
+            raise self._vocab_mismatch(datamodule.tokenizer_vocab_size())
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -136,48 +135,57 @@ class PretrainingObjective(L.LightningModule):
 
     # -- FLOPs -------------------------------------------------------------------------------------
 
-    def flops_shape(self, shape: EncoderSize | None = None):
-        """The FLOPs-relevant shape of an encoder of this objective (default: the main one)."""
-        from objectives.flops import EncoderShape
-
-        return EncoderShape.from_size(shape or self.shape, self.vocab_size)
+    def mlm_slots(self, seq_len: int, mask_prob: float | None = None) -> int:
+        """The static number K of positions per row an MLM head runs on (``masking.max_predictions``)."""
+        return max_predictions(seq_len, self.mask_prob if mask_prob is None else mask_prob, self.whole_word)
 
     def predicted_positions(self, seq_len: int, convention: str, mask_prob: float | None = None) -> float:
-        """Positions per sequence an MLM head is charged for: the static K slots it really runs on
-        (``masking.max_predictions``) in the ``actual`` convention, the paper's fixed share in ``paper``."""
-        from objectives.flops import predicted_positions
+        """Positions per sequence an MLM head is charged for, in the named convention."""
+        return predicted_positions(seq_len, convention, self.mlm_slots(seq_len, mask_prob))
 
-        p = self.mask_prob if mask_prob is None else mask_prob
-        k = max_predictions(seq_len, p, self.whole_word)
-        return predicted_positions(seq_len, convention, mask_prob=p, n_masked=k)
-
+    @abc.abstractmethod
     def flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
-        """Training FLOPs (forward and backward) of one sequence of ``seq_len`` tokens in one step,
-        by ``objectives.flops`` in the named convention (``actual`` or ``paper``)."""
-        raise NotImplementedError
+        """Training FLOPs (forward and backward) of one sequence of ``seq_len`` tokens in the current
+        step, as the sum of the ``objectives.flops`` pieces the objective runs, in the named convention
+        (``actual`` or ``paper``)."""
 
     def scheduled_flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
         """Average training FLOPs per sequence over a whole run (what a FLOPs budget is divided by to
         find the run's length); differs from ``flops_per_sequence`` for objectives whose step cost changes."""
         return self.flops_per_sequence(seq_len, convention)
 
+    @property
+    def phase(self) -> Hashable:
+        """Which phase of training the objective is in; its step cost may change between phases (two-stage
+        ELECTRA). A single-phase objective is always in phase 0."""
+        return 0
+
+    def step_flops(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
+        """Training FLOPs of the current step on a ``(batch_size, seq_len)`` batch: what the FLOPs counter
+        asks every step. Computed once per batch shape and phase (packed batches repeat one shape)."""
+        key = (batch_size, seq_len, convention, self.phase)
+        if key not in self._step_flops:
+            self._step_flops[key] = batch_size * self.flops_per_sequence(seq_len, convention)
+        return self._step_flops[key]
+
     def flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
         return batch_size * self.flops_per_sequence(seq_len, convention)
 
     # -- the step --------------------------------------------------------------------------------
 
-    def choose_positions(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> MaskedPositions:
+    def choose_positions(self, batch: dict[str, Tensor], rng: torch.Generator | None = None) -> MaskedPositions:
         return choose_positions(
             batch["attention_mask"],
             batch["special_tokens_mask"],
             self.mask_prob,
             word_ids=batch["word_ids"] if self.whole_word else None,
-            generator=generator,
+            rng=rng,
         )
 
-    def compute(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
-        """The objective's losses and metrics for one batch; ``loss`` is what is optimised."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
+        """The objective's losses and metrics for one batch; ``loss`` is what is optimised. ``rng`` draws
+        the masks and samples (``None``: the global RNG; validation passes a fixed one)."""
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         metrics = self.compute(batch, None)
@@ -190,12 +198,12 @@ class PretrainingObjective(L.LightningModule):
         self.log("train/tokens", self.tokens_seen.double(), on_step=True, on_epoch=False, reduce_fx="max")
         return metrics["loss"]
 
-    def validation_generator(self, batch_idx: int) -> torch.Generator:
+    def validation_rng(self, batch_idx: int) -> torch.Generator:
         """The same masks at every validation run, so validation curves compare across steps and runs."""
         return torch.Generator(device=self.device).manual_seed(self.hparams.seed * 100_003 + batch_idx)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        metrics = self.compute(batch, self.validation_generator(batch_idx))
+        metrics = self.compute(batch, self.validation_rng(batch_idx))
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True, sync_dist=True,
                       batch_size=batch["input_ids"].shape[0])
 
@@ -209,27 +217,10 @@ class PretrainingObjective(L.LightningModule):
         return max(1, int(self.trainer.estimated_stepping_batches))
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():  # shared parameters appear once
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 else decay).append(p)  # biases and LayerNorm weights: no decay
         hp = self.hparams
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.learning_rate,
-            betas=tuple(hp.adam_betas),
-            eps=hp.adam_eps,
-        )
-        total = self.total_steps()
-        warmup = int(hp.warmup_fraction * total)
-
-        def schedule(step: int) -> float:  # linear warmup, then linear decay to 0 at the end
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        groups = parameter_groups(self.named_parameters(), hp.weight_decay)
+        return adamw_with_schedule(groups, self.learning_rate, hp.adam_betas, hp.adam_eps, self.total_steps(),
+                                   hp.warmup_fraction)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
@@ -262,9 +253,9 @@ class PretrainingObjective(L.LightningModule):
             raise RuntimeError("no tokenizer to export: the checkpoint was saved without one")
         self.tokenizer.save_pretrained(out_dir)
 
+    @abc.abstractmethod
     def export(self, out_dir: str | Path) -> None:
         """Write Hugging Face ``save_pretrained`` directories (model and tokenizer) to ``out_dir``."""
-        raise NotImplementedError
 
 
 def masked_lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -278,8 +269,3 @@ def masked_lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     correct = (logits.argmax(-1) == labels) & valid
     acc = correct.sum() / valid.sum().clamp(min=1)
     return loss, acc
-
-
-def import_class(class_path: str):
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)

@@ -23,5 +23,5 @@ class Electra15(ReplacedTokenDetection):
     def __init__(self, size: str = "small", **kwargs):
         super().__init__(size=size, **kwargs)
 
-    def disc_weights(self, batch: dict[str, Tensor], corruption: Corruption) -> Tensor:
+    def disc_loss_mask(self, batch: dict[str, Tensor], corruption: Corruption) -> Tensor:
         return corruption.masked.chosen

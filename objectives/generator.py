@@ -1,6 +1,7 @@
 """Generator-based corruption, shared by ELECTRA and the objectives the paper compares it with.
 
-Steps 1-6 of replaced token detection (reference section 2): choose positions, mask them, run a
+Steps 1-6 of replaced token detection (paper section 2, Figure 2; official code ``run_pretraining.py``,
+``PretrainingModel._get_fake_data``, and ``pretrain/pretrain_helpers.py``, ``mask``): choose positions, mask them, run a
 small MLM generator on the masked input, sample replacements from its softmax with Gumbel-max in
 float32 under no_grad (no gradient reaches the generator through sampling), write the samples into
 the original tokens, and label a token "replaced" iff it differs from the original. What the main
@@ -20,6 +21,7 @@ Also here: the generator/main-network pair, with the paper's embedding-sharing m
 
 from __future__ import annotations
 
+import abc
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from transformers import ElectraForMaskedLM, PreTrainedModel
 
 from objectives.base import PretrainingObjective, masked_lm_loss
 from objectives.encoder import GENERATOR_HIDDEN_FRACTION
+from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.masking import MaskedPositions, apply_mask
 from objectives.mlm import mlm_logits
 
@@ -74,14 +77,14 @@ class Corruption:
     gen_logits: Tensor | None
 
 
-def gumbel_sample(logits: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+def gumbel_sample(logits: Tensor, temperature: float = 1.0, rng: torch.Generator | None = None) -> Tensor:
     """Sample token ids from softmax(logits / temperature) with the Gumbel-max trick, in float32.
 
     float32 because Gumbel noise in half precision saturates (-log(-log(u)) of a rounded u) and the
     argmax then picks badly; the known NaN failures of fp16 ELECTRA ports come from here.
     """
     logits = logits.float() / temperature
-    u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-9, 1.0 - 1e-9)
+    u = torch.rand(logits.shape, device=logits.device, generator=rng).clamp_(1e-9, 1.0 - 1e-9)
     return (logits - torch.log(-torch.log(u))).argmax(dim=-1)
 
 
@@ -104,6 +107,10 @@ def materialised_copy(model: PreTrainedModel) -> PreTrainedModel:
 class GeneratorObjective(PretrainingObjective):
     """Base of objectives that corrupt their input with a small MLM generator (not an objective itself).
 
+    A subclass builds its main network (the one kept for downstream tasks), returns it from
+    ``main_network`` and calls ``share_embeddings`` on it; corruption, embedding sharing, the
+    generator's FLOPs and export are done here.
+
     Args:
         generator_hidden_fraction: generator width as a fraction of the main network's; ``None``: the
             paper's value for the size (1/4 Small and Large, 1/3 Base).
@@ -114,8 +121,6 @@ class GeneratorObjective(PretrainingObjective):
         disallow_correct: never sample the original token at a chosen position.
         uniform_generator: replace chosen tokens with uniformly random ones (no generator network).
     """
-
-    main_class: type[PreTrainedModel]  # the main network's Hugging Face class, set by each objective
 
     def __init__(
         self,
@@ -145,30 +150,31 @@ class GeneratorObjective(PretrainingObjective):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.generator_shape = self.shape.scaled(fraction, generator_layers_fraction)
-        same_size = (fraction, generator_layers_fraction) == (1.0, 1.0)
-        if embedding_sharing == "all" and not same_size:
+        if embedding_sharing == "all" and self.generator_shape != self.shape:
             raise ValueError(
                 "embedding_sharing 'all' shares every weight, so it needs a generator of the discriminator's size: "
                 f"set generator_hidden_fraction and generator_layers_fraction to 1 (got {fraction} and {generator_layers_fraction})"
             )
-        if same_size:
-            self.generator_shape = self.shape  # exactly the same shape, heads and FFN included
         self.embedding_sharing = embedding_sharing
         self.uniform_generator = uniform_generator
-
-        self.discriminator = self.main_class(self.encoder_config())
         self.generator = None if uniform_generator else ElectraForMaskedLM(self.encoder_config(self.generator_shape))
-        if self.generator is not None:
-            self._share(embedding_sharing)
 
-    def _share(self, mode: str) -> None:
-        gen, disc = self.generator.electra, self.discriminator.electra
-        if mode == "embeddings":
-            gen.embeddings = disc.embeddings
-        elif mode == "all":
-            self.generator.electra = disc
-        elif mode == "gdes":
-            disc.embeddings.word_embeddings = GDESEmbedding(gen.embeddings.word_embeddings)
+    @property
+    @abc.abstractmethod
+    def main_network(self) -> PreTrainedModel:
+        """The network trained on the corrupted input and kept for downstream tasks."""
+
+    def share_embeddings(self, main: PreTrainedModel) -> None:
+        """Tie the generator to ``main`` by ``embedding_sharing`` (call once ``main`` is built)."""
+        if self.generator is None:
+            return
+        gen, base = self.generator.electra, main.electra
+        if self.embedding_sharing == "embeddings":
+            gen.embeddings = base.embeddings
+        elif self.embedding_sharing == "all":
+            self.generator.electra = base
+        elif self.embedding_sharing == "gdes":
+            base.embeddings.word_embeddings = GDESEmbedding(gen.embeddings.word_embeddings)
         self.tie_output_embeddings()
 
     def tie_output_embeddings(self) -> None:
@@ -192,18 +198,18 @@ class GeneratorObjective(PretrainingObjective):
         """Whether this step trains the generator (objectives with a frozen-generator phase override it)."""
         return self.generator is not None
 
-    def corrupt(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> tuple[Corruption, dict[str, Tensor]]:
+    def corrupt(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> tuple[Corruption, dict[str, Tensor]]:
         """Steps 1-6 of RTD; returns the corruption and the generator's loss and metrics. A frozen
         generator runs under no_grad: it only samples, and its loss is logged, not optimised."""
         original = batch["input_ids"]  # (B, L)
-        masked = self.choose_positions(batch, generator)
+        masked = self.choose_positions(batch, rng)
         labels = torch.where(masked.valid, masked.gather(original), -100)  # (B, K)
         metrics: dict[str, Tensor] = {}
         gen_logits = None
         if self.generator is None:
-            sampled = torch.randint(self.vocab_size, labels.shape, device=original.device, generator=generator)
+            sampled = torch.randint(self.vocab_size, labels.shape, device=original.device, generator=rng)
         else:
-            gen_input = apply_mask(original, masked, self.mask_token_id, self.vocab_size, self.mask_style, generator=generator)
+            gen_input = apply_mask(original, masked, self.mask_token_id, self.vocab_size, self.mask_style, rng=rng)
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.trains_generator):
                 hidden = self.generator.electra(
                     input_ids=gen_input, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
@@ -214,31 +220,34 @@ class GeneratorObjective(PretrainingObjective):
                 logits = gen_logits.detach().float()
                 if self.hparams.disallow_correct:
                     logits = logits.scatter(-1, labels.clamp(min=0).unsqueeze(-1), float("-inf"))
-                sampled = gumbel_sample(logits, self.hparams.temperature, generator)  # (B, K)
+                sampled = gumbel_sample(logits, self.hparams.temperature, rng)  # (B, K)
         corrupted = masked.scatter(original, sampled)
         replaced = corrupted != original  # padding and unchosen positions are never replaced
-        non_pad = batch["attention_mask"].sum()
-        metrics["replaced_frac"] = replaced.sum() / non_pad
+        metrics["replaced_frac"] = replaced.sum() / batch["attention_mask"].sum()
         return Corruption(masked, corrupted, replaced, labels, gen_logits), metrics
+
+    def generator_loss(self, metrics: dict[str, Tensor]) -> Tensor:
+        """The weighted generator loss when this step trains the generator, else 0."""
+        if not self.trains_generator:
+            return torch.zeros((), device=self.device)
+        return self.hparams.gen_weight * metrics["gen_loss"]
 
     # -- FLOPs ----------------------------------------------------------------------------------------
 
     def generator_flops(self, seq_len: int, convention: str, trained: bool | None = None) -> float:
         """FLOPs of the generator per sequence (its encoder and MLM head; sampling is free): forward
         and backward while it trains (``trained``, default: this step's state), forward only when frozen."""
-        from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
-
         if self.generator is None:
             return 0.0
         trained = self.trains_generator if trained is None else trained
-        gen = self.flops_shape(self.generator_shape)
+        gen, v = self.generator_shape, self.vocab_size
         n = self.predicted_positions(seq_len, convention)
-        forward = encoder_flops(gen, seq_len, convention) + mlm_head_flops(gen, n, convention)
+        forward = encoder_flops(gen, v, seq_len, convention) + mlm_head_flops(gen, v, n, convention)
         return (train_multiplier(convention) if trained else 1.0) * forward
 
+    @abc.abstractmethod
     def main_flops(self, seq_len: int, convention: str) -> float:
         """Training FLOPs of the main network per sequence (each objective's own)."""
-        raise NotImplementedError
 
     def flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
         return self.generator_flops(seq_len, convention) + self.main_flops(seq_len, convention)
@@ -249,7 +258,7 @@ class GeneratorObjective(PretrainingObjective):
         """``out_dir``: the main network with the tokenizer (what downstream tasks load);
         ``out_dir/generator``: the generator as ``ElectraForMaskedLM`` with the tokenizer."""
         out_dir = Path(out_dir)
-        materialised_copy(self.discriminator).save_pretrained(out_dir)
+        materialised_copy(self.main_network).save_pretrained(out_dir)
         self.save_tokenizer(out_dir)
         if self.generator is not None:
             materialised_copy(self.generator).save_pretrained(out_dir / "generator")

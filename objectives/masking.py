@@ -1,6 +1,6 @@
 """Dynamic masking, on the device, per batch, for every masked-input objective.
 
-Position choice (ELECTRA reference section 2, step 1):
+Position choice (paper section 2; official code ``pretrain/pretrain_helpers.py``, ``mask``):
 - never special tokens ([CLS], [SEP], [MASK]) or padding;
 - per sequence, count = round(mask_prob x non-pad tokens), at least 1, without replacement;
 - optionally whole words: a word's pieces are chosen together (word ids come from the datamodule).
@@ -80,7 +80,7 @@ def choose_positions(
     *,
     word_ids: Tensor | None = None,
     max_per_row: int | None = None,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
 ) -> MaskedPositions:
     """Choose positions to mask: exactly round(mask_prob x non-pad tokens) per row (at least 1).
 
@@ -91,7 +91,7 @@ def choose_positions(
         word_ids: (B, L) long, the word index of each token (unique within a row, in [0, L)), -1 for
             special tokens and padding. When given, a word's pieces are chosen together.
         max_per_row: the static bound K (default ``max_predictions(L, mask_prob, word_ids is not None)``).
-        generator: a torch RNG for reproducible masks (validation); the global RNG otherwise.
+        rng: a torch random-number generator for reproducible masks (validation); the global RNG otherwise.
     """
     B, L = attention_mask.shape
     device = attention_mask.device
@@ -111,7 +111,7 @@ def choose_positions(
 
     # A random permutation of words per row: each word's rank, unique, so that sorting tokens by
     # (word rank, position) keeps every word's pieces contiguous.
-    word_score = torch.rand(B, L, device=device, generator=generator)
+    word_score = torch.rand(B, L, device=device, generator=rng)
     word_rank = word_score.argsort(dim=1).argsort(dim=1)  # (B, L)
     key = word_rank.gather(1, word) * L + arange  # (B, L), unique per row
     key = torch.where(candidate, key, L * L + arange)  # non-candidates sort last
@@ -137,18 +137,18 @@ def apply_mask(
     vocab_size: int,
     style: str = "bert",
     *,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
 ) -> Tensor:
     """The masked input (B, L): chosen positions become [MASK], a random token, or stay, per style.
 
     Random tokens are drawn uniformly from the vocabulary, as in BERT.
     """
     p_mask, p_random = MASK_STYLES[style]
-    u = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)
+    u = torch.rand(input_ids.shape, device=input_ids.device, generator=rng)
     out = torch.where(masked.chosen & (u < p_mask), mask_token_id, input_ids)
     if p_random > 0:
         random_tokens = torch.randint(
-            vocab_size, input_ids.shape, device=input_ids.device, generator=generator, dtype=input_ids.dtype
+            vocab_size, input_ids.shape, device=input_ids.device, generator=rng, dtype=input_ids.dtype
         )
         out = torch.where(masked.chosen & (u >= p_mask) & (u < p_mask + p_random), random_tokens, out)
     return out

@@ -16,6 +16,7 @@ from torch import Tensor
 from transformers import ElectraForMaskedLM
 
 from objectives.base import PretrainingObjective, masked_lm_loss
+from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.masking import MaskedPositions, apply_mask
 
 
@@ -52,20 +53,21 @@ class MaskedLM(PretrainingObjective):
         ).last_hidden_state  # (B, L, H)
         return mlm_logits(self.model, masked.gather(hidden))
 
-    def compute(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
+    def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
         original = batch["input_ids"]  # (B, L)
-        masked = self.choose_positions(batch, generator)
-        inputs = apply_mask(original, masked, self.mask_token_id, self.vocab_size, self.mask_style, generator=generator)
+        masked = self.choose_positions(batch, rng)
+        inputs = apply_mask(original, masked, self.mask_token_id, self.vocab_size, self.mask_style, rng=rng)
         logits = self(inputs, batch["attention_mask"], batch["token_type_ids"], masked)
         labels = torch.where(masked.valid, masked.gather(original), -100)  # (B, K)
         loss, acc = masked_lm_loss(logits, labels)
         return {"loss": loss, "mlm_loss": loss, "mlm_acc": acc}
 
     def flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
-        from objectives.flops import training_flops
-
-        return training_flops("mlm", self.flops_shape(), None, seq_len, convention=convention,
-                              n_masked=self.predicted_positions(seq_len, convention))
+        """The encoder and the MLM head on the K chosen slots, forward and backward."""
+        n = self.predicted_positions(seq_len, convention)
+        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention) + mlm_head_flops(
+            self.shape, self.vocab_size, n, convention)
+        return train_multiplier(convention) * forward
 
     def export(self, out_dir: str | Path) -> None:
         """``out_dir``: an ``ElectraForMaskedLM`` with its tokenizer (``AutoModelForMaskedLM`` loads it)."""

@@ -16,6 +16,7 @@ from torch import Tensor
 from transformers import ElectraForMaskedLM
 
 from objectives.base import masked_lm_loss
+from objectives.flops import mlm_head_flops, train_multiplier
 from objectives.generator import materialised_copy
 from objectives.masking import choose_positions
 from objectives.mlm import mlm_logits
@@ -45,20 +46,19 @@ class MLMPlusRTD(ReplacedTokenDetection):
         self.tie_output_embeddings()
 
     def main_flops(self, seq_len: int, convention: str) -> float:
-        from objectives.flops import mlm_head_flops, train_multiplier
-
+        """ELECTRA's discriminator plus its MLM head on its own K' slots, forward and backward."""
         n = self.predicted_positions(seq_len, convention, self.hparams.disc_mask_prob)
-        head = train_multiplier(convention) * mlm_head_flops(self.flops_shape(), n, convention)
+        head = train_multiplier(convention) * mlm_head_flops(self.shape, self.vocab_size, n, convention)
         return super().main_flops(seq_len, convention) + head
 
-    def compute(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
-        corruption, metrics = self.corrupt(batch, generator)
+    def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
+        corruption, metrics = self.corrupt(batch, rng)
         # The discriminator's own positions: chosen among tokens the generator did not touch.
         own = choose_positions(
             batch["attention_mask"],
             batch["special_tokens_mask"] | corruption.masked.chosen,
             self.hparams.disc_mask_prob,
-            generator=generator,
+            rng=rng,
         )
         disc_input = torch.where(own.chosen, self.mask_token_id, corruption.corrupted)  # (B, L), no host sync
         hidden = self.discriminator.electra(
@@ -72,8 +72,7 @@ class MLMPlusRTD(ReplacedTokenDetection):
         mlm_logit = mlm_logits(self.discriminator_mlm, own.gather(hidden))  # (B, K', V)
         metrics["mlm_loss"], metrics["mlm_acc"] = masked_lm_loss(mlm_logit, labels)
         hp = self.hparams
-        gen_loss = metrics.get("gen_loss", torch.zeros((), device=self.device))
-        metrics["loss"] = hp.gen_weight * gen_loss + hp.disc_weight * disc_loss + hp.mlm_weight * metrics["mlm_loss"]
+        metrics["loss"] = self.generator_loss(metrics) + hp.disc_weight * disc_loss + hp.mlm_weight * metrics["mlm_loss"]
         return metrics
 
     def export(self, out_dir: str | Path) -> None:

@@ -12,6 +12,7 @@ from torch import Tensor
 from transformers import ElectraForMaskedLM
 
 from objectives.base import masked_lm_loss
+from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.generator import GeneratorObjective
 from objectives.mlm import mlm_logits
 
@@ -26,25 +27,28 @@ class ReplaceMLM(GeneratorObjective):
             settings of :class:`objectives.base.PretrainingObjective`.
     """
 
-    main_class = ElectraForMaskedLM
-
     def __init__(self, size: str = "small", mask_style: str = "electra", **kwargs):
         super().__init__(size=size, mask_style=mask_style, **kwargs)
+        self.mlm = ElectraForMaskedLM(self.encoder_config())  # the main network: an MLM on corrupted input
+        self.share_embeddings(self.mlm)
+
+    @property
+    def main_network(self) -> ElectraForMaskedLM:
+        return self.mlm
 
     def main_flops(self, seq_len: int, convention: str) -> float:
-        from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
-
-        shape = self.flops_shape()
+        """The main network and its MLM head on the K chosen slots, forward and backward."""
         n = self.predicted_positions(seq_len, convention)
-        return train_multiplier(convention) * (encoder_flops(shape, seq_len, convention) + mlm_head_flops(shape, n, convention))
+        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention) + mlm_head_flops(
+            self.shape, self.vocab_size, n, convention)
+        return train_multiplier(convention) * forward
 
-    def compute(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
-        corruption, metrics = self.corrupt(batch, generator)
-        hidden = self.discriminator.electra(
+    def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
+        corruption, metrics = self.corrupt(batch, rng)
+        hidden = self.mlm.electra(
             input_ids=corruption.corrupted, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
         ).last_hidden_state  # (B, L, H)
-        logits = mlm_logits(self.discriminator, corruption.masked.gather(hidden))  # (B, K, V)
+        logits = mlm_logits(self.mlm, corruption.masked.gather(hidden))  # (B, K, V)
         metrics["mlm_loss"], metrics["mlm_acc"] = masked_lm_loss(logits, corruption.labels)
-        gen_loss = metrics.get("gen_loss", torch.zeros((), device=self.device))
-        metrics["loss"] = self.hparams.gen_weight * gen_loss + metrics["mlm_loss"]
+        metrics["loss"] = self.generator_loss(metrics) + metrics["mlm_loss"]
         return metrics

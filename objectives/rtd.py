@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import ElectraForPreTraining
 
+from objectives.flops import disc_head_flops, encoder_flops, train_multiplier
 from objectives.generator import Corruption, GeneratorObjective
 
 
@@ -54,8 +55,6 @@ class ReplacedTokenDetection(GeneratorObjective):
             shared settings of :class:`objectives.base.PretrainingObjective`.
     """
 
-    main_class = ElectraForPreTraining
-
     def __init__(
         self,
         size: str = "small",
@@ -66,6 +65,8 @@ class ReplacedTokenDetection(GeneratorObjective):
         **kwargs,
     ):
         super().__init__(size=size, mask_style=mask_style, **kwargs)
+        self.discriminator = ElectraForPreTraining(self.encoder_config())
+        self.share_embeddings(self.discriminator)
         if two_stage:
             if self.generator is None or self.generator_shape != self.shape:
                 raise ValueError(
@@ -85,24 +86,25 @@ class ReplacedTokenDetection(GeneratorObjective):
         self.register_buffer("stage", torch.tensor(1 if two_stage else 2))
         self._stage = 1 if two_stage else 2
 
-    def disc_weights(self, batch: dict[str, Tensor], corruption: Corruption) -> Tensor:
-        """Which tokens the discriminator loss covers: all non-pad tokens ([CLS] and [SEP] included)."""
+    @property
+    def main_network(self) -> ElectraForPreTraining:
+        return self.discriminator
+
+    def disc_loss_mask(self, batch: dict[str, Tensor], corruption: Corruption) -> Tensor:
+        """(B, L): which tokens the discriminator loss covers: all non-pad tokens ([CLS] and [SEP] included)."""
         return batch["attention_mask"]
 
-    def compute(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
-        corruption, metrics = self.corrupt(batch, generator)
-        gen_loss = metrics.get("gen_loss", torch.zeros((), device=self.device))
+    def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
+        corruption, metrics = self.corrupt(batch, rng)
         if self._stage == 1:
-            metrics["loss"] = gen_loss
+            metrics["loss"] = self.generator_loss(metrics)
             return metrics
         logits = self.discriminator(
             input_ids=corruption.corrupted, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
         ).logits  # (B, L)
-        disc_loss, disc_metrics = rtd_loss(logits, corruption.replaced, self.disc_weights(batch, corruption))
+        disc_loss, disc_metrics = rtd_loss(logits, corruption.replaced, self.disc_loss_mask(batch, corruption))
         metrics.update(disc_metrics)
-        metrics["loss"] = self.hparams.disc_weight * disc_loss
-        if self.trains_generator:
-            metrics["loss"] = metrics["loss"] + self.hparams.gen_weight * gen_loss
+        metrics["loss"] = self.hparams.disc_weight * disc_loss + self.generator_loss(metrics)
         return metrics
 
     def scheduled_flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
@@ -114,15 +116,20 @@ class ReplacedTokenDetection(GeneratorObjective):
         return f * first + (1 - f) * second
 
     def discriminator_flops(self, seq_len: int, convention: str) -> float:
-        from objectives.flops import disc_head_flops, encoder_flops, train_multiplier
-
-        disc = self.flops_shape()
-        return train_multiplier(convention) * (encoder_flops(disc, seq_len, convention) + disc_head_flops(disc, seq_len, convention))
+        """The discriminator and its head on every token, forward and backward."""
+        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention) + disc_head_flops(
+            self.shape, seq_len, convention)
+        return train_multiplier(convention) * forward
 
     def main_flops(self, seq_len: int, convention: str) -> float:
         if self._stage == 1:  # two-stage, first stage: the discriminator does not run
             return 0.0
         return self.discriminator_flops(seq_len, convention)
+
+    @property
+    def phase(self) -> int:
+        """The stage: 1 is the generator-only stage of two-stage training, 2 the discriminator stage (always 2 without two-stage)."""
+        return self._stage
 
     @property
     def trains_generator(self) -> bool:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import sys
 
-# The repository root, so that autodoc imports ``objectives``, ``datamodules`` and ``experiments``
-# from this checkout even without an editable install.
+from sphinx.util.docutils import SphinxDirective
+
+# The repository root, so that autodoc imports ``objectives``, ``datamodules``, ``downstream`` and
+# ``experiments`` from this checkout even without an editable install.
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
@@ -42,8 +44,8 @@ autodoc_member_order = "bysource"
 # Lightning's docstring as if it were ours.
 autodoc_inherit_docstrings = False
 autodoc_typehints = "signature"
-# Class docstring and __init__ docstring together: GlueDataModule and SequenceClassification
-# document their arguments on __init__, the others on the class.
+# Class docstring and __init__ docstring together: TaskDataModule and SequenceClassification
+# (``downstream``) document their arguments on __init__, the others on the class.
 autoclass_content = "both"
 autodoc_default_options = {
     "show-inheritance": True,
@@ -60,8 +62,29 @@ def _literal_module_docstring(app, what, name, obj, options, lines):
         lines[:] = ["::", ""] + [f"   {line}" if line else "" for line in lines] + [""]
 
 
+class PackageModules(SphinxDirective):
+    """``.. package-modules:: objectives``: one section with ``.. automodule:: <module>`` and
+    ``:members:`` for every module of a package, in name order. ``rtd/api.rst`` uses it, so a new
+    module (a new objective is one new file in ``objectives/``) is in the API reference without an
+    edit there."""
+
+    required_arguments = 1
+
+    def run(self):
+        import importlib
+        import pkgutil
+
+        package = importlib.import_module(self.arguments[0])
+        lines: list[str] = []
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            name = f"{package.__name__}.{info.name}"
+            lines += [name, "^" * len(name), "", f".. automodule:: {name}", "   :members:", ""]
+        return self.parse_text_to_nodes("\n".join(lines), allow_section_headings=True)
+
+
 def setup(app):
     app.connect("autodoc-process-docstring", _literal_module_docstring)
+    app.add_directive("package-modules", PackageModules)
 
 
 # -- napoleon (Google-style ``Args:``) --------------------------------------------------------

@@ -1,100 +1,138 @@
-"""The command line: every shipped preset parses and trains one step; export; bad input."""
+"""The command line: every shipped preset parses and trains one step, every objective trains on the
+tiny preset, export, the resolved configuration, a fast ``--help``, and one-line errors."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from experiments.cli import CONFIG_DIR, main
+from experiments import presets
+from experiments.cli import main
+from objectives import class_path, discover
 
-PRESETS = sorted(CONFIG_DIR.glob("*.yaml"))
+PRESETS = presets.names()
+OBJECTIVES = list(discover().values())
+QUICK = ["--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--trainer.precision", "32-true",
+         "--trainer.log_every_n_steps", "1", "--wandb", "false"]
 
 
-def run_preset(preset: Path, run_dir: Path, cache_dir: Path, *extra: str) -> None:
-    config = yaml.safe_load(preset.read_text())
-    args = ["pretrain", "--config", str(preset), "--run_dir", str(run_dir), "--data.cache_dir", str(cache_dir),
-            "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
-            "--trainer.enable_progress_bar", "false", "--trainer.precision", "32-true", "--trainer.log_every_n_steps", "1",
-            *extra]
+def run(argv):
+    """Exit code of ``isoflop ARGV`` (argument errors raise SystemExit inside the parsers)."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
+def run_preset(preset: str, run_dir: Path, cache_dir: Path, *extra: str) -> int:
+    config = presets.load(preset)
+    args = ["pretrain", "--config", preset, "--run_dir", str(run_dir), "--data.cache_dir", str(cache_dir),
+            "--trainer.max_steps", "1", *QUICK, *extra]
     if config["model"]["init_args"].get("size") != "tiny":
         # Real sizes keep their encoder; the data shrinks (and is the embedded corpus: tests are offline).
         args += ["--data.dataset", "null", "--data.dataset_config", "null", "--data.max_seq_length", "32",
                  "--data.batch_size", "2", "--data.max_documents", "300", "--data.num_workers", "0",
                  "--data.num_proc", "null", "--data.max_val_examples", "4", "--trainer.enable_checkpointing", "false"]
-    assert main(args) == 0
+    return main(args)
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_preset_runs_one_step(preset, tmp_path, cache_dir):
-    run_preset(preset, tmp_path / "run", cache_dir)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_runs_one_step(preset, tmp_path, cache_dir, one_thread):
+    assert run_preset(preset, tmp_path / "run", cache_dir) == 0
     metrics = (tmp_path / "run" / "csv" / "metrics.csv").read_text()
     assert "train/loss" in metrics and "val/loss" in metrics
-    if "tiny" in preset.stem or preset.stem == "default":  # real sizes skip the multi-GB checkpoint write
-        assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    if presets.load(preset)["model"]["init_args"].get("size") == "tiny":  # real sizes skip the multi-GB checkpoint
+        assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
 
-def test_preset_arguments_match_signatures():
-    """Every key a preset sets is a constructor argument (a typo would otherwise fail at run time)."""
-    import inspect
-
-    from datamodules import PretrainingDataModule
-    from experiments.sweep import accepted_args
-    from objectives.base import import_class
-
-    data_args = set(inspect.signature(PretrainingDataModule).parameters)
-    for preset in PRESETS:
-        config = yaml.safe_load(preset.read_text())
-        model_args = accepted_args(import_class(config["model"]["class_path"]))
-        assert set(config["model"]["init_args"]) <= model_args, preset.name
-        assert set(config.get("data", {})) <= data_args, preset.name
+@pytest.mark.parametrize("cls", OBJECTIVES, ids=lambda c: c.__name__)
+def test_every_objective_trains_on_the_tiny_preset(cls, tmp_path, cache_dir, one_thread):
+    """The tiny preset is MaskedLM; --model swaps the objective and keeps the shared settings."""
+    assert run_preset("tiny", tmp_path / "run", cache_dir, "--model", class_path(cls), "--trainer.max_steps", "2") == 0
+    config = yaml.safe_load((tmp_path / "run" / "csv" / "hparams.yaml").read_text())["config"]
+    assert config["model"]["class_path"] == class_path(cls)
+    assert config["model"]["init_args"]["size"] == "tiny" and config["data"]["vocab_size"] == 1024
 
 
-def test_default_run_and_export(tmp_path, cache_dir, capsys):
+def test_default_run_and_export(tmp_path, cache_dir, capsys, one_thread):
     """The tiny preset trains, logs CSV and an offline wandb run, and exports a loadable model."""
     from transformers import AutoModelForMaskedLM
 
-    run = tmp_path / "run"
-    assert main(["pretrain", "--config", "tiny-mlm", "--run_dir", str(run), "--data.cache_dir", str(cache_dir),
-                 "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false"]) == 0
-    assert list((run / "wandb").glob("offline-run-*"))
-    config = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
+    run_dir = tmp_path / "run"
+    assert main(["pretrain", "--config", "tiny", "--run_dir", str(run_dir), "--data.cache_dir", str(cache_dir),
+                 "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar",
+                 "false"]) == 0
+    out = capsys.readouterr().out
+    assert "training FLOPs (actual)" in out and f"checkpoints in {run_dir}" in out  # what the user needs to know
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+    config = yaml.safe_load((run_dir / "csv" / "hparams.yaml").read_text())
     assert config["config"]["model"]["class_path"] == "objectives.MaskedLM"  # the resolved config is logged
-    ckpt = sorted((run / "checkpoints").glob("*.ckpt"))[-1]
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert main(["export", str(ckpt), str(tmp_path / "hf")]) == 0
     assert "exported MaskedLM" in capsys.readouterr().out
     model = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"] == model.config.vocab_size == 1024
-    with pytest.raises(SystemExit, match="isoflop export: error: .* exists and is not empty"):
-        main(["export", str(ckpt), str(tmp_path / "hf")])
+    assert main(["export", str(ckpt), str(tmp_path / "hf")]) == 2
+    assert "isoflop export: error: " in capsys.readouterr().err
+
+
+def test_validation_is_logged_once_per_point(tmp_path, cache_dir, one_thread):
+    """Before training, every val_check_interval steps, and at the end, each once, with the training
+    FLOPs and tokens it was taken at."""
+    import csv
+
+    run_dir = tmp_path / "run"
+    assert run_preset("tiny", run_dir, cache_dir, "--trainer.max_steps", "5", "--trainer.val_check_interval", "2") == 0
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    step = float(next(r["train/flops"] for r in rows if r.get("train/flops") and not r.get("val/loss")))
+    val_flops = [float(r["train/flops"]) for r in rows if r.get("val/loss")]
+    assert val_flops == pytest.approx([0, 2 * step, 4 * step, 5 * step])
+    assert [float(r["train/tokens"]) for r in rows if r.get("val/loss")][0] == 0
 
 
 def test_print_config(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["pretrain", "--config", "tiny-mlm", "--print_config"])
-    assert exit_info.value.code == 0
+    assert run(["pretrain", "--config", "tiny", "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["init_args"]["mask_style"] == "bert"
     assert printed["data"]["max_seq_length"] == 64
+    assert printed["data"]["vocab_size"] == 1024 and "vocab_size" not in printed["model"]["init_args"]  # linked
 
 
-def test_unknown_objective_lists_available():
-    with pytest.raises(SystemExit, match=r"unknown objective 'objectives\.NoSuchThing'; available: .*objectives\.MaskedLM"):
-        main(["pretrain", "--config", "tiny-mlm", "--model", "objectives.NoSuchThing"])
+def test_vocabulary_is_set_once(capsys):
+    assert run(["pretrain", "--config", "tiny", "--model.init_args.vocab_size", "512"]) == 2
+    assert "--data.vocab_size" in capsys.readouterr().err
 
 
-def test_unknown_preset():
-    with pytest.raises(SystemExit, match="config 'no-such-preset' not found.*presets: .*tiny-mlm"):
-        main(["pretrain", "--config", "no-such-preset"])
+def test_unknown_objective_and_preset(capsys):
+    assert run(["pretrain", "--config", "tiny", "--model", "objectives.NoSuchThing"]) == 2
+    assert "NoSuchThing" in capsys.readouterr().err
+    assert run(["pretrain", "--config", "no-such-preset"]) == 2
+    assert "preset 'no-such-preset' not found" in capsys.readouterr().err
 
 
-def test_seq_above_position_limit_fails_before_training(tmp_path, cache_dir):
-    with pytest.raises(ValueError, match="max_seq_length 128 exceeds the encoder's position limit 64"):
-        main(["pretrain", "--config", "tiny-mlm", "--data.max_seq_length", "128", "--run_dir", str(tmp_path),
-              "--data.cache_dir", str(cache_dir)])
+def test_seq_above_position_limit_fails_before_training(tmp_path, cache_dir, capsys):
+    assert run(["pretrain", "--config", "tiny", "--data.max_seq_length", "128", "--run_dir", str(tmp_path / "run"),
+                "--data.cache_dir", str(cache_dir)]) == 2
+    assert "max_seq_length 128 exceeds the encoder's position limit 64" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
-def test_export_missing_checkpoint(tmp_path):
-    with pytest.raises(SystemExit, match="isoflop export: error: checkpoint .*nope.ckpt' not found"):
-        main(["export", str(tmp_path / "nope.ckpt"), str(tmp_path / "out")])
+def test_export_missing_checkpoint(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nope.ckpt"), str(tmp_path / "out")]) == 2
+    assert "checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["flops", "--preset", "tiny", "--steps", "0", "--batch", "1", "--seq", "8"],
+                                  ["nope"], ["flops", "--preset", "nope", "--steps", "1", "--batch", "1", "--seq", "8"]])
+def test_help_and_argument_errors_import_nothing_heavy(argv):
+    """``isoflop --help`` and argument errors answer without torch, Lightning, transformers or datasets."""
+    code = ("import sys; from experiments.cli import main\n"
+            "try: main(sys.argv[1:])\nexcept SystemExit: pass\n"
+            "heavy = [m for m in ('torch', 'lightning', 'transformers', 'datasets') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60).stdout
+    assert "HEAVY []" in out, out

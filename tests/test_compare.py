@@ -1,4 +1,4 @@
-"""`isoflop compare` end to end at a toy budget: equal FLOPs, results files, rerun, the notebook."""
+"""`isoflop compare` end to end at a toy budget: equal FLOPs, results files, rerun, the notebook; sweeps."""
 
 import csv
 import json
@@ -8,17 +8,16 @@ import pytest
 
 from experiments.cli import main
 
-TINY = ["--data.vocab_size=1024", "--model.init_args.vocab_size=1024", "--data.max_seq_length=64",
-        "--model.init_args.max_position_embeddings=64", "--data.batch_size=8", "--data.max_documents=1500",
-        "--data.max_val_examples=32", "--trainer.val_check_interval=4", "--trainer.limit_val_batches=2",
-        "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false"]
+TINY = ["--config", "tiny", "--data.batch_size", "8", "--data.max_documents", "1500", "--data.max_val_examples", "32",
+        "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false"]
 
 
 @pytest.fixture(scope="module")
-def compare_dir(tmp_path_factory, cache_dir):
+def compare_dir(tmp_path_factory, cache_dir, one_thread):
     out = tmp_path_factory.mktemp("compare")
     args = ["compare", "--out_dir", str(out), "--budget_steps", "12", "--seeds", "2", "--finetune_epochs", "1",
-            "--finetune_max_train_examples", "48", "--overrides", json.dumps(TINY)]
+            "--finetune_max_train_examples", "48", *TINY]
     assert main(args) == 0
     return out
 
@@ -39,7 +38,7 @@ def test_equal_flops_and_steps(compare_dir):
     # the cheaper objective takes proportionally more steps
     ratio_steps = int(mlm["steps"]) / int(rtd["steps"])
     ratio_cost = (float(rtd["flops"]) / int(rtd["steps"])) / (float(mlm["flops"]) / int(mlm["steps"]))
-    assert int(mlm["steps"]) > int(rtd["steps"])
+    assert int(mlm["steps"]) > int(rtd["steps"]) == 12  # the default budget: 12 steps of the costlier objective
     assert ratio_steps == pytest.approx(ratio_cost, rel=0.15)
 
 
@@ -55,17 +54,20 @@ def test_results_files(compare_dir):
         assert (compare_dir / png).read_bytes()[:4] == b"\x89PNG"
     assert (compare_dir / "ReplacedTokenDetection" / "export" / "generator" / "config.json").exists()
     assert list((compare_dir / "MaskedLM" / "wandb").glob("offline-run-*"))
+    # every run shares the comparison's configuration: same data, same encoder size
+    for name in ("MaskedLM", "ReplacedTokenDetection"):
+        config = json.loads((compare_dir / name / "export" / "config.json").read_text())
+        assert config["hidden_size"] == 64 and config["vocab_size"] == 1024
 
 
 def test_rerun_skips_finished_runs(compare_dir, monkeypatch, capsys):
     def fail(*args, **kwargs):
         raise AssertionError("a finished run was run again")
 
-    monkeypatch.setattr("experiments.cli.pretrain", fail)
+    monkeypatch.setattr("experiments.pretrain.pretrain", fail)
     monkeypatch.setattr("experiments.finetune.finetune", fail)
     before = (compare_dir / "results.csv").read_text()
-    assert main(["compare", "--out_dir", str(compare_dir), "--budget_steps", "12", "--seeds", "2",
-                 "--overrides", json.dumps(TINY)]) == 0
+    assert main(["compare", "--out_dir", str(compare_dir), "--budget_steps", "12", "--seeds", "2", *TINY]) == 0
     assert "pre-training done, skipped" in capsys.readouterr().out
     assert (compare_dir / "results.csv").read_text() == before
 
@@ -85,9 +87,12 @@ def test_notebook_runs_headless(compare_dir):
     assert any("image/png" in o.get("data", {}) for o in outputs)
 
 
-def test_unknown_objective(tmp_path):
-    with pytest.raises(SystemExit, match="unknown objective 'objectives.Nope'"):
-        main(["compare", "--objectives", '["objectives.Nope"]', "--out_dir", str(tmp_path)])
+def test_bad_objective_or_task_fails_before_compute(tmp_path, capsys):
+    assert main(["compare", "--objectives", '["objectives.Nope"]', "--out_dir", str(tmp_path / "a"), *TINY]) == 2
+    assert "unknown objective 'objectives.Nope'; available: objectives." in capsys.readouterr().err
+    assert main(["compare", "--tasks", "mrcp", "--out_dir", str(tmp_path / "b"), *TINY]) == 2
+    assert "unknown task 'mrcp'" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_sweep_expansion():
@@ -100,3 +105,9 @@ def test_sweep_expansion():
                                       "ReplacedTokenDetection-generator_hidden_fraction=0.5"]
     with pytest.raises(ValueError, match="no objective of the grid takes 'generator_size'"):
         expand({"objective": ["objectives.ReplacedTokenDetection"], "generator_size": [1]})
+
+
+@pytest.mark.parametrize("name", ["generator-size", "mask-rate", "paper-table5"])
+def test_shipped_sweeps_expand(name, capsys):
+    assert main(["sweep", name, "--dry_run"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) >= 3

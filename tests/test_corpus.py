@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from datamodules import corpus
+from datamodules import cache, corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,9 +33,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ISOFLOP_CACHE", str(tmp_path / "elsewhere"))
-    assert corpus.default_cache_dir() == tmp_path / "elsewhere"
+    assert cache.default_cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("ISOFLOP_CACHE")
-    assert corpus.default_cache_dir() == Path.home() / ".cache" / "isoflop"
+    assert cache.default_cache_dir() == Path.home() / ".cache" / "isoflop"
 
 
 def test_clean_docstring_keeps_prose_drops_code() -> None:

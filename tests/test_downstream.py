@@ -10,7 +10,8 @@ from collections import Counter
 
 import pytest
 
-from datamodules.downstream import (
+from downstream.data import TaskDataModule
+from downstream.offline import (
     DOCPKG_CAP,
     NUM_PACKAGES,
     OFFLINE_VERSION,
@@ -22,7 +23,6 @@ from datamodules.downstream import (
     sentences,
     task_dir,
 )
-from datamodules.glue import GlueDataModule
 from experiments import finetune as ft
 
 
@@ -112,13 +112,13 @@ def test_offline_tasks_are_deterministic_cached_and_split_by_module(cache_dir, c
         assert consecutive == (row["label"] == 1)
 
 
-def test_offline_tasks_through_the_glue_interface(tmp_path, cache_dir, tasks):
+def test_offline_tasks_through_the_task_datamodule(tmp_path, cache_dir, tasks):
     from tests.test_finetune import make_tiny_checkpoint
 
     assert ft.resolve_tasks("offline") == ["docpkg", "docpair"]
     assert ft.resolve_tasks(["glue", "docpkg"])[-1] == "docpkg" and "wnli" not in ft.resolve_tasks("glue")
     ckpt = make_tiny_checkpoint(tmp_path / "ck", texts=list(tasks["docpair"]["train"]["sentence1"])[:500])
-    dm = GlueDataModule(ckpt, task="docpair", cache_dir=str(cache_dir), max_eval_examples=20, max_train_examples=40)
+    dm = TaskDataModule(ckpt, task="docpair", cache_dir=str(cache_dir), max_eval_examples=20, max_train_examples=40)
     dm.setup("fit")
     batch = next(iter(dm.test_dataloader()))
     assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}

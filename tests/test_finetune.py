@@ -23,9 +23,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from datamodules.glue import GlueDataModule, get_task
+from downstream.classifier import SequenceClassification, task_metrics
+from downstream.data import TaskDataModule
+from downstream.tasks import get_task
 from experiments import finetune as ft
-from objectives.finetune import SequenceClassification, task_metrics
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -208,7 +209,7 @@ def test_warmup_then_linear_decay_keeps_layer_ratios(ckpt):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append([g["lr"] for g in trainer.optimizers[0].param_groups])
 
-    dm = GlueDataModule(ckpt, task="sst2", data_dir=str(FIXTURES), batch_size=4)
+    dm = TaskDataModule(ckpt, task="sst2", data_dir=str(FIXTURES), batch_size=4)
     dm.setup("fit")
     L.seed_everything(0, verbose=False)
     module = SequenceClassification(ckpt, task="sst2", learning_rate=1e-3, warmup_fraction=0.2)
@@ -217,12 +218,41 @@ def test_warmup_then_linear_decay_keeps_layer_ratios(ckpt):
     trainer.fit(module, train_dataloaders=dm.train_dataloader())
     names = [g["name"] for g in trainer.optimizers[0].param_groups]
     head, emb = names.index("head"), names.index("embeddings")
-    # 10 steps, 2 of warmup: step s trains at s/2 of the peak, then (10 - s) / 8 of it.
-    expected = [s / 2 if s < 2 else (10 - s) / 8 for s in range(10)]
+    # 10 steps, 2 of warmup: step s trains at (s + 1)/2 of the peak, then (10 - s) / 8 of it.
+    expected = [(s + 1) / 2 if s < 2 else (10 - s) / 8 for s in range(10)]
     assert [round(lrs[head] / 1e-3, 9) for lrs in seen] == pytest.approx(expected)
     ratio = 0.8 ** 3  # embeddings: two layers plus one below the head
     assert all(lrs[emb] == pytest.approx(lrs[head] * ratio) for lrs in seen)
 
+
+
+def test_first_finetuning_step_trains(ckpt):
+    """The first optimiser step runs at a learning rate above 0 in every group, and moves the weights.
+
+    (A warmup of ``step / warmup`` would give step 0 a rate of exactly 0: a wasted batch.)"""
+    seen: list[dict[str, float]] = []
+
+    class Record(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            trainer.should_stop = True  # one optimiser step of a 10-step schedule is enough
+
+    dm = TaskDataModule(ckpt, task="sst2", data_dir=str(FIXTURES), batch_size=4)
+    dm.setup("fit")
+    L.seed_everything(0, verbose=False)
+    module = SequenceClassification(ckpt, task="sst2", learning_rate=1e-3, warmup_fraction=0.4)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[Record()])
+    trainer.fit(module, train_dataloaders=dm.train_dataloader())
+    assert len(seen) == 1 and trainer.global_step == 1
+    assert all(lr > 0 for lr in seen[0].values()), seen[0]
+    assert seen[0]["head"] == pytest.approx(1e-3 / 4)  # 4 warmup steps: (0 + 1) / 4 of the peak
+    assert not torch.equal(before["classifier.weight"], module.classifier.weight.detach())
+    assert not torch.equal(before["encoder.embeddings.word_embeddings.weight"],
+                           module.encoder.embeddings.word_embeddings.weight.detach())
 
 # --------------------------------------------------------------------------------------------
 # Dev metrics logged by the module == independent computation on its own predictions
@@ -231,7 +261,7 @@ def test_warmup_then_linear_decay_keeps_layer_ratios(ckpt):
 
 @pytest.mark.parametrize("task", ["stsb", "mrpc", "mnli"])
 def test_logged_dev_metrics_equal_independent_computation(ckpt, task):
-    dm = GlueDataModule(ckpt, task=task, data_dir=str(FIXTURES), batch_size=8, eval_batch_size=5)
+    dm = TaskDataModule(ckpt, task=task, data_dir=str(FIXTURES), batch_size=8, eval_batch_size=5)
     dm.setup("fit")
     L.seed_everything(0, verbose=False)
     module = SequenceClassification(ckpt, task=task, learning_rate=1e-3)

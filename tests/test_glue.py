@@ -1,4 +1,4 @@
-"""GlueDataModule: GLUE's task table, local files in the hub's schema (tsv, csv, jsonl, parquet),
+"""TaskDataModule on GLUE: GLUE's task table, local files in the hub's schema (tsv, csv, jsonl, parquet),
 the hub code path (mocked: no network in tests), tokenisation, dynamic padding, both sentence
 orders, and clear errors on bad files."""
 
@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from datamodules import glue
-from datamodules.glue import GLUE_TASKS, GlueDataModule, get_task
+from downstream import glue
+from downstream.data import TaskDataModule
+from downstream.tasks import GLUE_TASKS, get_task
 from tests.test_finetune import FIXTURES, make_tiny_checkpoint
 
 
@@ -40,12 +41,12 @@ def test_task_table_follows_the_paper():
 
 def test_unknown_task_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown task 'sst5'; valid tasks: cola, sst2, .*wnli, docpkg, docpair"):
-        GlueDataModule("unused", task="sst5")
+        TaskDataModule("unused", task="sst5")
 
 
 @pytest.mark.parametrize("task", ["sst2", "mrpc", "stsb", "mnli"])
 def test_local_fixtures_load_and_tokenise(ckpt, task):
-    dm = GlueDataModule(ckpt, task=task, data_dir=str(FIXTURES), batch_size=4, both_orders=False)
+    dm = TaskDataModule(ckpt, task=task, data_dir=str(FIXTURES), batch_size=4, both_orders=False)
     dm.setup("fit")
     spec = dm.spec
     raw = dm.load_raw()
@@ -73,7 +74,7 @@ def test_local_fixtures_load_and_tokenise(ckpt, task):
 
 def test_mnli_text_labels_and_dev_file_names(ckpt):
     # The MNLI fixture spells labels as text and names its dev files dev_matched/dev_mismatched.
-    raw = GlueDataModule(ckpt, task="mnli", data_dir=str(FIXTURES)).load_raw()
+    raw = TaskDataModule(ckpt, task="mnli", data_dir=str(FIXTURES)).load_raw()
     first = pd.read_csv(FIXTURES / "mnli" / "train.tsv", sep="\t").label.tolist()
     names = GLUE_TASKS["mnli"].label_names
     assert [names[i] for i in raw["train"]["label"]] == first
@@ -82,12 +83,12 @@ def test_mnli_text_labels_and_dev_file_names(ckpt):
 
 def test_both_orders_doubles_symmetric_pair_tasks(ckpt):
     for task, doubled in (("mrpc", True), ("stsb", True), ("mnli", False), ("sst2", False)):
-        dm = GlueDataModule(ckpt, task=task, data_dir=str(FIXTURES), both_orders=True)
+        dm = TaskDataModule(ckpt, task=task, data_dir=str(FIXTURES), both_orders=True)
         dm.setup("fit")
         n = len(dm.load_raw()["train"])
         assert len(dm.datasets["train"]) == (2 * n if doubled else n), task
     # The second half is the first with the sentences swapped.
-    dm = GlueDataModule(ckpt, task="mrpc", data_dir=str(FIXTURES), both_orders=True)
+    dm = TaskDataModule(ckpt, task="mrpc", data_dir=str(FIXTURES), both_orders=True)
     dm.setup("fit")
     raw, tok = dm.load_raw()["train"], dm.tokenizer
     n = len(raw)
@@ -99,7 +100,7 @@ def test_both_orders_doubles_symmetric_pair_tasks(ckpt):
 
 
 def test_dynamic_padding_and_truncation(ckpt):
-    dm = GlueDataModule(ckpt, task="mrpc", data_dir=str(FIXTURES), eval_batch_size=3, max_length=12)
+    dm = TaskDataModule(ckpt, task="mrpc", data_dir=str(FIXTURES), eval_batch_size=3, max_length=12)
     dm.setup("fit")
     lengths = [len(x) for x in dm.datasets["validation"]["input_ids"]]
     assert max(lengths) == 12  # long pairs are truncated to max_length
@@ -110,7 +111,7 @@ def test_dynamic_padding_and_truncation(ckpt):
 
 
 def test_tsv_keeps_quotes_and_na_as_text(ckpt):
-    raw = GlueDataModule(ckpt, task="sst2", data_dir=str(FIXTURES)).load_raw()
+    raw = TaskDataModule(ckpt, task="sst2", data_dir=str(FIXTURES)).load_raw()
     sentences = list(raw["train"]["sentence"])
     assert 'the film " works , mostly' in sentences and "NA" in sentences
 
@@ -119,13 +120,13 @@ def test_explicit_files_parquet_json_and_limits(ckpt, tmp_path):
     rows = pd.read_json(FIXTURES / "mrpc" / "train.jsonl", lines=True)
     rows.to_parquet(tmp_path / "train.parquet")
     rows.head(5).to_json(tmp_path / "dev.json", orient="records")  # a JSON array, not JSON lines
-    dm = GlueDataModule(ckpt, task="mrpc", data_files={"train": str(tmp_path / "train.parquet"),
+    dm = TaskDataModule(ckpt, task="mrpc", data_files={"train": str(tmp_path / "train.parquet"),
                                                        "validation": str(tmp_path / "dev.json")},
                         max_train_examples=10, max_eval_examples=3, both_orders=False)
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 10 and len(dm.datasets["validation"]) == 3
     # The subset is fixed: a second module picks the same examples.
-    again = GlueDataModule(ckpt, task="mrpc", data_files=dm.data_files, max_train_examples=10, both_orders=False)
+    again = TaskDataModule(ckpt, task="mrpc", data_files=dm.data_files, max_train_examples=10, both_orders=False)
     again.setup("fit")
     assert list(again.datasets["train"]["input_ids"]) == list(dm.datasets["train"]["input_ids"])
 
@@ -135,24 +136,24 @@ def test_missing_column_names_column_and_file(ckpt, tmp_path):
     (tmp_path / "qnli" / "train.csv").write_text("question,sentence,label\nwho ?,me .,0\n")
     (tmp_path / "qnli" / "validation.csv").write_text("question,text,label\nwho ?,me .,0\n")
     with pytest.raises(ValueError, match=r"qnli/validation\.csv: missing column 'sentence' \(task qnli needs"):
-        GlueDataModule(ckpt, task="qnli", data_dir=str(tmp_path)).load_raw()
+        TaskDataModule(ckpt, task="qnli", data_dir=str(tmp_path)).load_raw()
 
 
 def test_bad_labels_and_missing_files(ckpt, tmp_path):
     (tmp_path / "rte").mkdir()
     (tmp_path / "rte" / "train.tsv").write_text("sentence1\tsentence2\tlabel\na .\tb .\t-1\n")
     with pytest.raises(FileNotFoundError, match="no validation file"):
-        GlueDataModule(ckpt, task="rte", data_dir=str(tmp_path)).load_raw()
+        TaskDataModule(ckpt, task="rte", data_dir=str(tmp_path)).load_raw()
     (tmp_path / "rte" / "dev.tsv").write_text("sentence1\tsentence2\tlabel\na .\tb .\tmaybe\n")
     with pytest.raises(ValueError, match="label -1 outside 0..1"):
-        GlueDataModule(ckpt, task="rte", data_dir=str(tmp_path)).load_raw()
+        TaskDataModule(ckpt, task="rte", data_dir=str(tmp_path)).load_raw()
     with pytest.raises(FileNotFoundError, match="no train file for task cola"):
-        GlueDataModule(ckpt, task="cola", data_dir=str(tmp_path)).load_raw()
+        TaskDataModule(ckpt, task="cola", data_dir=str(tmp_path)).load_raw()
 
 
 def test_hub_path_is_nyu_mll_glue(ckpt, monkeypatch):
     """The default loads ``nyu-mll/glue`` with the task as config; here the download is replaced."""
-    local = GlueDataModule(ckpt, task="sst2", data_dir=str(FIXTURES)).load_raw()
+    local = TaskDataModule(ckpt, task="sst2", data_dir=str(FIXTURES)).load_raw()
     features = datasets.Features({"sentence": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=["negative", "positive"]),
                                   "idx": datasets.Value("int32")})
@@ -168,7 +169,7 @@ def test_hub_path_is_nyu_mll_glue(ckpt, monkeypatch):
                                      "test": with_idx(local["validation"])})
 
     monkeypatch.setattr(glue.datasets, "load_dataset", fake_load_dataset)
-    dm = GlueDataModule(ckpt, task="sst2")
+    dm = TaskDataModule(ckpt, task="sst2")
     dm.setup("fit")
     assert calls == [("nyu-mll/glue", "sst2")]
     assert dm.load_raw()["train"].column_names == ["sentence", "label"]
@@ -186,7 +187,7 @@ def test_max_length_is_capped_at_the_encoders_positions(tmp_path):
                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=16)
     ElectraForPreTraining(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    dm = GlueDataModule(str(tmp_path), task="mrpc", data_dir=str(FIXTURES), max_length=128)
+    dm = TaskDataModule(str(tmp_path), task="mrpc", data_dir=str(FIXTURES), max_length=128)
     with pytest.warns(UserWarning, match="truncating to 16"):
         dm.setup("fit")
     assert max(len(x) for x in dm.datasets["train"]["input_ids"]) == 16

@@ -88,8 +88,8 @@ def test_whole_words_masked_together():
 def test_replacement_split(style):
     ids, att, special, _ = make_batch(B=256, L=128, seed=2)
     g = torch.Generator().manual_seed(0)
-    m = choose_positions(att, special, 0.15, generator=g)
-    out = apply_mask(ids, m, MASK_ID, VOCAB, style, generator=g)
+    m = choose_positions(att, special, 0.15, rng=g)
+    out = apply_mask(ids, m, MASK_ID, VOCAB, style, rng=g)
     # unchosen positions never change
     assert torch.equal(out[~m.chosen], ids[~m.chosen])
     chosen = m.chosen
@@ -106,9 +106,9 @@ def test_replacement_split(style):
 
 def test_deterministic_with_generator():
     ids, att, special, _ = make_batch()
-    a = choose_positions(att, special, 0.15, generator=torch.Generator().manual_seed(5))
-    b = choose_positions(att, special, 0.15, generator=torch.Generator().manual_seed(5))
-    c = choose_positions(att, special, 0.15, generator=torch.Generator().manual_seed(6))
+    a = choose_positions(att, special, 0.15, rng=torch.Generator().manual_seed(5))
+    b = choose_positions(att, special, 0.15, rng=torch.Generator().manual_seed(5))
+    c = choose_positions(att, special, 0.15, rng=torch.Generator().manual_seed(6))
     assert torch.equal(a.chosen, b.chosen)
     assert not torch.equal(a.chosen, c.chosen)
 

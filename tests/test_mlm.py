@@ -21,7 +21,7 @@ def val_loss(model, dm, batches=4):
         for i, batch in enumerate(dm.val_dataloader()):
             if i == batches:
                 break
-            losses.append(model.compute(batch, model.validation_generator(i))["mlm_loss"])
+            losses.append(model.compute(batch, model.validation_rng(i))["mlm_loss"])
     model.train()
     return torch.stack(losses).mean().item()
 
@@ -69,8 +69,8 @@ def test_export_round_trip(tiny_data, tmp_path):
     assert tok.get_vocab() == tiny_data.tokenizer.get_vocab()
     batch = next(iter(tiny_data.val_dataloader()))
     g = torch.Generator().manual_seed(1)
-    masked = choose_positions(batch["attention_mask"], batch["special_tokens_mask"], 0.15, generator=g)
-    inputs = apply_mask(batch["input_ids"], masked, model.mask_token_id, TINY_VOCAB, generator=g)
+    masked = choose_positions(batch["attention_mask"], batch["special_tokens_mask"], 0.15, rng=g)
+    inputs = apply_mask(batch["input_ids"], masked, model.mask_token_id, TINY_VOCAB, rng=g)
     with torch.no_grad():
         ours = model(inputs, batch["attention_mask"], batch["token_type_ids"], masked)
         theirs = hf(input_ids=inputs, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]).logits

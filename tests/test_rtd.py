@@ -141,7 +141,7 @@ def val_metrics(model, dm, batches=3):
         for i, b in enumerate(dm.val_dataloader()):
             if i == batches:
                 break
-            for k, v in model.compute(b, model.validation_generator(i)).items():
+            for k, v in model.compute(b, model.validation_rng(i)).items():
                 out[k] = out.get(k, 0) + v.item() / batches
     model.train()
     return out

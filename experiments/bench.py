@@ -1,4 +1,4 @@
-"""Training-step throughput of each objective: ``python -m experiments.benchmark [--size small]``.
+"""``isoflop bench``: training-step throughput of each objective (``isoflop bench --size small``).
 
 Times the real training step (``compute`` + backward + AdamW) on random full-length batches, after
 warm-up, and prints tokens/s, ms/step and achieved FLOP/s (``actual`` convention, i.e. what the step
@@ -11,8 +11,6 @@ import argparse
 import time
 
 import torch
-
-OBJECTIVES = ["MaskedLM", "ReplacedTokenDetection", "Electra15", "ReplaceMLM", "AllTokensMLM", "MLMPlusRTD"]
 
 
 def random_batch(batch: int, seq: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -33,11 +31,11 @@ def random_batch(batch: int, seq: int, vocab: int, device: torch.device) -> dict
 
 def bench(name: str, size: str, batch: int, seq: int, vocab: int, steps: int, device: torch.device,
           dtype: torch.dtype | None) -> dict:
-    import objectives
+    from objectives import resolve
 
     torch.manual_seed(0)
-    model = getattr(objectives, name)(size=size, vocab_size=vocab, max_position_embeddings=max(512, seq)).to(device)
-    model.mask_token_id.fill_(4)
+    model = resolve(name)(size=size, vocab_size=vocab, max_position_embeddings=max(512, seq)).to(device)
+    model.mask_token_id.fill_(4)  # any id outside the data's [10, vocab) range
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = random_batch(batch, seq, vocab, device)
 
@@ -64,13 +62,15 @@ def bench(name: str, size: str, batch: int, seq: int, vocab: int, steps: int, de
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from objectives import discover
+
+    parser = argparse.ArgumentParser(prog="isoflop bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="tiny", help="encoder size preset (tiny, small, base, large)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=30522)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--objectives", nargs="*", default=OBJECTIVES)
+    parser.add_argument("--objectives", nargs="*", default=list(discover()), help="objective class names")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -4,7 +4,8 @@ Every objective is judged by the same downstream recipe (ELECTRA paper, appendix
 ``finetune/`` and ``model/optimization.py``): the [CLS] vector -> dropout 0.1 -> linear (no
 pooler); AdamW with weight decay 0.01 (not on LayerNorm and biases), eps 1e-6; learning rate 1e-4
 with layer-wise decay 0.8, linear warmup over 10% of the steps then linear decay to 0. MSE on
-STS-B's rescaled score, cross entropy elsewhere.
+STS-B's rescaled score, cross entropy elsewhere. The optimiser and schedule are pre-training's
+own (:mod:`objectives.optim`), with a learning rate per depth.
 
 The encoder is whatever ``AutoModel.from_pretrained(dir)`` returns: for an isoflop export or any
 ``save_pretrained`` directory of ``ElectraForPreTraining`` / ``ElectraForMaskedLM`` /
@@ -28,7 +29,9 @@ from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from datamodules.glue import TaskSpec, get_task
+from downstream.tasks import TaskSpec, get_task
+from objectives.optim import adamw_with_schedule
+from objectives.optim import parameter_groups as adamw_groups
 
 # Files any Hugging Face tokenizer is saved as; at least one must be in an encoder directory.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
@@ -264,55 +267,38 @@ class SequenceClassification(L.LightningModule):
         layer gets decay**2; here, without a pooler, the distances are contiguous.)
         Each depth is split in two groups: with weight decay, and without it for biases and
         LayerNorm weights (every 1-d parameter). Groups are named ``head``, ``layer.<i>``,
-        ``embeddings``, with ``/no_decay`` appended for the second kind.
+        ``embeddings``, with ``/no_decay`` appended for the second kind; ``param_names`` lists each
+        group's parameters (for inspection; the optimiser drops it).
         """
         hp = self.hparams
         prefix, layers = encoder_layers(self.encoder)
         n_layers = len(layers)
-        groups: dict[str, dict[str, Any]] = {}
 
-        def add(name: str, distance: int, param: nn.Parameter, pname: str) -> None:
-            no_decay = param.ndim < 2
-            key = name + ("/no_decay" if no_decay else "")
-            if key not in groups:
-                groups[key] = {
-                    "name": key,
-                    "params": [],
-                    "param_names": [],
-                    "lr": hp.learning_rate * hp.layerwise_lr_decay**distance,
-                    "weight_decay": 0.0 if no_decay else hp.weight_decay,
-                }
-            groups[key]["params"].append(param)
-            groups[key]["param_names"].append(pname)
-
-        for pname, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
+        def lr_of(pname: str) -> tuple[str, float]:
             if not pname.startswith("encoder."):
-                add("head", 0, param, pname)
-                continue
-            rest = pname[len("encoder."):]
-            if rest.startswith(prefix + "."):
-                index = int(rest[len(prefix) + 1:].split(".", 1)[0])
-                add(f"layer.{index}", n_layers - index, param, pname)
+                name, distance = "head", 0
             else:
-                add("embeddings", n_layers + 1, param, pname)
-        return list(groups.values())
+                rest = pname[len("encoder."):]
+                if rest.startswith(prefix + "."):
+                    index = int(rest[len(prefix) + 1:].split(".", 1)[0])
+                    name, distance = f"layer.{index}", n_layers - index
+                else:
+                    name, distance = "embeddings", n_layers + 1
+            return name, hp.learning_rate * hp.layerwise_lr_decay**distance
+
+        return adamw_groups(self.named_parameters(), hp.weight_decay, lr_of=lr_of)
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW (betas 0.9, 0.999) over :meth:`parameter_groups`, linear warmup then linear decay to 0,
+        stepped every optimiser step. The schedule multiplies each group's own rate, so the layer-wise
+        ratios hold throughout, and the first step already trains (``(step + 1) / warmup``)."""
         hp = self.hparams
-        groups = self.parameter_groups()
-        for group in groups:
-            group.pop("param_names")  # torch keeps unknown keys, but names are for inspection only
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=(0.9, 0.999), eps=hp.adam_epsilon)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(hp.warmup_fraction * total)
-
-        def schedule(step: int) -> float:
-            # Multiplies every group's own rate, so the layer-wise ratios hold throughout.
-            if step < warmup:
-                return step / warmup
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_with_schedule(
+            self.parameter_groups(),
+            lr=hp.learning_rate,
+            betas=(0.9, 0.999),
+            eps=hp.adam_epsilon,
+            total_steps=total,
+            warmup_fraction=hp.warmup_fraction,
+        )

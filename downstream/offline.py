@@ -3,7 +3,7 @@
 GLUE needs the network; these two tasks give every machine a downstream check of an encoder, built
 deterministically from :func:`datamodules.corpus.load_corpus`:
 
-``docpkg`` (single text, :data:`NUM_PACKAGES` classes)
+``docpkg`` (single text, :data:`~downstream.tasks.NUM_PACKAGES` classes)
     Which top-level package a docstring comes from (``asyncio``, ``email``, ``tkinter`` ...): the
     largest packages by number of docstrings, among those with at least three modules so that each
     split can hold some of them. Classes are capped per split (:data:`DOCPKG_CAP`), so they are
@@ -23,9 +23,10 @@ modules of a package with three or more modules are dealt out largest first to t
 below its share of that package's docstrings (ties broken by a hash of the module name), and every
 split gets at least one of them; other modules go to the split that a hash of their name picks.
 
-Built tasks are cached in ``<cache>/downstream/<task>-<OFFLINE_VERSION>-<corpus hash>`` (the
-corpus's own cache root, ``$ISOFLOP_CACHE`` or ``~/.cache/isoflop``); change
-:data:`OFFLINE_VERSION` whenever a change here changes the data.
+Built tasks are cached in ``<cache>/downstream/<task>-<OFFLINE_VERSION>-<corpus hash>`` (isoflop's
+cache root, :func:`datamodules.cache.default_cache_dir`), built once and renamed into place by
+:func:`datamodules.cache.build_once`; change :data:`OFFLINE_VERSION` whenever a change here changes
+the data. The tasks' specs (columns, metrics, labels) are in :mod:`downstream.tasks`.
 """
 
 from __future__ import annotations
@@ -34,33 +35,23 @@ import hashlib
 import os
 import random
 import re
-import shutil
-import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import datasets
-from filelock import FileLock
 
-from datamodules.glue import TaskSpec
+from datamodules.cache import build_once, default_cache_dir
+from datamodules.corpus import corpus_fingerprint, load_corpus
+from downstream.tasks import NUM_PACKAGES, OFFLINE_TASKS
 
 OFFLINE_VERSION = "downstream-1"
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.15, "test": 0.15}
-NUM_PACKAGES = 10
 # Per class and split for docpkg; positive pairs per split for docpair (as many negatives again).
 DOCPKG_CAP = {"train": 200, "validation": 40, "test": 40}
 DOCPAIR_CAP = {"train": 2000, "validation": 300, "test": 300}
 PAIRS_PER_DOC = 2  # long help topics would otherwise dominate docpair
 MIN_SENTENCE_WORDS = 4
-
-_OFFLINE = dict(epochs=3, test_has_labels=True, group="offline")
-OFFLINE_TASKS: dict[str, TaskSpec] = {
-    "docpkg": TaskSpec("docpkg", ("sentence",), NUM_PACKAGES, ("accuracy", "macro_f1"), **_OFFLINE),
-    "docpair": TaskSpec(
-        "docpair", ("sentence1", "sentence2"), 2, ("accuracy", "macro_f1"), label_names=("not_next", "next"), **_OFFLINE
-    ),
-}
 
 # End punctuation, space, then something that starts a sentence. Frozen here (not shared with the
 # pre-training splitter) because it defines docpair's data: changing it needs a new OFFLINE_VERSION.
@@ -203,31 +194,20 @@ _BUILDERS = {"docpkg": build_docpkg, "docpair": build_docpair}
 
 def task_dir(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where a built offline task is cached (keyed by OFFLINE_VERSION and the corpus's hash)."""
-    from datamodules.corpus import corpus_fingerprint, default_cache_dir
-
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     corpus_hash = corpus_fingerprint(cache_dir)["sha256"][:12]
     return root / "downstream" / f"{name}-{OFFLINE_VERSION}-{corpus_hash}"
 
 
 def load_offline_task(name: str, cache_dir: str | os.PathLike | None = None) -> datasets.DatasetDict:
-    """Build (once, under a file lock) or load an offline task: splits train, validation, test."""
+    """Build (once, under a file lock, so concurrent ranks wait for the first builder) or load an
+    offline task: splits train, validation, test."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown offline task {name!r}; valid: {', '.join(_BUILDERS)}")
-    final = task_dir(name, cache_dir)
-    if not (final / "dataset_dict.json").is_file():
-        from datamodules.corpus import load_corpus
 
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(final) + ".lock"):  # concurrent ranks wait for the first builder
-            if not (final / "dataset_dict.json").is_file():
-                built = _BUILDERS[name](load_corpus(cache_dir))
-                tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-                try:
-                    built.save_to_disk(str(tmp))
-                    shutil.rmtree(final, ignore_errors=True)
-                    os.replace(tmp, final)  # atomic: readers see all of it or nothing
-                except BaseException:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise
+    def build(tmp: Path) -> None:
+        # The corpus is loaded only when the task must be built; readers never see a partial save.
+        _BUILDERS[name](load_corpus(cache_dir)).save_to_disk(str(tmp))
+
+    final = build_once(task_dir(name, cache_dir), build, done="dataset_dict.json")
     return datasets.load_from_disk(str(final))

@@ -1,0 +1,151 @@
+"""What each downstream task is: GLUE's nine and isoflop's two offline ones, as plain data.
+
+This module is pure Python on purpose: the command line, the comparison driver and the docs need
+task names, metrics and epochs without paying for ``datasets``, ``torch`` or ``transformers``.
+
+The GLUE tasks, their columns and metrics follow the GLUE benchmark (https://gluebenchmark.com) as
+the ELECTRA paper (Clark et al. 2020) reports it::
+
+    | task  | input                    | labels | headline metric (others logged)  | epochs |
+    |-------|--------------------------|--------|----------------------------------|--------|
+    | cola  | sentence                 | 2      | Matthews correlation             | 3      |
+    | sst2  | sentence                 | 2      | accuracy                         | 3      |
+    | mrpc  | sentence1, sentence2     | 2      | accuracy (F1)                    | 3      |
+    | stsb  | sentence1, sentence2     | 0..5   | Spearman (Pearson), MSE on y / 5 | 10     |
+    | qqp   | question1, question2     | 2      | accuracy (F1)                    | 3      |
+    | mnli  | premise, hypothesis      | 3      | matched accuracy (mismatched)    | 3      |
+    | qnli  | question, sentence       | 2      | accuracy                         | 3      |
+    | rte   | sentence1, sentence2     | 2      | accuracy                         | 10     |
+    | wnli  | sentence1, sentence2     | 2      | accuracy (not in the average)    | 3      |
+
+The offline tasks (``docpkg``, ``docpair``) are built from the embedded corpus by
+:mod:`downstream.offline`; their specs live here so that naming a task never builds anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a sequence-classification task is: its inputs, labels, metrics and recipe.
+
+    Attributes:
+        name: Task name as used on the command line (``mrpc``).
+        text_columns: One column (single-sentence task) or two (sentence-pair task).
+        num_labels: Number of classes; 1 means regression (STS-B).
+        metrics: Metric names logged as ``val/<name>``; the first is the headline metric.
+        epochs: Fine-tuning epochs of ELECTRA's recipe.
+        label_names: Class names, index = label id (lets local files spell labels as text).
+        val_splits: Dev splits; the first is the headline (MNLI: matched, then mismatched).
+        both_orders: Whether ``both_orders`` augmentation applies (MRPC, STS-B: symmetric pairs).
+        label_scale: Multiplier on the label (STS-B's 0..5 similarity becomes a 0..1 target).
+        test_has_labels: Whether the ``test`` split is labelled (not on GLUE; yes offline).
+        group: ``glue`` or ``offline``: which average the task belongs to.
+    """
+
+    name: str
+    text_columns: tuple[str, ...]
+    num_labels: int
+    metrics: tuple[str, ...]
+    epochs: int = 3
+    label_names: tuple[str, ...] = ()
+    val_splits: tuple[str, ...] = ("validation",)
+    both_orders: bool = False
+    label_scale: float = 1.0
+    test_has_labels: bool = False
+    group: str = "glue"
+
+    @property
+    def metric(self) -> str:
+        """The headline metric (what the GLUE average uses)."""
+        return self.metrics[0]
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    def metric_suffix(self, val_index: int) -> str:
+        """Key suffix of a dev split's metrics: "" for the headline split, ``_mismatched`` for MNLI's second."""
+        if val_index == 0:
+            return ""
+        return "_" + self.val_splits[val_index].removeprefix("validation_")
+
+
+_BINARY_ENTAIL = ("entailment", "not_entailment")
+GLUE_TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("cola", ("sentence",), 2, ("mcc",), label_names=("unacceptable", "acceptable")),
+        TaskSpec("sst2", ("sentence",), 2, ("accuracy",), label_names=("negative", "positive")),
+        TaskSpec("mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"),
+                 label_names=("not_equivalent", "equivalent"), both_orders=True),
+        TaskSpec("stsb", ("sentence1", "sentence2"), 1, ("spearman", "pearson"), epochs=10,
+                 both_orders=True, label_scale=1 / 5),
+        TaskSpec("qqp", ("question1", "question2"), 2, ("accuracy", "f1"),
+                 label_names=("not_duplicate", "duplicate")),
+        TaskSpec("mnli", ("premise", "hypothesis"), 3, ("accuracy",),
+                 label_names=("entailment", "neutral", "contradiction"),
+                 val_splits=("validation_matched", "validation_mismatched")),
+        TaskSpec("qnli", ("question", "sentence"), 2, ("accuracy",), label_names=_BINARY_ENTAIL),
+        TaskSpec("rte", ("sentence1", "sentence2"), 2, ("accuracy",), epochs=10, label_names=_BINARY_ENTAIL),
+        # WNLI's label order on the hub is the reverse of RTE's/QNLI's.
+        TaskSpec("wnli", ("sentence1", "sentence2"), 2, ("accuracy",), label_names=("not_entailment", "entailment")),
+    )
+}
+
+# docpkg's number of classes: the largest packages of the corpus (see downstream.offline). Part of
+# the task's definition, so a change needs a new downstream.offline.OFFLINE_VERSION.
+NUM_PACKAGES = 10
+
+_OFFLINE = dict(epochs=3, test_has_labels=True, group="offline")
+OFFLINE_TASKS: dict[str, TaskSpec] = {
+    "docpkg": TaskSpec("docpkg", ("sentence",), NUM_PACKAGES, ("accuracy", "macro_f1"), **_OFFLINE),
+    "docpair": TaskSpec(
+        "docpair", ("sentence1", "sentence2"), 2, ("accuracy", "macro_f1"), label_names=("not_next", "next"), **_OFFLINE
+    ),
+}
+
+
+def all_tasks() -> dict[str, TaskSpec]:
+    """Every task name accepted anywhere a GLUE task name is: GLUE's, then the offline ones."""
+    return {**GLUE_TASKS, **OFFLINE_TASKS}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The spec of one task; an unknown name raises a ValueError listing the valid ones."""
+    tasks = all_tasks()
+    key = name.strip().lower().replace("-", "")
+    if key not in tasks:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(tasks)}")
+    return tasks[key]
+
+
+def resolve_tasks(tasks: list[str] | str) -> list[str]:
+    """Task names from ``glue``, ``offline``, a name, a comma list, or a list of any of these.
+
+    ``glue`` is every GLUE task but WNLI (name ``wnli`` to run it too), as GLUE's average leaves it
+    out. Unknown names raise a ValueError that lists the valid ones.
+    """
+    items = [tasks] if isinstance(tasks, str) else list(tasks)
+    names = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+    known = all_tasks()
+    out: list[str] = []
+    for name in names:
+        key = name.lower()
+        if key == "glue":
+            expanded = [t for t in GLUE_TASKS if t != "wnli"]
+        elif key == "offline":
+            expanded = [t for t, spec in known.items() if spec.group == "offline"]
+        else:
+            try:
+                expanded = [get_task(name).name]
+            except ValueError:
+                raise ValueError(
+                    f"unknown task {name!r}; valid: glue, offline, {', '.join(known)}"
+                ) from None
+        out += [t for t in expanded if t not in out]
+    if not out:
+        raise ValueError(f"no task given; valid: glue, offline, {', '.join(known)}")
+    return out
