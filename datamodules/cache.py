@@ -9,11 +9,13 @@ old content or the new one, never a truncated file that later runs would trust.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from filelock import FileLock
 
@@ -24,27 +26,38 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "isoflop"
 
 
-def _temporary_sibling(path: Path) -> Path:
+def temporary_sibling(path: Path) -> Path:
     # Same directory (so the rename never crosses filesystems), unique per process and call; not
     # tempfile.mkdtemp, whose 0700 mode would make a shared cache unreadable to other users.
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never a half-written file)."""
+@contextlib.contextmanager
+def open_atomic(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write that appears at ``path`` only once the block ends without an error.
+
+    It is written under a temporary name in the same directory, flushed to disk, and renamed over
+    ``path``; an exception (a full disk, a kill) removes the temporary file and leaves ``path`` as it
+    was. For writers that stream (``torch.save`` of a checkpoint) rather than hand over bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_sibling(path)
+    tmp = temporary_sibling(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never a half-written file)."""
+    with open_atomic(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    return Path(path)
 
 
 def replace_directory(build: Callable[[Path], None], final: str | os.PathLike) -> Path:
@@ -53,12 +66,12 @@ def replace_directory(build: Callable[[Path], None], final: str | os.PathLike) -
     the old one is moved aside first and deleted after, so ``final`` is never half-written.)"""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_sibling(final)
+    tmp = temporary_sibling(final)
     tmp.mkdir()
     try:
         build(tmp)
         if final.exists():
-            old = _temporary_sibling(final)
+            old = temporary_sibling(final)
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)

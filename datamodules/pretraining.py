@@ -29,6 +29,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.cache import default_cache_dir
+from datamodules.files import check_data_files
+from datamodules.sampler import ResumableSampler
+from datamodules.synthetic import SyntheticSource, SyntheticSpec, is_synthetic, synthetic_tokenizer
 from datamodules.tokenizer import cached_wordpiece, load_tokenizer, tokenizer_hash
 
 PACK_VERSION = "pack-1"
@@ -181,8 +184,10 @@ class PretrainingDataModule(L.LightningDataModule):
     """Packed ``[CLS] A [SEP] B [SEP]`` examples for pre-training, from any text source.
 
     Args:
-        dataset: a Hugging Face dataset name (e.g. ``Salesforce/wikitext``) or a directory written by
-            ``datasets.save_to_disk``. ``None`` and no ``data_files``: the embedded CPython-docs corpus.
+        dataset: a Hugging Face dataset name (e.g. ``Salesforce/wikitext``), a directory written by
+            ``datasets.save_to_disk``, or a synthetic source with known floors, ``synthetic:KIND[,key=value...]``
+            (``chain``, ``topics``, ``chain+topics``; see ``datamodules.synthetic``). ``None`` and no
+            ``data_files``: the embedded CPython-docs corpus.
         dataset_config: the dataset's configuration (e.g. ``wikitext-103-raw-v1``).
         data_files: local ``.txt`` (one document per line), ``.json``/``.jsonl`` or ``.parquet`` files
             (paths or globs) with a ``text_column``.
@@ -232,11 +237,25 @@ class PretrainingDataModule(L.LightningDataModule):
             raise ValueError(f"max_seq_length must be at least 8, got {max_seq_length}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
         if dataset is not None and data_files is not None:
             raise ValueError("give either dataset or data_files, not both")
-        # Bad local paths fail here, at construction, before anything is computed.
-        self.data_files = resolve_data_files(data_files) if data_files is not None else None
+        # A synthetic source is parsed (and a bad one refused) now; it has its own tokenizer.
+        self.synthetic = SyntheticSource(SyntheticSpec.parse(dataset)) if is_synthetic(dataset) else None
+        if self.synthetic is not None and tokenizer is not None:
+            raise ValueError("a synthetic dataset brings its own vocabulary: leave --data.tokenizer unset")
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        # Bad local paths and bad files (empty, not UTF-8, malformed, no text) fail here, at
+        # construction, before anything is computed or cached.
+        self.data_files = resolve_data_files(data_files) if data_files is not None else None
+        if self.data_files is not None:
+            fmt = _FORMATS[Path(self.data_files[0]).suffix.lower()]
+            check_data_files(self.data_files, fmt, text_column, self.cache_dir)
+        self._resume: dict | None = None  # where the next training epoch starts (resume_at)
+        self.train_sampler: ResumableSampler | None = None
         self._tokenizer = None
         self.fingerprint: dict[str, Any] = {}
         self.train_dataset = None
@@ -301,12 +320,20 @@ class PretrainingDataModule(L.LightningDataModule):
 
     def _prepare_tokenizer(self, train_docs=None, source_fp=None) -> None:
         hp = self.hparams
+        if self.synthetic is not None:
+            self._tokenizer = synthetic_tokenizer(self.synthetic.spec, hp.vocab_size)
+            return
         if hp.tokenizer is not None:
             self._tokenizer = load_tokenizer(hp.tokenizer)
             return
         if train_docs is None:
             train_docs, _, source_fp = self._load_documents()
         column = hp.text_column
+        if not any(t and t.strip() for start in range(0, len(train_docs), 1000)
+                   for t in train_docs[start:start + 1000][column]):
+            # Before training: a tokenizer trained on nothing would stay in the cache.
+            raise ValueError(f"the training documents have no text in column {column!r} (all empty or blank): "
+                             "check the data source or set --data.text_column")
 
         def texts():
             for start in range(0, len(train_docs), 1000):
@@ -347,6 +374,9 @@ class PretrainingDataModule(L.LightningDataModule):
         )
 
     def _build(self) -> None:
+        if self.synthetic is not None:
+            self._build_synthetic()
+            return
         train_docs, val_docs, source_fp = self._load_documents()
         if self._tokenizer is None:
             self._prepare_tokenizer(train_docs, source_fp)
@@ -358,6 +388,25 @@ class PretrainingDataModule(L.LightningDataModule):
         self.val_dataset = val
         if len(self.train_dataset) == 0:
             raise ValueError("the training data produced no examples: is the text column empty?")
+
+    def _build_synthetic(self) -> None:
+        """Examples drawn from the synthetic source: disjoint seeds for training and validation."""
+        import datasets
+
+        hp, spec = self.hparams, self.synthetic.spec
+        self._prepare_tokenizer()
+        n_val = hp.max_val_examples or 1024
+        self.train_dataset = datasets.Dataset.from_dict(
+            self.synthetic.examples(spec.train_examples, hp.max_seq_length, seed=2 * spec.seed + hp.seed * 1_000_003))
+        self.val_dataset = datasets.Dataset.from_dict(
+            self.synthetic.examples(n_val, hp.max_seq_length, seed=2 * spec.seed + 1 + hp.seed * 1_000_003))
+        self.fingerprint = {"source": "synthetic", **spec.__dict__}
+
+    def floors(self, mask_prob: float) -> dict[str, float]:
+        """Known floors of the data at a masking rate (``{}`` unless the source is synthetic)."""
+        if self.synthetic is None:
+            return {}
+        return self.synthetic.floors(self.hparams.max_seq_length, mask_prob)
 
     def prepare_data(self) -> None:
         # Runs on one process per node: build the corpus, tokenizer and packed caches once.
@@ -376,24 +425,45 @@ class PretrainingDataModule(L.LightningDataModule):
     def _collate(self, examples):
         return collate(examples, self.tokenizer.pad_token_id)
 
+    def resume_at(self, state: dict) -> None:
+        """Start the next training loader at a saved position (:meth:`ResumableSampler.load_state_dict`):
+        a resumed run reads the batch it would have read next, not the epoch's first ones."""
+        self._resume = dict(state)
+        if self.train_sampler is not None:
+            self.train_sampler.load_state_dict(self._resume)
+
     def train_dataloader(self) -> DataLoader:
-        # Seeded shuffle; under DDP Lightning swaps in a DistributedSampler so ranks read disjoint data.
+        # A seeded order per epoch, split across ranks by the sampler itself (pre-training runs with
+        # use_distributed_sampler=False), resumable mid-epoch. The loader's own generator only seeds
+        # workers; being private, creating an iterator takes nothing from the global RNG.
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        hp = self.hparams
+        self.train_sampler = ResumableSampler(len(self.train_dataset), hp.batch_size, hp.seed, rank, world)
+        if len(self.train_sampler) == 0:
+            raise ValueError(f"the training data has {len(self.train_dataset)} examples, fewer than one global batch "
+                             f"({hp.batch_size} x {world} ranks): lower --data.batch_size or add data")
+        if self._resume is not None:
+            self.train_sampler.load_state_dict(self._resume)
+            self._resume = None
         return DataLoader(
             self.train_dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=True,
+            batch_size=hp.batch_size,
+            sampler=self.train_sampler,
             drop_last=True,
-            generator=torch.Generator().manual_seed(self.hparams.seed),
+            generator=torch.Generator().manual_seed(hp.seed),
             collate_fn=self._collate,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
         )
 
     def val_dataloader(self) -> DataLoader:
+        # A private generator: validating takes nothing from the global RNG that training draws masks from.
         return DataLoader(
             self.val_dataset,
             batch_size=self.hparams.batch_size,
             shuffle=False,
+            generator=torch.Generator().manual_seed(self.hparams.seed),
             collate_fn=self._collate,
             num_workers=self.hparams.num_workers,
         )

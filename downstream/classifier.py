@@ -74,9 +74,10 @@ def task_metrics(spec: TaskSpec) -> MetricCollection:
 def check_encoder(encoder: str) -> None:
     """Fail fast, in one line, on an encoder directory that cannot be fine-tuned.
 
-    Checks that the directory exists, holds a config and a tokenizer, and that the tokenizer's
-    vocabulary has exactly as many entries as the encoder's embedding matrix. Loads no weights.
-    Raises FileNotFoundError or ValueError.
+    Checks that the directory exists, holds a config and a tokenizer, that the tokenizer's vocabulary
+    has exactly as many entries as the encoder's embedding matrix, and that no weight is NaN or infinite
+    (:func:`check_finite_weights`). A name that looks like a path (``runs/nope`` where ``runs/`` exists)
+    is reported missing, not looked up on the hub. Raises FileNotFoundError or ValueError.
     """
     path = Path(encoder).expanduser()
     if path.exists():
@@ -89,7 +90,9 @@ def check_encoder(encoder: str) -> None:
                 f"encoder directory {encoder!r} has no tokenizer (none of {', '.join(_TOKENIZER_FILES[:3])}); "
                 "save it beside the model with tokenizer.save_pretrained(dir)"
             )
-    elif os.path.isabs(encoder) or encoder.startswith((".", "~")) or encoder.count("/") > 1:
+    elif os.path.isabs(encoder) or encoder.startswith((".", "~")) or encoder.count("/") > 1 \
+            or encoder.endswith(("/", os.sep)) or (len(path.parts) > 1 and Path(path.parts[0]).is_dir()):
+        # A path (runs/nope: runs/ is a directory here), not a hub name: no download attempt.
         raise FileNotFoundError(f"encoder directory {encoder!r} not found")
     # Otherwise a hub name ("google/electra-small-discriminator"): let transformers resolve it.
     try:
@@ -103,6 +106,25 @@ def check_encoder(encoder: str) -> None:
             f"encoder {encoder!r}: tokenizer has {len(tokenizer)} tokens but the model's embedding matrix has "
             f"{vocab} rows; they must match (was the tokenizer saved from the same run?)"
         )
+    if path.is_dir():
+        check_finite_weights(path)
+
+
+def check_finite_weights(directory: str | os.PathLike) -> None:
+    """Refuse, in one line, a ``save_pretrained`` directory with a NaN or infinite weight (a diverged
+    run's): fine-tuning it would report a score for garbage. Reads the safetensors files (memory-mapped)."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as weights:
+            for name in weights.keys():
+                _refuse_nonfinite(weights.get_tensor(name), name, directory)
+
+
+def _refuse_nonfinite(tensor: torch.Tensor, name: str, encoder) -> None:
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"encoder {str(encoder)!r} has non-finite weights ({name} holds NaN or infinite values): "
+                         "its pre-training diverged; fine-tune an earlier checkpoint's export")
 
 
 def load_encoder(encoder: str) -> PreTrainedModel:
@@ -123,6 +145,8 @@ def load_encoder(encoder: str) -> PreTrainedModel:
     # dropping it also keeps DDP from seeing parameters that never get a gradient.
     if getattr(model, "pooler", None) is not None:
         model.pooler = None
+    for name, tensor in model.state_dict().items():
+        _refuse_nonfinite(tensor, name, encoder)
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
     if missing:
         # A renamed or foreign checkpoint would otherwise fine-tune a randomly initialised encoder.

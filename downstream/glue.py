@@ -170,8 +170,18 @@ def _normalise_hub_split(ds: datasets.Dataset, spec: TaskSpec, where: str) -> da
 
 
 def load_hub_task(spec: TaskSpec) -> dict[str, datasets.Dataset]:
-    """Train and dev splits of a GLUE task from ``nyu-mll/glue`` on the Hugging Face hub (or its cache)."""
-    hub = datasets.load_dataset(HUB_PATH, spec.name)
+    """Train and dev splits of a GLUE task from ``nyu-mll/glue`` on the Hugging Face hub (or its cache).
+    Without network (or with ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` set) and no cached copy: a one-line
+    ValueError saying to pass local files with ``--data_dir``."""
+    try:
+        hub = datasets.load_dataset(HUB_PATH, spec.name)
+    except (ConnectionError, OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
+        offline = [v for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true")]
+        why = f"offline ({offline[0]}={os.environ[offline[0]]})" if offline else (str(err).strip().splitlines() or ["?"])[0]
+        raise ValueError(
+            f"GLUE task {spec.name!r} could not be loaded from the Hugging Face hub ({HUB_PATH}): {why}; pass local "
+            f"files with --data_dir DIR (DIR/{spec.name}/train.tsv and its dev files)"
+        ) from None
     return {
         split: _normalise_hub_split(hub[split], spec, f"{HUB_PATH}/{spec.name}:{split}")
         for split in ("train", *spec.val_splits)

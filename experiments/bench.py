@@ -34,7 +34,9 @@ def bench(name: str, size: str, batch: int, seq: int, vocab: int, steps: int, de
     from objectives import resolve
 
     torch.manual_seed(0)
-    model = resolve(name)(size=size, vocab_size=vocab, max_position_embeddings=max(512, seq)).to(device)
+    model = resolve(name)(size=size, vocab_size=vocab, max_position_embeddings=max(512, seq))
+    model.configure_model()
+    model = model.to(device)
     model.mask_token_id.fill_(4)  # any id outside the data's [10, vocab) range
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = random_batch(batch, seq, vocab, device)

@@ -28,21 +28,24 @@ def meta_objective(config: Namespace):
         return resolve(config.model.class_path)(**config.model.init_args)
 
 
-def global_batch(config: Namespace) -> int:
-    """Sequences per optimiser step over every rank: batch x devices x nodes x accumulation."""
+def batches_per_step(config: Namespace) -> int:
+    """Per-rank batches in one optimiser step over every rank: devices x nodes x accumulation."""
     devices = config.trainer.devices
     n = devices if isinstance(devices, int) and devices > 0 else len(devices) if isinstance(devices, list) else 1
-    return config.data.batch_size * n * (config.trainer.num_nodes or 1) * (config.trainer.accumulate_grad_batches or 1)
+    return n * (config.trainer.num_nodes or 1) * (config.trainer.accumulate_grad_batches or 1)
 
 
 def step_flops(config: Namespace, convention: str = "actual", batch: int | None = None, seq: int | None = None,
                scheduled: bool = True) -> float:
-    """Training FLOPs of one optimiser step of a configuration, at its global batch and sequence length
-    (or the given ones); ``scheduled``: averaged over the run, for objectives whose step cost changes."""
+    """Training FLOPs of one optimiser step of a configuration: every rank's batches at the configured
+    per-rank batch and sequence length, or one batch of ``batch`` sequences (a global batch, counted as one
+    process would run it); ``scheduled``: averaged over the run, for objectives whose step cost changes."""
     objective = meta_objective(config)
     seq = seq or config.data.max_seq_length
-    per_sequence = (objective.scheduled_flops_per_sequence if scheduled else objective.flops_per_sequence)(seq, convention)
-    return (batch or global_batch(config)) * per_sequence
+    cost = objective.scheduled_flops_per_batch if scheduled else objective.flops_per_batch
+    if batch is not None:
+        return cost(batch, seq, convention)
+    return batches_per_step(config) * cost(config.data.batch_size, seq, convention)
 
 
 def preset_config(name_or_path: str) -> Namespace:
@@ -78,12 +81,11 @@ def report(preset: str, steps: int, batch: int, seq: int, convention: str) -> st
 
     config = preset_config(preset)
     objective = meta_objective(config)
-    per_seq = objective.scheduled_flops_per_sequence(seq, convention)
-    per_step = per_seq * batch
+    per_step = objective.scheduled_flops_per_batch(batch, seq, convention)
     return "\n".join([
         f"{preset}: {type(objective).__name__}, convention {convention} (training = "
         f"{train_multiplier(convention):g} x forward), seq {seq}, batch {batch}, steps {steps}",
-        f"per-sequence training  {per_seq:.4e}",
+        f"per-sequence training  {per_step / batch:.4e}",
         f"per-step training      {per_step:.4e}",
         f"total training FLOPs: {per_step * steps:.3e}",
     ])

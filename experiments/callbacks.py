@@ -1,12 +1,23 @@
-"""Training callbacks of ``isoflop pretrain``: the FLOPs counter and budget, and the run's summary."""
+"""Training callbacks of ``isoflop pretrain``: the FLOPs counter and budget, the run's summary, the
+stop at a step boundary on a preemption signal, and the guard against non-finite losses."""
 
 from __future__ import annotations
 
+import functools
 import math
+import signal
+import threading
+from pathlib import Path
 
+import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+from experiments.errors import NonFiniteError, Preempted
+
+# What stops training at a step boundary (SIGUSR1: SLURM's warning before the end of a job's time).
+TRAINING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
 
 
 class FlopsBudget(Callback):
@@ -48,14 +59,16 @@ class FlopsBudget(Callback):
         if stage != "fit" or self.budget is None:
             return
         data = trainer.datamodule.hparams
-        global_batch = data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-        step = global_batch * pl_module.scheduled_flops_per_sequence(data.max_seq_length, self.convention)
+        batches = trainer.world_size * trainer.accumulate_grad_batches  # per-rank batches in one optimiser step
+        step = batches * pl_module.scheduled_flops_per_batch(data.batch_size, data.max_seq_length, self.convention)
         pl_module.scheduled_steps = max(1, math.ceil(self.budget / step))
         if trainer.max_steps != -1 and trainer.max_steps < pl_module.scheduled_steps:
             rank_zero_warn(f"max_steps {trainer.max_steps} ends training before the FLOPs budget "
                            f"({pl_module.scheduled_steps} steps): the budget will not be reached")
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self.budget is not None and self._budget_reached(trainer, pl_module):
+            trainer.should_stop = True  # resumed from the run's last step: no step beyond the budget
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):  # FLOPs as the x-axis of every curve
                 logger.experiment.define_metric("train/flops")
@@ -72,14 +85,15 @@ class FlopsBudget(Callback):
         B, L = batch["input_ids"].shape  # shapes are host-side: no sync
         self.total += pl_module.step_flops(B, L, self.convention) * trainer.world_size
         pl_module.log("train/flops", self.total, on_step=True, on_epoch=False, reduce_fx="max")
-        if self.budget is None:
-            return
+        if self.budget is not None and self._budget_reached(trainer, pl_module):
+            trainer.should_stop = True
+
+    def _budget_reached(self, trainer, pl_module) -> bool:
         if trainer.world_size == 1:
-            trainer.should_stop = self.total >= self.budget
-        else:
-            # Ranks may pad their batches to different lengths, so their counts can differ; the step
-            # count the budget buys is the same everywhere, and stopping on it needs no collective.
-            trainer.should_stop = trainer.global_step >= pl_module.scheduled_steps
+            return self.total >= self.budget
+        # Ranks may pad their batches to different lengths, so their counts can differ; the step
+        # count the budget buys is the same everywhere, and stopping on it needs no collective.
+        return trainer.global_step >= pl_module.scheduled_steps
 
 
 class RunSummary(Callback):
@@ -93,8 +107,9 @@ class RunSummary(Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         data = trainer.datamodule.hparams
-        global_batch = data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-        per_step = pl_module.flops_per_batch(global_batch, data.max_seq_length, self.convention)
+        batches = trainer.world_size * trainer.accumulate_grad_batches
+        global_batch = data.batch_size * batches
+        per_step = batches * pl_module.flops_per_batch(data.batch_size, data.max_seq_length, self.convention)
         lines = [f"{type(pl_module).__name__}: {_millions(pl_module.parameters())} parameters"]
         for name, child in pl_module.named_children():
             lines.append(f"  {name}: {type(child).__name__}, {_millions(child.parameters())} parameters")
@@ -109,6 +124,169 @@ class RunSummary(Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self.last_validation_step = trainer.global_step
+
+
+class Preemption(Callback):
+    """On SIGTERM, SIGUSR1 or SIGINT, save ``last.ckpt`` at the next step boundary and stop.
+
+    While training, this callback's handlers replace the process's: a signal is only recorded, and
+    after the next optimiser step the checkpoint is written (everything the next step depends on, see
+    :mod:`experiments.resume`) and training stops, before the following step, by raising
+    :class:`~experiments.errors.Preempted`. (Lightning's own SIGTERM path would end the process with
+    exit code 0 and no checkpoint, so a scheduler would not requeue it.) The stop comes after any
+    validation due at that step, as in the uninterrupted run, so the resumed run logs the same rows.
+
+    Several ranks: the signal may reach only some of them (Lightning forwards it to the ranks it
+    started; a scheduler may signal just one), and all must stop at the same step. Every
+    ``log_every_n_steps`` steps all ranks agree through one collective,
+    ``strategy.reduce_boolean_decision`` (stop if any rank was signalled), called by every rank at the
+    same steps; on one process the flag is read every step, with no collective. Under SLURM, Lightning's
+    SIGUSR1 handler (save ``hpc_ckpt_*.ckpt`` and requeue the job) still runs: it is chained.
+
+    Args:
+        checkpoint: the file to save (the run's ``checkpoints/last.ckpt``); None: stop without saving.
+    """
+
+    def __init__(self, checkpoint: str | Path | None):
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.received: int | None = None
+        self.saved_at: int | None = None  # the step saved; training stops before the next one
+        self._launcher = None
+        self._step_before = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._launcher = trainer.strategy.launcher
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in TRAINING_SIGNALS:
+            previous = signal.getsignal(signum)
+            chain = previous if signum == getattr(signal, "SIGUSR1", None) and callable(previous) \
+                and not getattr(previous, "isoflop", False) else None
+            signal.signal(signum, functools.partial(self._on_signal, chain))
+        # Lightning restores the process's handlers when fit ends (its signal connector's teardown).
+
+    def _on_signal(self, chain, signum, frame) -> None:
+        if self.received is None:
+            self.received = signum
+            if getattr(self._launcher, "procs", None):  # ranks Lightning started: they stop at the same step
+                self._launcher.kill(signum)
+        if chain is not None:
+            chain(signum, frame)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.saved_at is not None:
+            raise Preempted(self.received, self.saved_at, str(self.checkpoint) if self.checkpoint else None)
+        self._step_before = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self._step_before or self.saved_at is not None:
+            return  # inside gradient accumulation: not a step boundary
+        if trainer.world_size == 1:
+            stop = self.received is not None
+        elif trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        else:
+            return
+        if stop:
+            if self.received is None:  # another rank was signalled
+                self.received = signal.SIGTERM
+            if self.checkpoint is not None:
+                trainer.save_checkpoint(self.checkpoint)
+            self.saved_at = trainer.global_step
+            say(f"[pretrain] {signal.Signals(self.received).name}: stopping after step {trainer.global_step}"
+                + (f", saved {self.checkpoint}" if self.checkpoint else " (checkpointing is off: nothing saved)"))
+
+
+class NonFiniteGuard(Callback):
+    """Stop (or skip the update) when a loss component or the gradient norm is NaN or infinite.
+
+    Checked in ``on_before_optimizer_step``, after the backward pass and before the weights change,
+    so a bad step never reaches the weights nor a checkpoint. Deciding there costs one host-device
+    sync per step (one small tensor of every loss component the step logged and the total gradient
+    norm is read back), as AMP's GradScaler pays for its own overflow test. With fp16 mixed
+    precision the gradient check is the GradScaler's (it skips overflowing steps by design).
+
+    A non-finite step raises :class:`~experiments.errors.NonFiniteError` naming the step (1-based, the
+    step that was about to be taken) and the components; the last good checkpoint stays as it was. With
+    ``skip`` > 0 up to that many such steps are skipped instead (no update: the gradients are dropped;
+    the step still counts for the schedule, the FLOPs and the tokens), each logged as
+    ``train/skipped_steps`` and printed. On several ranks the decision is taken on the gradient norm,
+    which is the same on every rank after the gradient all-reduce, so all ranks decide alike.
+    """
+
+    def __init__(self, skip: int = 0):
+        if skip < 0:
+            raise ValueError(f"skip_nonfinite must be 0 or more, got {skip}")
+        self.allowed = skip
+        self.skipped = 0
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = int(state.get("skipped", 0))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        names, values = _logged_this_step(trainer)
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads and getattr(trainer.precision_plugin, "scaler", None) is None:
+            names.append("gradient norm")
+            values.append(torch.nn.utils.get_total_norm(grads))
+        if not values:
+            return
+        checked = torch.stack([v.detach().float().reshape(()).to(pl_module.device) for v in values])
+        finite = torch.isfinite(checked).tolist()  # the one host sync per step
+        if not self._decide(trainer, names, finite):
+            return
+        step = trainer.global_step + 1
+        what = ", ".join(f"{n} = {v:g}" for n, v, ok in zip(names, checked.tolist(), finite) if not ok) \
+            or "values on another rank"
+        if self.skipped < self.allowed:
+            self.skipped += 1
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None  # the optimiser skips parameters without a gradient: no update at all
+            pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False, reduce_fx="max")
+            say(f"[pretrain] step {step}: non-finite {what}; update skipped ({self.skipped} of {self.allowed} allowed)")
+            return
+        raise NonFiniteError(f"non-finite {what} at step {step}: stopped before updating the weights"
+                             f"{_kept(trainer)}; lower the learning rate, or pass --skip_nonfinite N to skip up "
+                             "to N such steps")
+
+
+    @staticmethod
+    def _decide(trainer, names: list[str], finite: list[bool]) -> bool:
+        """Whether this step is bad; on several ranks every rank must decide alike: on the gradient
+        norm, the same on every rank after the all-reduce, or, where the GradScaler owns the gradient
+        test (fp16), through one collective (then one per step)."""
+        bad = not all(finite)
+        if trainer.world_size == 1:
+            return bad
+        if "gradient norm" in names:
+            return not finite[-1]
+        return trainer.strategy.reduce_boolean_decision(bad, all=False)
+
+
+def _logged_this_step(trainer) -> tuple[list[str], list]:
+    """The values ``training_step`` logged in this step, by name (Lightning keeps them in its result
+    collection until they are logged after the step; read from its documented-by-use attributes)."""
+    names, values = [], []
+    results = getattr(trainer, "_results", None)
+    for metric in (results.values() if results is not None else ()):
+        meta, cache = getattr(metric, "meta", None), getattr(metric, "_forward_cache", None)
+        if meta is not None and meta.fx == "training_step" and isinstance(cache, torch.Tensor) \
+                and cache.is_floating_point():
+            names.append(meta.name)
+            values.append(cache)
+    return names, values
+
+
+def _kept(trainer) -> str:
+    callback = trainer.checkpoint_callback
+    last = Path(callback.dirpath) / "last.ckpt" if callback is not None and callback.dirpath else None
+    if last is not None and last.is_file():
+        return f"; the last good checkpoint, {last}, is kept"
+    return "; no checkpoint had been written yet"
 
 
 @rank_zero_only
@@ -129,3 +307,22 @@ def _device(pl_module) -> str:
 def _millions(parameters) -> str:
     unique = {id(p): p.numel() for p in parameters}  # tied weights count once
     return f"{sum(unique.values()) / 1e6:.2f}M"
+
+
+class DataFloors(Callback):
+    """Log the data's known floors next to the validation losses, when the data has them (a synthetic
+    source, ``datamodules.synthetic``): ``val/unigram_entropy`` (what an MLM that ignores context scores)
+    and ``val/bayes_mlm_loss`` (the best any model can score at the objective's masking rate). Computed
+    once per run."""
+
+    def __init__(self):
+        self.floors: dict[str, float] | None = None
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        floors_of = getattr(trainer.datamodule, "floors", None)
+        if floors_of is None:
+            return
+        if self.floors is None:
+            self.floors = floors_of(pl_module.mask_prob)
+        for name, value in self.floors.items():
+            pl_module.log(f"val/{name}", value)

@@ -14,16 +14,20 @@ objective by class path; ``--print_config`` prints the fully resolved configurat
 ``--config`` it starts from ``experiments/configs/default.yaml``, a small MLM run that finishes on a
 laptop CPU in minutes. Presets: experiments/configs/*.yaml, sweeps: experiments/configs/sweeps/*.yaml.
 
-Errors in a command's input print one line, ``isoflop <command>: error: ...``, and exit with code 2
-(set ISOFLOP_DEBUG=1 for the traceback). This module imports nothing heavy: torch, Lightning,
-transformers and datasets are imported by the subcommand that needs them.
+Every failure prints one line, ``isoflop <command>: error: ...``: exit code 2 for a mistake in the
+input (found before any compute), 1 for a failure during a run; a signal (SIGTERM, SIGINT, SIGUSR1)
+stops a command with code 128 + its number, after saving a checkpoint where a pre-training was
+running, and rerunning the same command resumes (see ``experiments.errors``). ``--debug`` anywhere
+on the command line, or ISOFLOP_DEBUG=1, shows the traceback instead. This module imports nothing
+heavy: torch, Lightning, transformers and datasets are imported by the subcommand that needs them.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+from experiments import errors
 
 
 def pretrain(argv: list[str]) -> int:
@@ -37,7 +41,7 @@ def pretrain(argv: list[str]) -> int:
 
 
 def export(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="isoflop export", description="Write a checkpoint as Hugging Face directories.")
+    parser = errors.ArgumentParser(prog="isoflop export", description="Write a checkpoint as Hugging Face directories.")
     parser.add_argument("checkpoint", help="a Lightning checkpoint written by isoflop pretrain")
     parser.add_argument("out_dir", help="output directory (save_pretrained format, model and tokenizer)")
     args = parser.parse_args(argv)
@@ -59,7 +63,7 @@ def _positive(text: str) -> int:
 
 
 def flops(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="isoflop flops", description="Training FLOPs of a preset, analytically.")
+    parser = errors.ArgumentParser(prog="isoflop flops", description="Training FLOPs of a preset, analytically.")
     parser.add_argument("--preset", required=True, help="a preset name (experiments/configs) or YAML file")
     parser.add_argument("--steps", type=_positive, required=True, help="optimiser steps")
     parser.add_argument("--batch", type=_positive, required=True, help="global batch (sequences per step)")
@@ -69,9 +73,13 @@ def flops(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from experiments import presets
 
-    presets.find(args.preset)  # a missing preset fails here, before the objectives are imported
-    from experiments.budget import report
+    presets.load(args.preset)  # a missing preset or bad YAML fails here, before the objectives are imported
+    from experiments.budget import preset_config, report
 
+    limit = preset_config(args.preset).model.init_args.max_position_embeddings
+    if args.seq > limit:
+        raise errors.UsageError(f"--seq {args.seq} exceeds the preset's max_position_embeddings {limit} "
+                                f"(the longest sequence its encoder accepts)")
     print(report(args.preset, args.steps, args.batch, args.seq, args.convention))
     return 0
 
@@ -105,8 +113,8 @@ COMMANDS = {"pretrain": pretrain, "export": export, "flops": flops, "finetune": 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; return the process exit code."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Run one subcommand; return the process exit code (see ``experiments.errors``)."""
+    debug, argv = errors.debug_requested(sys.argv[1:] if argv is None else list(argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
@@ -115,13 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"isoflop: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
-        return COMMANDS[command](rest) or 0
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
-        if os.environ.get("ISOFLOP_DEBUG"):
+        with errors.signals_raise():
+            return COMMANDS[command](rest) or 0
+    except (Exception, errors.Preempted, KeyboardInterrupt) as err:
+        code = errors.exit_code(err)
+        if code is None or debug:
             raise
-        message = " ".join(str(err).split())  # one line
-        print(f"isoflop {command}: error: {message}", file=sys.stderr)
-        return 2
+        print(errors.report(command, err), file=sys.stderr, flush=True)
+        return code
 
 
 if __name__ == "__main__":

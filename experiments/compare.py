@@ -12,10 +12,12 @@ tasks over several seeds, and collect everything into one directory::
 
 Every run starts from one pre-training configuration (``--config``, default ``default``, with any
 ``--trainer.*``, ``--data.*`` and ``--model.init_args.*`` overrides); only the objective changes, and
-the objective's settings that the shared configuration names carry over. A rerun skips what is
+the objective's settings that the shared configuration names carry over. Every run's configuration,
+the budget and the tasks are checked before the first pre-training starts. A rerun skips what is
 finished (a pre-training, an export, a fine-tuning results table) and resumes an interrupted
-pre-training from its last checkpoint. With no arguments it compares MLM and ELECTRA at the tiny
-size on the embedded corpus and its offline downstream tasks: minutes on a CPU.
+pre-training from its last checkpoint, exactly (:mod:`experiments.rundir`): a comparison stopped by a
+signal is continued by running the same command again. With no arguments it compares MLM and ELECTRA
+at the tiny size on the embedded corpus and its offline downstream tasks: minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from jsonargparse import Namespace
 
 from datamodules.cache import write_atomic
+from experiments.errors import RunError, UsageError
 
 DEFAULT_OBJECTIVES = ["objectives.MaskedLM", "objectives.ReplacedTokenDetection"]
 
@@ -38,7 +41,7 @@ DEFAULT_OBJECTIVES = ["objectives.MaskedLM", "objectives.ReplacedTokenDetection"
 FINETUNE_LEARNING_RATE = {"tiny": 2e-3, "small": 3e-4, "base": 1e-4, "large": 5e-5}
 
 # The pre-training options a comparison shares (the rest it sets per run: run_dir, budget, resume).
-SHARED_RUN_OPTIONS = ("wandb", "flops_convention", "checkpoint_every")
+SHARED_RUN_OPTIONS = ("wandb", "flops_convention", "checkpoint_every", "skip_nonfinite", "reschedule")
 
 
 @dataclass
@@ -110,16 +113,13 @@ def compare(
         runs: explicit run specs (used by sweeps); replaces ``objectives``.
     """
     from downstream.tasks import resolve_tasks
-    from experiments.budget import resolve_budget, step_flops
 
     out = Path(out_dir)
     task_names = resolve_tasks(tasks)  # every check before any compute
+    check_tasks(task_names, data_dir, seeds)
     configs = plan(base, runs or [spec_for(o) for o in objectives or DEFAULT_OBJECTIVES], out)
     convention = base.flops_convention
-    if budget is None:
-        budget_flops = max(step_flops(cfg, convention) for _, cfg in configs) * budget_steps
-    else:
-        budget_flops = resolve_budget(budget, convention)
+    budget_flops = check_budget(configs, budget, budget_steps, convention, f"compare-{out.resolve().name}")
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "compare.json", json.dumps({
         "runs": [r.__dict__ for r, _ in configs], "budget_flops": budget_flops, "flops_convention": convention,
@@ -130,7 +130,6 @@ def compare(
                          epochs=finetune_epochs, learning_rate=finetune_learning_rate, wandb=base.wandb)
     rows = []
     for run, cfg in configs:
-        cfg.flops_budget, cfg.wandb_group = repr(budget_flops), f"compare-{out.resolve().name}"
         summary = pretrain_once(run, cfg)
         results = finetune_once(run, cfg, finetune_args)
         rows.append({"name": run.name, "objective": run.objective, **summary, "curve": validation_curve(Path(cfg.run_dir)),
@@ -141,28 +140,77 @@ def compare(
     return rows
 
 
-def pretrain_once(run: RunSpec, cfg: Namespace) -> dict:
-    """Pre-train and export a run, unless a previous invocation did; resume from its last checkpoint."""
-    from experiments.export import export_checkpoint
-    from experiments.pretrain import pretrain
+def check_tasks(task_names: list[str], data_dir: str | None, seeds: int) -> None:
+    """Every downstream task's data can be had, before any pre-training: local GLUE files under
+    ``data_dir``, or the hub (offline, a one-line error says to use ``--data_dir``)."""
+    from downstream.glue import find_local_files, load_hub_task
+    from downstream.tasks import get_task
 
-    run_dir = Path(cfg.run_dir)
-    done, export_dir = run_dir / "pretrain_done.json", run_dir / "export"
-    if done.exists():
+    if seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {seeds}")
+    for name in task_names:
+        spec = get_task(name)
+        if spec.group == "glue" and data_dir:
+            find_local_files(spec, data_dir)
+        elif spec.group == "glue":
+            load_hub_task(spec)  # from the hub's cache, or downloaded now rather than after the pre-training
+
+
+def check_budget(configs: list[tuple[RunSpec, Namespace]], budget: str | None, budget_steps: int, convention: str,
+                 group: str) -> float:
+    """The comparison's budget in FLOPs (set in every run's configuration), after checking that every
+    run's configuration is sound (``preflight``), that the budget buys at least one step of every run,
+    and that a run directory left by an earlier invocation holds the same run (``rundir.plan``)."""
+    from experiments import rundir
+    from experiments.budget import resolve_budget, step_flops
+    from experiments.config import dump
+    from experiments.pretrain import preflight
+
+    if budget_steps < 1:
+        raise UsageError(f"--budget_steps must be at least 1, got {budget_steps}")
+    for _, cfg in configs:
+        cfg.flops_budget, cfg.wandb_group = None, group
+        preflight(cfg)
+    steps = {run.name: step_flops(cfg, convention) for run, cfg in configs}
+    budget_flops = max(steps.values()) * budget_steps if budget is None else resolve_budget(budget, convention)
+    for name, one_step in steps.items():
+        if budget_flops < one_step:
+            raise UsageError(f"--budget {budget} ({budget_flops:.3e} FLOPs) is less than one training step of {name} "
+                             f"({one_step:.3e} FLOPs, {convention} convention)")
+    for _, cfg in configs:
+        cfg.flops_budget = repr(budget_flops)
+        rundir.plan(Path(cfg.run_dir), dump(cfg), None, cfg.reschedule)
+    return budget_flops
+
+
+def pretrain_once(run: RunSpec, cfg: Namespace) -> dict:
+    """Pre-train and export a run, unless a previous invocation did; an interrupted one resumes from its
+    last checkpoint (:func:`experiments.pretrain.pretrain` does, finding it in the run's directory)."""
+    from experiments import rundir
+    from experiments.config import dump
+    from experiments.export import export_checkpoint
+    from experiments.pretrain import RunResult, pretrain
+
+    run_dir, export_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "export"
+    done = rundir.plan(run_dir, dump(cfg), None, cfg.reschedule).finished
+    if done is not None:
         print(f"[compare] {run.name}: pre-training done, skipped", flush=True)
+        result = RunResult.from_json(done)
     else:
-        last = run_dir / "checkpoints" / "last.ckpt"
-        cfg.ckpt_path = str(last) if last.exists() else None
-        print(f"[compare] {run.name}: " + (f"resuming from {last}" if cfg.ckpt_path else "pre-training"), flush=True)
+        print(f"[compare] {run.name}: pre-training", flush=True)
         result = pretrain(cfg)
         if not result.finished:
-            raise RuntimeError(f"pre-training of {run.name} stopped before its budget (see {run_dir})")
-        write_atomic(done, json.dumps({"steps": result.steps, "tokens": result.tokens, "flops": result.flops,
-                                       "val_loss": result.val.get("val/loss")}) + "\n")
+            raise RunError(f"pre-training of {run.name} stopped before its budget (see {run_dir})")
     if not (export_dir / "config.json").exists():
         for line in export_checkpoint(run_dir / "checkpoints" / "last.ckpt", export_dir, overwrite=True):
             print(f"[compare] {line}", flush=True)
-    return json.loads(done.read_text())
+    return summary_of(result.to_json())
+
+
+def summary_of(result: dict) -> dict:
+    """The columns of a run in the results table, from its saved result."""
+    return {"steps": result["steps"], "tokens": result["tokens"], "flops": result["flops"],
+            "val_loss": (result.get("val") or {}).get("val/loss", result.get("val_loss"))}
 
 
 def finetune_once(run: RunSpec, cfg: Namespace, finetune_args: dict) -> dict:
@@ -191,8 +239,11 @@ def validation_curve(run_dir: Path) -> list[tuple[int, float, float]]:
     if not path.exists():
         return []
     with path.open() as f:
-        return [(int(r["step"]), float(r["train/flops"]), float(r["val/loss"]))
-                for r in csv.DictReader(f) if r.get("val/loss")]
+        # One point per step, the last logged: a leg that crashed after its last checkpoint logged steps
+        # that the resumed leg logs again.
+        points = {int(r["step"]): (int(r["step"]), float(r["train/flops"]), float(r["val/loss"]))
+                  for r in csv.DictReader(f) if r.get("val/loss")}
+    return [points[step] for step in sorted(points)]
 
 
 def load_rows(out_dir: str | Path) -> list[dict]:
@@ -202,7 +253,8 @@ def load_rows(out_dir: str | Path) -> list[dict]:
     rows = []
     for run in settings["runs"]:
         run_dir = out / run["name"]
-        summary = json.loads((run_dir / "pretrain_done.json").read_text())
+        legacy = run_dir / "pretrain_done.json"  # written by isoflop before result.json
+        summary = summary_of(json.loads((run_dir / "result.json" if not legacy.exists() else legacy).read_text()))
         tasks = json.loads((run_dir / "finetune" / "results.json").read_text())
         rows.append({"name": run["name"], "objective": run["objective"], **summary,
                      "curve": validation_curve(run_dir), "tasks": tasks})
@@ -310,11 +362,11 @@ def main(argv: list[str]) -> int:
     """Entry point of ``isoflop compare``."""
     import inspect
 
-    from experiments.config import DEFAULT_PRESET, parse
+    from experiments.config import DEFAULT_PRESET, parse, parse_args
 
     if not any(a.split("=", 1)[0] == "--config" for a in argv):
         argv = ["--config", DEFAULT_PRESET, *argv]
-    args = build_parser().parse_args(argv).as_dict()
+    args = parse_args(build_parser(), argv).as_dict()
     own = {k: args[k] for k in inspect.signature(compare).parameters if k not in ("base", "runs")}
     shared = {k: args[k] for k in ("seed_everything", "trainer", "model", "data", *SHARED_RUN_OPTIONS)}
     compare(parse(shared), **own)

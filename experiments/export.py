@@ -14,17 +14,21 @@ from datamodules.cache import replace_directory
 
 
 def load_objective(checkpoint: str | os.PathLike):
-    """The objective saved in a checkpoint, on the CPU, in eval mode."""
-    import torch
-
+    """The objective saved in a checkpoint, on the CPU, in eval mode. One-line errors for a missing,
+    truncated or foreign file, and for weights that are NaN or infinite (a diverged run's): those are
+    refused, never exported."""
+    from experiments.checkpoints import first_nonfinite, load_checkpoint
     from objectives import resolve
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} not found: pass a .ckpt file written by isoflop pretrain")
-    meta = torch.load(path, map_location="cpu", weights_only=False).get("isoflop")
+    saved = load_checkpoint(path)
+    meta = saved.get("isoflop")
     if not meta or "class_path" not in meta:
         raise ValueError(f"{str(path)!r} is not an isoflop checkpoint (no 'isoflop' metadata): export needs one written by isoflop pretrain")
+    bad = first_nonfinite(saved.get("state_dict", {}))
+    if bad:
+        raise ValueError(f"checkpoint {str(path)!r} has non-finite weights ({bad}): the run diverged; export an "
+                         "earlier checkpoint")
     module = resolve(meta["class_path"]).load_from_checkpoint(path, map_location="cpu")
     return module.eval()
 

@@ -323,27 +323,27 @@ def _run_one(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``isoflop finetune``; returns the process exit code."""
+    """Entry point of ``isoflop finetune``; returns the process exit code (errors are reported, in one
+    line, by :func:`experiments.cli.main`)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from experiments.config import parse_args
 
     parser = ArgumentParser(
         prog="isoflop finetune",
         description=(finetune.__doc__ or "").split("\n\n")[0],
         default_env=False,
+        exit_on_error=False,
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
     parser.add_function_arguments(finetune, as_group=False)
-    cfg = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    cfg = parse_args(parser, sys.argv[1:] if argv is None else list(argv))
     kwargs = {k: v for k, v in cfg.as_dict().items() if k not in ("config", "__path__")}
-    try:
-        results = finetune(**kwargs)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"isoflop finetune: error: {err}", file=sys.stderr)
-        return 2
+    results = finetune(**kwargs)
     out = Path(kwargs.get("out_dir") or Path("runs") / "finetune" / encoder_tag(kwargs["encoder"]))
     print((out / "results.md").read_text() if (out / "results.md").exists() else results)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main())  # errors with tracebacks: `isoflop finetune` reports them in one line

@@ -7,19 +7,27 @@ through these two functions, so a comparison's runs are configured exactly as si
     from experiments.config import parse
     from experiments.pretrain import pretrain
     result = pretrain(parse(["--config", "tiny", "--model", "objectives.ReplacedTokenDetection"]))
+
+Rerunning a configuration continues it: an unfinished run resumes from its last checkpoint, a finished
+one returns its saved result (:mod:`experiments.rundir`). Every mistake in a configuration fails in
+:func:`preflight`, before any data is built (:mod:`experiments.errors`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
 
+from experiments import rundir
 from experiments.config import dump, objective_name, parse, parser
+from experiments.errors import UsageError
 
 
 @dataclass
@@ -39,23 +47,31 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint or "") or None}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunResult:
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        checkpoint = fields.get("checkpoint")
+        return cls(**{**fields, "run_dir": Path(fields["run_dir"]),
+                      "checkpoint": Path(checkpoint) if checkpoint else None})
+
 
 def run_dir_of(config: Namespace) -> Path:
-    """The run's directory: ``run_dir``, or ``runs/<objective>-<size>-<time>``. Every rank of a run
-    uses the first process's choice (ranks that Lightning launches inherit it through the environment)."""
+    """The run's directory: ``run_dir``, or ``runs/<objective>-<size>-<hash of the configuration>``, so that
+    rerunning a command finds its run. Every rank of a run uses the first process's choice (ranks that
+    Lightning launches inherit it through the ``ISOFLOP_RUN_DIR`` environment variable)."""
     if config.run_dir:
         return Path(config.run_dir)
-    size = config.model.init_args.get("size", "")
-    name = f"{objective_name(config).lower()}-{size}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = rundir.default_name(dump(config), objective_name(config))
     return Path(os.environ.setdefault("ISOFLOP_RUN_DIR", str(Path("runs") / name)))
 
 
 def pretrain(config: Namespace | dict | list[str]) -> RunResult:
     """Pre-train one objective as ``config`` says (see :func:`experiments.config.parse`); return what the run did.
 
-    Bad combinations of settings fail before any data is built or any step is taken. A run whose
-    ``run_dir`` holds a checkpoint is resumed only when ``ckpt_path`` says so."""
-
+    Bad settings fail before any data is built or any step is taken (:func:`preflight`). A run whose
+    directory holds ``checkpoints/last.ckpt`` resumes from it (exactly: :mod:`experiments.resume`); a
+    finished one (``result.json``) returns its result without training. A signal stops training at the
+    next step boundary with a checkpoint and raises :class:`~experiments.errors.Preempted`."""
     cfg = config if isinstance(config, Namespace) else parse(config)
     inherited = "ISOFLOP_RUN_DIR" in os.environ
     try:
@@ -65,51 +81,144 @@ def pretrain(config: Namespace | dict | list[str]) -> RunResult:
             os.environ.pop("ISOFLOP_RUN_DIR", None)
 
 
+def preflight(cfg: Namespace) -> float | None:
+    """Every check of a configuration that needs no data and no compute (``isoflop compare`` runs it on
+    each of its runs before the first pre-training); returns the FLOPs budget, if any."""
+    from datamodules.pretraining import PretrainingDataModule
+    from experiments.budget import meta_objective, resolve_budget, step_flops
+    from experiments.checkpoints import check_checkpoint_file
+    from objectives.flops import check_convention
+
+    if cfg.checkpoint_every < 1:
+        raise UsageError(f"--checkpoint_every must be at least 1, got {cfg.checkpoint_every} "
+                         "(to write no checkpoints: --trainer.enable_checkpointing false)")
+    if cfg.skip_nonfinite < 0:
+        raise UsageError(f"--skip_nonfinite must be 0 or more, got {cfg.skip_nonfinite}")
+    with _option_prefix("--", {"flops_convention": cfg.flops_convention}):
+        check_convention(cfg.flops_convention)
+    with _option_prefix("--data.", dict(cfg.data)):
+        data = PretrainingDataModule(**dict(cfg.data))  # its checks: sizes, data files and their contents
+    with _option_prefix("--model.init_args.", dict(cfg.model.init_args)):
+        objective = meta_objective(cfg)  # the objective's own checks, on the meta device (no memory)
+    objective.check_data(data)
+    if cfg.ckpt_path:
+        check_checkpoint_file(cfg.ckpt_path)
+    if cfg.flops_budget is None:
+        return None
+    budget = resolve_budget(cfg.flops_budget, cfg.flops_convention)
+    one_step = step_flops(cfg, cfg.flops_convention)
+    if budget < one_step:
+        raise UsageError(
+            f"--flops_budget {cfg.flops_budget} ({budget:.3e} FLOPs) is less than one training step of "
+            f"{type(objective).__name__} ({one_step:.3e} FLOPs at batches of {cfg.data.batch_size} x "
+            f"{cfg.data.max_seq_length} tokens, {cfg.flops_convention} convention): give at least {one_step:.3e}")
+    return budget
+
+
+@contextlib.contextmanager
+def _option_prefix(prefix: str, names) -> Iterator[None]:
+    """A constructor's ``ValueError("batch_size must be ...")`` as ``--data.batch_size must be ...`` (and one
+    that quotes a setting's value, ``unknown size 'huge'``, prefixed with that setting's option)."""
+    try:
+        yield
+    except ValueError as err:
+        text = str(err)
+        if text.split(" ", 1)[0] in names:
+            raise UsageError(prefix + text) from None
+        named = [k for k, v in names.items() if isinstance(v, str) and repr(v) in text]  # "unknown size 'huge'"
+        if named:
+            raise UsageError(f"{prefix}{named[0]}: {text}") from None
+        raise
+
+
 def _pretrain(cfg: Namespace, run_dir: Path) -> RunResult:
+    from experiments.callbacks import say
+
+    budget = preflight(cfg)
+    dumped = dump(cfg)
+    plan = rundir.plan(run_dir, dumped, cfg.ckpt_path, cfg.reschedule)
+    if plan.finished is not None:
+        result = RunResult.from_json(plan.finished)
+        say(f"[pretrain] {run_dir} finished before ({result.steps} steps): nothing to do")
+        return result
+    if plan.checkpoint is not None:
+        say(f"[pretrain] resuming from {plan.checkpoint}")
+    created, state = not run_dir.exists(), {}
+    try:
+        return _train(cfg, run_dir, budget, plan.checkpoint, dumped, state)
+    except BaseException:
+        trainer = state.get("trainer")
+        if created and _first_process() and (trainer is None or trainer.global_step == 0) \
+                and not (run_dir / "checkpoints").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was trained: leave no empty run behind
+        raise
+
+
+def _first_process() -> bool:
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _train(cfg: Namespace, run_dir: Path, budget: float | None, checkpoint: Path | None, dumped: dict,
+           state: dict) -> RunResult:
     import lightning as L
 
-    from experiments.budget import resolve_budget
     from experiments.loggers import finish_loggers
 
-    budget = resolve_budget(cfg.flops_budget, cfg.flops_convention) if cfg.flops_budget is not None else None
     L.seed_everything(cfg.seed_everything, workers=True, verbose=False)
     init = parser().instantiate(cfg)
     model, data = init.model, init.data
     model.check_data(data)  # data/model mismatches fail here, before tokenisation or training
     trainer, counter, summary = _trainer(cfg, init.trainer, run_dir, budget)
+    state["trainer"] = trainer
+    if trainer.is_global_zero:
+        rundir.write_run_info(run_dir, dumped)
     try:
-        if cfg.ckpt_path is None and trainer.limit_val_batches != 0:
+        if checkpoint is None and trainer.limit_val_batches != 0:
             trainer.validate(model, datamodule=data, verbose=False)  # the untrained model, logged at step 0
-        trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
+        trainer.fit(model, datamodule=data, ckpt_path=str(checkpoint) if checkpoint else None)
         finished = trainer.state.status == "finished"
-        checkpoint = _finish(trainer, model, data, summary) if finished else None
+        last = _finish(trainer, model, data, summary) if finished else None
     finally:
         finish_loggers(trainer.loggers)
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    return RunResult(run_dir=run_dir, objective=cfg.model.class_path, finished=finished, steps=trainer.global_step,
-                     tokens=int(model.tokens_seen), flops=counter.total, budget=budget, checkpoint=checkpoint, val=val)
+    result = RunResult(run_dir=run_dir, objective=cfg.model.class_path, finished=finished, steps=trainer.global_step,
+                       tokens=int(model.tokens_seen), flops=counter.total, budget=budget, checkpoint=last, val=val)
+    if finished and trainer.is_global_zero:
+        rundir.write_result(run_dir, result.to_json(), dumped)  # last: its presence means "finished"
+    return result
 
 
 def _trainer(cfg: Namespace, trainer_args: Namespace, run_dir: Path, budget: float | None):
-    """The Lightning Trainer of a run, with isoflop's loggers and callbacks."""
+    """The Lightning Trainer of a run, with isoflop's loggers, callbacks and atomic checkpoint writer."""
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.plugins.io import CheckpointIO
 
-    from experiments.callbacks import FlopsBudget, RunSummary
+    from experiments.callbacks import DataFloors, FlopsBudget, NonFiniteGuard, Preemption, RunSummary
+    from experiments.checkpoints import AtomicCheckpointIO
     from experiments.loggers import make_loggers
+    from experiments.resume import ResumeState, ScheduleKeeper
 
     kwargs = dict(trainer_args)
     if kwargs.get("logger") in (None, True):
-        kwargs["logger"] = make_loggers(run_dir, "csv", wandb=cfg.wandb, group=cfg.wandb_group)
+        kwargs["logger"] = make_loggers(run_dir, "csv", wandb=cfg.wandb, group=cfg.wandb_group, append=True)
     if budget is not None:
         kwargs.update(max_steps=-1, max_epochs=-1)  # the budget decides when training ends
     counter, summary = FlopsBudget(budget, cfg.flops_convention), RunSummary(cfg.flops_convention)
-    callbacks = [counter, summary, *(kwargs.get("callbacks") or [])]  # the counter first: checkpoints hold its count
-    if kwargs.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+    checkpointing = kwargs.get("enable_checkpointing") is not False
+    last = run_dir / "checkpoints" / "last.ckpt"
+    # The counter and the resume state first, the preemption stop last: checkpoints hold this step's state.
+    callbacks = [counter, ResumeState(), ScheduleKeeper(cfg.reschedule), NonFiniteGuard(cfg.skip_nonfinite), summary,
+                 DataFloors(), *(kwargs.get("callbacks") or []), Preemption(last if checkpointing else None)]
+    if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
         # Checkpoints beside the logs, with last.ckpt always there to resume from.
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
-                                         every_n_train_steps=cfg.checkpoint_every))
-    kwargs.update(callbacks=callbacks, default_root_dir=str(run_dir))
+        callbacks.append(ModelCheckpoint(dirpath=last.parent, save_last=True, every_n_train_steps=cfg.checkpoint_every))
+    plugins = kwargs.get("plugins") or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    # The data's sampler splits the data across ranks itself, resumably (datamodules.sampler).
+    kwargs.update(callbacks=callbacks, plugins=plugins, default_root_dir=str(run_dir), use_distributed_sampler=False)
     trainer = Trainer(**kwargs)
     config = dump(cfg)
     for logger in trainer.loggers:

@@ -19,28 +19,13 @@ table, exactly as ``isoflop compare``.
 
 from __future__ import annotations
 
-import argparse
-import inspect
 import itertools
 
-from experiments import presets
+from experiments import errors, presets
 from experiments.compare import RunSpec
+from experiments.config import accepted_args
 
 SWEEP_KEYS = ("config", "pretrain", "compare", "grid", "baselines")
-
-
-def accepted_args(cls: type) -> set[str]:
-    """Constructor arguments of an objective, through its chain of ``**kwargs`` base classes."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters
-        names |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            break
-    return names
 
 
 def _short(value) -> str:
@@ -105,7 +90,7 @@ def sweep(grid_file: str, out_dir: str | None = None) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="isoflop sweep", description="Run an ablation grid at equal FLOPs.")
+    parser = errors.ArgumentParser(prog="isoflop sweep", description="Run an ablation grid at equal FLOPs.")
     parser.add_argument("grid_file", help="a sweep YAML file or a name in experiments/configs/sweeps")
     parser.add_argument("--out_dir", default=None, help="output directory (default runs/sweep-<name>)")
     parser.add_argument("--dry_run", action="store_true", help="list the runs and exit")

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
-from objectives.mlm import mlm_logits
 from objectives.replace_mlm import ReplaceMLM
 
 
@@ -33,25 +32,26 @@ class AllTokensMLM(ReplaceMLM):
 
     def __init__(self, size: str = "small", **kwargs):
         super().__init__(size=size, **kwargs)
+
+    def build_main(self):
         # The copy gate D(x, t): hidden -> 1 logit per token.
         self.copy_gate = nn.Linear(self.shape.hidden_size, 1)
         nn.init.normal_(self.copy_gate.weight, std=0.02)
         nn.init.zeros_(self.copy_gate.bias)
+        return super().build_main()
 
-    def main_flops(self, seq_len: int, convention: str) -> float:
+    def main_flops(self, batch_size: int, seq_len: int, convention: str) -> float:
         """The main network, its MLM head on every token and the copy gate, forward and backward."""
         gate = 2 * self.shape.hidden_size * seq_len  # the copy gate, Linear(h, 1) on every token
-        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention) + mlm_head_flops(
-            self.shape, self.vocab_size, seq_len, convention) + gate
+        per_sequence = mlm_head_flops(self.shape, self.vocab_size, seq_len, convention) + gate
+        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention, batch_size) + batch_size * per_sequence
         return train_multiplier(convention) * forward
 
     def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
         corruption, metrics = self.corrupt(batch, rng)
         original, corrupted = batch["input_ids"], corruption.corrupted  # (B, L)
-        hidden = self.mlm.electra(
-            input_ids=corrupted, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
-        ).last_hidden_state  # (B, L, H)
-        logits = mlm_logits(self.mlm, hidden).float()  # (B, L, V)
+        hidden = self.encode(self.mlm, batch, corrupted)  # (B, L, H)
+        logits = self.mlm_logits(self.mlm, hidden).float()  # (B, L, V)
         gate = self.copy_gate(hidden).squeeze(-1).float()  # (B, L), logit of D(x, t)
         log_p_softmax = logits.log_softmax(-1).gather(-1, original.unsqueeze(-1)).squeeze(-1)  # (B, L)
         log_copy, log_no_copy = F.logsigmoid(gate), F.logsigmoid(-gate)

@@ -16,17 +16,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from objectives.encoder import LEARNING_RATE, MASK_PROB, EncoderShape, check_size, electra_config, resolve_size
+from objectives.encoder import EncoderShape, family, resolve_size
 from objectives.flops import predicted_positions
 from objectives.masking import MaskedPositions, check_mask_args, choose_positions, max_predictions
 from objectives.optim import adamw_with_schedule, parameter_groups
+
+
+# compute() may return per-token detection outputs under this key, (scores, labels, mask) of shape (B, L):
+# never logged as such; validation accumulates them into val/disc_auroc.
+DETECTION = "detection"
 
 
 class PretrainingObjective(L.LightningModule, abc.ABC):
     """Base class of the pre-training objectives (not an objective itself).
 
     Args:
-        size: encoder size preset: ``tiny``, ``small``, ``base`` or ``large`` (ELECTRA paper, Table 6).
+        size: encoder size preset of the family: ``tiny``, ``small``, ``base``, ``large`` (ELECTRA paper,
+            Table 6); DeBERTa also ``xsmall`` (DeBERTa-v3).
+        encoder: encoder family: ``electra`` (absolute positions, the ELECTRA paper's) or ``deberta-v2``
+            (disentangled relative-position attention, as DeBERTa-v3); see ``objectives.encoder``.
         vocab_size: vocabulary size; set from the data's ``vocab_size`` (they must agree).
         hidden_size: override the preset's hidden width.
         num_layers: override the preset's number of layers.
@@ -36,10 +44,11 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         max_position_embeddings: longest sequence the encoder accepts.
         dropout: hidden and attention dropout.
         mask_prob: share of non-pad tokens chosen for masking; ``None``: the paper's value for the size
-            (0.15, or 0.25 at Large).
-        mask_style: ``bert`` (80% [MASK], 10% random, 10% kept) or ``electra`` (85% [MASK], 15% kept).
+            (0.15, or 0.25 at ELECTRA-Large).
+        mask_style: ``bert`` (80% [MASK], 10% random, 10% kept), ``electra`` (85% [MASK], 15% kept) or
+            ``deberta`` (100% [MASK], as DeBERTa-v3's generator input).
         whole_word: choose whole words (all their WordPiece pieces together) instead of single tokens.
-        learning_rate: peak learning rate; ``None``: the paper's value for the size.
+        learning_rate: peak learning rate; ``None``: the paper's value for the family and size.
         weight_decay: AdamW weight decay, not applied to biases and LayerNorm weights.
         adam_betas: AdamW betas.
         adam_eps: AdamW epsilon.
@@ -51,6 +60,7 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
     def __init__(
         self,
         size: str = "small",
+        encoder: str = "electra",
         vocab_size: int = 30522,
         hidden_size: int | None = None,
         num_layers: int | None = None,
@@ -72,13 +82,14 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs its whole resolved configuration instead
-        check_size(size)
-        self.shape: EncoderShape = resolve_size(size, hidden_size, num_layers, num_heads, intermediate_size, embedding_size)
-        self.mask_prob = MASK_PROB[size] if mask_prob is None else mask_prob
+        self.family = family(encoder)
+        self.shape: EncoderShape = resolve_size(encoder, size, hidden_size, num_layers, num_heads, intermediate_size,
+                                                embedding_size)
+        self.mask_prob = self.family.mask_prob[size] if mask_prob is None else mask_prob
         check_mask_args(self.mask_prob, mask_style)
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction}")
-        self.learning_rate = LEARNING_RATE[size] if learning_rate is None else learning_rate
+        self.learning_rate = self.family.learning_rate[size] if learning_rate is None else learning_rate
         self.vocab_size = vocab_size
         self.mask_style = mask_style
         self.whole_word = whole_word
@@ -90,13 +101,46 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         self.scheduled_steps: int | None = None  # set from a FLOPs budget; else the trainer's steps
         self.tokenizer = None
         self._step_flops: dict[tuple, float] = {}
+        self.disc_auroc = None  # objectives with a discriminator track its validation AUROC (track_detection)
+        self._networks_built = False
 
-    # -- construction helpers ------------------------------------------------------------------
+    # -- construction ----------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Build the networks, once. Lightning calls this under the strategy's initialisation context, so
+        FSDP shards layers as they are built and large models can start on the meta device. Code that
+        uses an objective without a Trainer (tests, benchmarks) calls it first; loading a checkpoint
+        (``load_from_checkpoint``) calls it too. FLOPs need no networks."""
+        if not self._networks_built:
+            self.build_networks()
+            self._networks_built = True
+
+    @abc.abstractmethod
+    def build_networks(self) -> None:
+        """Create the objective's networks (called once, by ``configure_model``)."""
+
 
     def encoder_config(self, shape: EncoderShape | None = None):
-        """Hugging Face config of an encoder of ``shape`` (default: this objective's size)."""
+        """Hugging Face config of an encoder of ``shape`` (default: this objective's size) in its family."""
         hp = self.hparams
-        return electra_config(shape or self.shape, self.vocab_size, hp.max_position_embeddings, hp.dropout)
+        return self.family.config(shape or self.shape, self.vocab_size, hp.max_position_embeddings, hp.dropout)
+
+    def mlm_logits(self, model, hidden: Tensor) -> Tensor:
+        """A masked-LM network's head applied to selected hidden states: (B, K, H) -> (B, K, V).
+
+        Applying it to the K chosen positions only, not all L, avoids a (B, L, V) logits tensor: at
+        ELECTRA-Small sizes that is most of the step's memory. The output matrix is read from the word
+        embeddings (the tie made explicit), so it is right even when the table is computed (GDES).
+        """
+        transform, _, bias = self.family.mlm_head(model)
+        words = model.base_model.embeddings.word_embeddings.weight  # (V, E)
+        return F.linear(transform(hidden), words, bias)
+
+    @staticmethod
+    def encode(model, batch: dict[str, Tensor], input_ids: Tensor) -> Tensor:
+        """The last hidden states (B, L, H) of a network's backbone on ``input_ids`` with the batch's masks."""
+        return model.base_model(input_ids=input_ids, attention_mask=batch["attention_mask"],
+                                token_type_ids=batch["token_type_ids"]).last_hidden_state
 
     # -- tokenizer and data checks -------------------------------------------------------------
 
@@ -144,15 +188,16 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         return predicted_positions(seq_len, convention, self.mlm_slots(seq_len, mask_prob))
 
     @abc.abstractmethod
-    def flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
-        """Training FLOPs (forward and backward) of one sequence of ``seq_len`` tokens in the current
-        step, as the sum of the ``objectives.flops`` pieces the objective runs, in the named convention
-        (``actual`` or ``paper``)."""
+    def flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
+        """Training FLOPs (forward and backward) of one step on ``batch_size`` sequences of ``seq_len``
+        tokens in the current phase, as the sum of the ``objectives.flops`` pieces the objective runs, in
+        the named convention (``actual`` or ``paper``). (Per batch, not per sequence: relative-position
+        encoders do some work once per forward pass, whatever the batch.)"""
 
-    def scheduled_flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
-        """Average training FLOPs per sequence over a whole run (what a FLOPs budget is divided by to
-        find the run's length); differs from ``flops_per_sequence`` for objectives whose step cost changes."""
-        return self.flops_per_sequence(seq_len, convention)
+    def scheduled_flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
+        """Average training FLOPs per step over a whole run (what a FLOPs budget is divided by to find
+        the run's length); differs from ``flops_per_batch`` for objectives whose step cost changes."""
+        return self.flops_per_batch(batch_size, seq_len, convention)
 
     @property
     def phase(self) -> Hashable:
@@ -165,11 +210,8 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         asks every step. Computed once per batch shape and phase (packed batches repeat one shape)."""
         key = (batch_size, seq_len, convention, self.phase)
         if key not in self._step_flops:
-            self._step_flops[key] = batch_size * self.flops_per_sequence(seq_len, convention)
+            self._step_flops[key] = self.flops_per_batch(batch_size, seq_len, convention)
         return self._step_flops[key]
-
-    def flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
-        return batch_size * self.flops_per_sequence(seq_len, convention)
 
     # -- the step --------------------------------------------------------------------------------
 
@@ -187,8 +229,17 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         """The objective's losses and metrics for one batch; ``loss`` is what is optimised. ``rng`` draws
         the masks and samples (``None``: the global RNG; validation passes a fixed one)."""
 
+    def track_detection(self) -> None:
+        """Log ``val/disc_auroc``, the discriminator's ranking quality (0.5: chance), from the per-token
+        outputs ``compute`` returns under ``DETECTION`` (exact, from every scored token; torchmetrics
+        gathers them across ranks)."""
+        from torchmetrics.classification import BinaryAUROC
+
+        self.disc_auroc = BinaryAUROC()
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         metrics = self.compute(batch, None)
+        metrics.pop(DETECTION, None)
         tokens = batch["attention_mask"].sum()
         if self._trainer is not None and self.trainer.world_size > 1:
             tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum")  # count over the global batch
@@ -204,8 +255,17 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         metrics = self.compute(batch, self.validation_rng(batch_idx))
+        detection = metrics.pop(DETECTION, None)
+        if detection is not None and self.disc_auroc is not None:
+            scores, labels, mask = detection
+            self.disc_auroc.update(scores[mask], labels[mask].long())  # validation only: a sync is fine here
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True, sync_dist=True,
                       batch_size=batch["input_ids"].shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.disc_auroc is not None and self.disc_auroc.update_called:
+            self.log("val/disc_auroc", self.disc_auroc.compute())
+            self.disc_auroc.reset()
 
     # -- optimisation ------------------------------------------------------------------------------
 

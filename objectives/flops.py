@@ -3,7 +3,7 @@
 An objective's training FLOPs per sequence is ``train_multiplier(convention) x`` the forward pieces it
 back-propagates through (:func:`encoder_flops`, :func:`mlm_head_flops`, :func:`disc_head_flops`) plus
 the pieces it only runs forward (a frozen generator) x 1. Each objective writes that sum in its own
-``flops_per_sequence``; budgets, ``train/flops``, ``isoflop flops``, ``compare`` and the tables below
+``flops_per_batch``; budgets, ``train/flops``, ``isoflop flops``, ``compare`` and the tables below
 all ask the objective, so there is one FLOPs path.
 
 Two named conventions (``CONVENTIONS``):
@@ -96,6 +96,12 @@ def train_multiplier(convention: str) -> float:
     return 2.0 if convention == "paper" else 3.0
 
 
+def _check_absolute(shape: EncoderShape) -> None:
+    if shape.relative_span:
+        raise ValueError("the paper FLOPs convention counts ELECTRA/BERT encoders (absolute positions) only, as the "
+                         "ELECTRA paper does; use the actual convention for relative-position (DeBERTa) encoders")
+
+
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
         if value < 1:
@@ -108,7 +114,7 @@ def _check_positive(**values: float) -> None:
 
 
 def embedding_flops(shape: EncoderShape, vocab_size: int, seq_len: int, convention: str) -> float:
-    """Forward FLOPs of the embedding block and the projection to the hidden width."""
+    """Forward FLOPs of the embedding block and the projection to the hidden width, per sequence."""
     check_convention(convention)
     _check_positive(seq_len=seq_len, vocab_size=vocab_size)
     h, e, v, s = shape.hidden_size, shape.embedding_size, vocab_size, seq_len
@@ -116,6 +122,7 @@ def embedding_flops(shape: EncoderShape, vocab_size: int, seq_len: int, conventi
         # Word, position and token-type lookups are gathers (0); the LayerNorm, dropout and sums
         # are element-wise (0). Only the Linear(e, h) projection multiplies, and only when e != h.
         return float((2 * e * h if e != h else 0) * s)
+    _check_absolute(shape)
     terms = [
         2 * e * v,  # main_multiply: the word lookup as a dense one-hot multiply
         2 * e * (s + 2),  # tok_type_and_position: as a dense multiply over s + 2 rows
@@ -128,10 +135,16 @@ def embedding_flops(shape: EncoderShape, vocab_size: int, seq_len: int, conventi
     return float(sum(terms) * s)
 
 
-def layer_flops(shape: EncoderShape, seq_len: int, convention: str) -> float:
-    """Forward FLOPs of one transformer layer over a sequence of seq_len tokens."""
+def layer_flops(shape: EncoderShape, seq_len: int, convention: str, batch_size: int = 1) -> float:
+    """Forward FLOPs of one transformer layer over ``batch_size`` sequences of ``seq_len`` tokens.
+
+    Disentangled relative attention (DeBERTa, ``shape.relative_span > 0``) adds, per token, the
+    content-to-position and position-to-content products against the ``2 x relative_span``
+    relative-position embeddings, and, once per forward pass whatever the batch, the projection of those
+    embeddings by the query and key matrices (shared with the content projections, as DeBERTa-v3 does).
+    """
     check_convention(convention)
-    _check_positive(seq_len=seq_len)
+    _check_positive(seq_len=seq_len, batch_size=batch_size)
     h, i, heads, s = shape.hidden_size, shape.intermediate_size, shape.num_heads, seq_len
     if convention == "actual":
         terms = [
@@ -142,7 +155,13 @@ def layer_flops(shape: EncoderShape, seq_len: int, convention: str) -> float:
             2 * h * i,  # FFN in
             2 * i * h,  # FFN out
         ]
-        return float(sum(terms) * s)
+        per_forward = 0
+        if shape.relative_span:
+            r = 2 * shape.relative_span  # relative-position embeddings attended over
+            terms += [2 * h * r, 2 * h * r]  # content-to-position and position-to-content scores
+            per_forward = 2 * (2 * r * h * h)  # the embeddings through the query and key projections
+        return float(sum(terms) * s * batch_size + per_forward)
+    _check_absolute(shape)
     # The official get_block_flops, per token. It charges the softmax, the attention dropout and the
     # score scaling per head ("heads"), not per score element, and the first LayerNorm as 5, not 5h.
     terms = [
@@ -167,14 +186,14 @@ def layer_flops(shape: EncoderShape, seq_len: int, convention: str) -> float:
         h,  # output_residual
         LAYER_NORM_FLOPS * h,  # output_layer_norm
     ]
-    return float(sum(terms) * s)
+    return float(sum(terms) * s * batch_size)
 
 
-def encoder_flops(shape: EncoderShape, vocab_size: int, seq_len: int, convention: str) -> float:
-    """Forward FLOPs of the whole encoder (embeddings, projection, all layers) per sequence."""
-    return embedding_flops(shape, vocab_size, seq_len, convention) + shape.num_layers * layer_flops(
-        shape, seq_len, convention
-    )
+def encoder_flops(shape: EncoderShape, vocab_size: int, seq_len: int, convention: str, batch_size: int = 1) -> float:
+    """Forward FLOPs of the whole encoder (embeddings, projection, all layers) over ``batch_size``
+    sequences."""
+    return batch_size * embedding_flops(shape, vocab_size, seq_len, convention) + shape.num_layers * layer_flops(
+        shape, seq_len, convention, batch_size)
 
 
 def mlm_head_flops(shape: EncoderShape, vocab_size: int, n_predicted: float, convention: str) -> float:

@@ -11,9 +11,9 @@ objective's own business, in its own file.
 Also here: the generator/main-network pair, with the paper's embedding-sharing modes:
 
 - ``none``: separate embeddings.
-- ``embeddings`` (default): one embedding block (word, position and token-type tables and the
-  embedding LayerNorm) at ``embedding_size``; each network projects it to its own width; the
-  generator's output matrix is the shared word matrix.
+- ``embeddings`` (default): ELECTRA shares one embedding block (word, position and token-type tables
+  and the embedding LayerNorm) at ``embedding_size``, and each network projects it to its own width;
+  DeBERTa-v3 shares the word table. The generator's output matrix is the shared word matrix.
 - ``all``: same-size networks share every encoder weight (the paper's tying study).
 - ``gdes``: DeBERTa-v3's gradient-disentangled sharing: the main network's word table is
   stop_gradient(generator table) + a zero-initialised delta, so its loss never moves the shared table.
@@ -29,13 +29,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import ElectraForMaskedLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from objectives.base import PretrainingObjective, masked_lm_loss
-from objectives.encoder import GENERATOR_HIDDEN_FRACTION
 from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.masking import MaskedPositions, apply_mask
-from objectives.mlm import mlm_logits
 
 SHARING_MODES = ("none", "embeddings", "all", "gdes")
 
@@ -107,14 +105,15 @@ def materialised_copy(model: PreTrainedModel) -> PreTrainedModel:
 class GeneratorObjective(PretrainingObjective):
     """Base of objectives that corrupt their input with a small MLM generator (not an objective itself).
 
-    A subclass builds its main network (the one kept for downstream tasks), returns it from
-    ``main_network`` and calls ``share_embeddings`` on it; corruption, embedding sharing, the
-    generator's FLOPs and export are done here.
+    A subclass builds its main network (the one kept for downstream tasks) in ``build_main`` and returns
+    it from ``main_network``; building the generator, embedding sharing, corruption, the generator's
+    FLOPs and export are done here. Generator and main network are of one encoder family.
 
     Args:
         generator_hidden_fraction: generator width as a fraction of the main network's; ``None``: the
-            paper's value for the size (1/4 Small and Large, 1/3 Base).
-        generator_layers_fraction: generator depth as a fraction of the main network's (paper: 1).
+            paper's value for the family and size (ELECTRA: 1/4, 1/3 at Base; DeBERTa-v3: 1).
+        generator_layers_fraction: generator depth as a fraction of the main network's; ``None``: the
+            paper's value (ELECTRA: 1; DeBERTa-v3: 1/2).
         embedding_sharing: ``none``, ``embeddings`` (default), ``all`` (same sizes only) or ``gdes``.
         gen_weight: weight of the generator's MLM loss in the total.
         temperature: sampling temperature of the generator's softmax (paper: 1).
@@ -125,7 +124,7 @@ class GeneratorObjective(PretrainingObjective):
     def __init__(
         self,
         generator_hidden_fraction: float | None = None,
-        generator_layers_fraction: float = 1.0,
+        generator_layers_fraction: float | None = None,
         embedding_sharing: str = "embeddings",
         gen_weight: float = 1.0,
         temperature: float = 1.0,
@@ -134,11 +133,12 @@ class GeneratorObjective(PretrainingObjective):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        size = self.hparams.size
-        fraction = GENERATOR_HIDDEN_FRACTION[size] if generator_hidden_fraction is None else generator_hidden_fraction
+        paper_hidden, paper_layers = self.family.generator_fraction[self.hparams.size]
+        fraction = paper_hidden if generator_hidden_fraction is None else generator_hidden_fraction
+        layers_fraction = paper_layers if generator_layers_fraction is None else generator_layers_fraction
         if embedding_sharing not in SHARING_MODES:
             raise ValueError(f"unknown embedding_sharing {embedding_sharing!r}: choose one of {', '.join(SHARING_MODES)}")
-        if fraction <= 0 or generator_layers_fraction <= 0:
+        if fraction <= 0 or layers_fraction <= 0:
             raise ValueError("generator_hidden_fraction and generator_layers_fraction must be positive")
         if fraction > 1:
             warnings.warn(
@@ -149,15 +149,22 @@ class GeneratorObjective(PretrainingObjective):
             )
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.generator_shape = self.shape.scaled(fraction, generator_layers_fraction)
+        self.generator_shape = self.shape.scaled(fraction, layers_fraction)
         if embedding_sharing == "all" and self.generator_shape != self.shape:
             raise ValueError(
                 "embedding_sharing 'all' shares every weight, so it needs a generator of the discriminator's size: "
-                f"set generator_hidden_fraction and generator_layers_fraction to 1 (got {fraction} and {generator_layers_fraction})"
+                f"set generator_hidden_fraction and generator_layers_fraction to 1 (got {fraction} and {layers_fraction})"
             )
         self.embedding_sharing = embedding_sharing
         self.uniform_generator = uniform_generator
-        self.generator = None if uniform_generator else ElectraForMaskedLM(self.encoder_config(self.generator_shape))
+
+    def build_networks(self) -> None:
+        self.generator = None if self.uniform_generator else self.family.masked_lm(self.encoder_config(self.generator_shape))
+        self.share_embeddings(self.build_main())
+
+    @abc.abstractmethod
+    def build_main(self) -> PreTrainedModel:
+        """Create the main network (as an attribute named after its role) and return it."""
 
     @property
     @abc.abstractmethod
@@ -168,35 +175,39 @@ class GeneratorObjective(PretrainingObjective):
         """Tie the generator to ``main`` by ``embedding_sharing`` (call once ``main`` is built)."""
         if self.generator is None:
             return
-        gen, base = self.generator.electra, main.electra
+        gen, base = self.generator.base_model, main.base_model
         if self.embedding_sharing == "embeddings":
-            gen.embeddings = base.embeddings
+            self.family.share_embeddings(gen, base)
         elif self.embedding_sharing == "all":
-            self.generator.electra = base
+            setattr(self.generator, self.generator.base_model_prefix, base)
         elif self.embedding_sharing == "gdes":
             base.embeddings.word_embeddings = GDESEmbedding(gen.embeddings.word_embeddings)
         self.tie_output_embeddings()
 
     def tie_output_embeddings(self) -> None:
-        """Point each MLM output matrix at its network's word table. Needed after any module swap:
+        """Point each masked-LM output matrix at its network's word table. Needed after any module swap:
         otherwise the generator stays tied to an orphaned matrix (a known re-implementation bug)."""
         for model in self.modules():
-            if isinstance(model, ElectraForMaskedLM):
-                words = model.electra.embeddings.word_embeddings
-                if isinstance(words, GDESEmbedding):
-                    # Its MLM head reads the computed table (shared + delta) through mlm_logits; the
-                    # head's own matrix is never used, so it takes no gradient (and DDP ignores it).
-                    # Export ties it to the materialised table.
-                    model.generator_lm_head.weight.requires_grad_(False)
-                    continue
-                model.generator_lm_head.weight = words.weight
-
-    # -- corruption --------------------------------------------------------------------------------
+            if model is self or not isinstance(model, PreTrainedModel):
+                continue
+            try:
+                _, output, bias = self.family.mlm_head(model)
+            except AttributeError:  # not a masked LM (a discriminator)
+                continue
+            output.bias = bias  # one bias (DeBERTa's decoder keeps its own reference to it)
+            words = model.base_model.embeddings.word_embeddings
+            if isinstance(words, GDESEmbedding):
+                # Its MLM head reads the computed table (shared + delta) through mlm_logits; the
+                # head's own matrix is never used, so it takes no gradient (and DDP ignores it).
+                # Export ties it to the materialised table.
+                output.weight.requires_grad_(False)
+                continue
+            output.weight = words.weight
 
     @property
     def trains_generator(self) -> bool:
         """Whether this step trains the generator (objectives with a frozen-generator phase override it)."""
-        return self.generator is not None
+        return not self.uniform_generator
 
     def corrupt(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> tuple[Corruption, dict[str, Tensor]]:
         """Steps 1-6 of RTD; returns the corruption and the generator's loss and metrics. A frozen
@@ -211,10 +222,8 @@ class GeneratorObjective(PretrainingObjective):
         else:
             gen_input = apply_mask(original, masked, self.mask_token_id, self.vocab_size, self.mask_style, rng=rng)
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.trains_generator):
-                hidden = self.generator.electra(
-                    input_ids=gen_input, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
-                ).last_hidden_state  # (B, L, H_g)
-                gen_logits = mlm_logits(self.generator, masked.gather(hidden))  # (B, K, V)
+                hidden = self.encode(self.generator, batch, gen_input)  # (B, L, H_g)
+                gen_logits = self.mlm_logits(self.generator, masked.gather(hidden))  # (B, K, V)
             metrics["gen_loss"], metrics["gen_acc"] = masked_lm_loss(gen_logits, labels)
             with torch.no_grad():
                 logits = gen_logits.detach().float()
@@ -234,29 +243,29 @@ class GeneratorObjective(PretrainingObjective):
 
     # -- FLOPs ----------------------------------------------------------------------------------------
 
-    def generator_flops(self, seq_len: int, convention: str, trained: bool | None = None) -> float:
-        """FLOPs of the generator per sequence (its encoder and MLM head; sampling is free): forward
-        and backward while it trains (``trained``, default: this step's state), forward only when frozen."""
-        if self.generator is None:
+    def generator_flops(self, batch_size: int, seq_len: int, convention: str, trained: bool | None = None) -> float:
+        """FLOPs of the generator on a batch (its encoder and MLM head; sampling is free): forward and
+        backward while it trains (``trained``, default: this step's state), forward only when frozen."""
+        if self.uniform_generator:
             return 0.0
         trained = self.trains_generator if trained is None else trained
         gen, v = self.generator_shape, self.vocab_size
         n = self.predicted_positions(seq_len, convention)
-        forward = encoder_flops(gen, v, seq_len, convention) + mlm_head_flops(gen, v, n, convention)
+        forward = encoder_flops(gen, v, seq_len, convention, batch_size) + batch_size * mlm_head_flops(gen, v, n, convention)
         return (train_multiplier(convention) if trained else 1.0) * forward
 
     @abc.abstractmethod
-    def main_flops(self, seq_len: int, convention: str) -> float:
-        """Training FLOPs of the main network per sequence (each objective's own)."""
+    def main_flops(self, batch_size: int, seq_len: int, convention: str) -> float:
+        """Training FLOPs of the main network on a batch (each objective's own)."""
 
-    def flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
-        return self.generator_flops(seq_len, convention) + self.main_flops(seq_len, convention)
+    def flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
+        return self.generator_flops(batch_size, seq_len, convention) + self.main_flops(batch_size, seq_len, convention)
 
     # -- export --------------------------------------------------------------------------------------
 
     def export(self, out_dir: str | Path) -> None:
         """``out_dir``: the main network with the tokenizer (what downstream tasks load);
-        ``out_dir/generator``: the generator as ``ElectraForMaskedLM`` with the tokenizer."""
+        ``out_dir/generator``: the generator as the family's masked LM with the tokenizer."""
         out_dir = Path(out_dir)
         materialised_copy(self.main_network).save_pretrained(out_dir)
         self.save_tokenizer(out_dir)

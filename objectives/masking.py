@@ -7,7 +7,8 @@ Position choice (paper section 2; official code ``pretrain/pretrain_helpers.py``
 
 Then each chosen position is replaced according to a style (step 2):
 - ``bert``: 80% [MASK], 10% a random token, 10% kept (the paper's BERT baseline);
-- ``electra``: 85% [MASK], 15% kept, no random token.
+- ``electra``: 85% [MASK], 15% kept, no random token;
+- ``deberta``: 100% [MASK] (DeBERTa-v3's generator input).
 
 Everything is tensor code with static shapes: no host-device synchronisation, no Python loop over
 tokens. The number of chosen positions per row is at most ``max_predictions(seq_len)``, so heads
@@ -24,7 +25,9 @@ import torch
 from torch import Tensor
 
 # (share of chosen positions set to [MASK], share set to a random token); the rest keep their token.
-MASK_STYLES: dict[str, tuple[float, float]] = {"bert": (0.8, 0.1), "electra": (0.85, 0.0)}
+# bert: the BERT paper's; electra: ELECTRA's generator input (official configure_pretraining.py, keep 15%);
+# deberta: every chosen position [MASK] (DeBERTa-v3's official rtd_task.py: NGramMaskGenerator(keep_prob=0, mask_prob=1)).
+MASK_STYLES: dict[str, tuple[float, float]] = {"bert": (0.8, 0.1), "electra": (0.85, 0.0), "deberta": (1.0, 0.0)}
 
 
 def check_mask_args(mask_prob: float, mask_style: str) -> None:

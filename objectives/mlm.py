@@ -1,9 +1,10 @@
 """BERT's masked language modelling (Devlin et al. 2019), the baseline of the ELECTRA paper.
 
 Choose positions, corrupt them (80% [MASK], 10% random, 10% kept), and predict the original token
-at the chosen positions only. The encoder and head are a Hugging Face ``ElectraForMaskedLM``
-(hidden -> dense(embedding) -> GELU -> LayerNorm -> output matrix tied to the word embeddings),
-the same architecture as the paper's BERT baseline, so export is a plain ``save_pretrained``.
+at the chosen positions only. The encoder and head are the family's Hugging Face masked LM
+(``ElectraForMaskedLM``: hidden -> dense(embedding) -> GELU -> LayerNorm -> output matrix tied to the
+word embeddings, the same architecture as the paper's BERT baseline; or ``DebertaV2ForMaskedLM``), so
+export is a plain ``save_pretrained``.
 """
 
 from __future__ import annotations
@@ -11,65 +12,53 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from transformers import ElectraForMaskedLM
 
 from objectives.base import PretrainingObjective, masked_lm_loss
 from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.masking import MaskedPositions, apply_mask
 
 
-def mlm_logits(model: ElectraForMaskedLM, hidden: Tensor) -> Tensor:
-    """The generator/MLM head applied to selected hidden states: (B, K, H) -> (B, K, V).
-
-    Applying it to the K chosen positions only, not all L, avoids a (B, L, V) logits tensor: at
-    ELECTRA-Small sizes that is most of the step's memory. The output matrix is read from the word
-    embeddings (the tie made explicit), so it is right even when the table is computed (GDES).
-    """
-    words = model.electra.embeddings.word_embeddings.weight  # (V, E)
-    return F.linear(model.generator_predictions(hidden), words, model.generator_lm_head.bias)
-
-
 class MaskedLM(PretrainingObjective):
     """Masked language modelling (BERT).
 
     Args:
-        size: encoder size preset: ``tiny``, ``small``, ``base`` or ``large``.
-        mask_style: ``bert`` (80/10/10, the paper's BERT baseline) or ``electra`` (85/15/0).
+        size: encoder size preset: ``tiny``, ``small``, ``base`` or ``large`` (DeBERTa also ``xsmall``).
+        mask_style: ``bert`` (80/10/10, the paper's BERT baseline), ``electra`` (85/15/0) or ``deberta`` (all [MASK]).
         **kwargs: the shared settings of :class:`objectives.base.PretrainingObjective`
-            (vocab_size, mask_prob, whole_word, learning_rate, warmup_fraction, ...).
+            (encoder, vocab_size, mask_prob, whole_word, learning_rate, warmup_fraction, ...).
     """
 
     def __init__(self, size: str = "small", mask_style: str = "bert", **kwargs):
         super().__init__(size=size, mask_style=mask_style, **kwargs)
-        self.model = ElectraForMaskedLM(self.encoder_config())
+
+    def build_networks(self) -> None:
+        self.model = self.family.masked_lm(self.encoder_config())
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor,
                 masked: MaskedPositions) -> Tensor:
         """MLM logits at the chosen positions: (B, K, V)."""
-        hidden = self.model.electra(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state  # (B, L, H)
-        return mlm_logits(self.model, masked.gather(hidden))
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                       token_type_ids=token_type_ids).last_hidden_state  # (B, L, H)
+        return self.mlm_logits(self.model, masked.gather(hidden))
 
     def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
         original = batch["input_ids"]  # (B, L)
         masked = self.choose_positions(batch, rng)
         inputs = apply_mask(original, masked, self.mask_token_id, self.vocab_size, self.mask_style, rng=rng)
-        logits = self(inputs, batch["attention_mask"], batch["token_type_ids"], masked)
+        logits = self(inputs, batch["attention_mask"], batch["token_type_ids"], masked)  # (B, K, V)
         labels = torch.where(masked.valid, masked.gather(original), -100)  # (B, K)
         loss, acc = masked_lm_loss(logits, labels)
         return {"loss": loss, "mlm_loss": loss, "mlm_acc": acc}
 
-    def flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
+    def flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
         """The encoder and the MLM head on the K chosen slots, forward and backward."""
         n = self.predicted_positions(seq_len, convention)
-        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention) + mlm_head_flops(
+        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention, batch_size) + batch_size * mlm_head_flops(
             self.shape, self.vocab_size, n, convention)
         return train_multiplier(convention) * forward
 
     def export(self, out_dir: str | Path) -> None:
-        """``out_dir``: an ``ElectraForMaskedLM`` with its tokenizer (``AutoModelForMaskedLM`` loads it)."""
+        """``out_dir``: the masked LM with its tokenizer (``AutoModelForMaskedLM`` loads it)."""
         self.model.save_pretrained(out_dir)
         self.save_tokenizer(out_dir)

@@ -13,13 +13,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import ElectraForMaskedLM
-
 from objectives.base import masked_lm_loss
 from objectives.flops import mlm_head_flops, train_multiplier
 from objectives.generator import materialised_copy
 from objectives.masking import choose_positions
-from objectives.mlm import mlm_logits
 from objectives.rtd import ReplacedTokenDetection, rtd_loss
 
 
@@ -40,16 +37,19 @@ class MLMPlusRTD(ReplacedTokenDetection):
             raise ValueError("MLMPlusRTD does not support two_stage: use ReplacedTokenDetection for two-stage training")
         if not 0.0 < disc_mask_prob < 1.0 - self.mask_prob:
             raise ValueError(f"disc_mask_prob must lie in (0, 1 - mask_prob), got {disc_mask_prob}")
-        # The discriminator's MLM head: an ElectraForMaskedLM whose encoder is the discriminator's.
-        self.discriminator_mlm = ElectraForMaskedLM(self.encoder_config())
-        self.discriminator_mlm.electra = self.discriminator.electra
+
+    def build_networks(self) -> None:
+        super().build_networks()
+        # The discriminator's MLM head: a masked LM of the family whose encoder is the discriminator's.
+        self.discriminator_mlm = self.family.masked_lm(self.encoder_config())
+        setattr(self.discriminator_mlm, self.discriminator_mlm.base_model_prefix, self.discriminator.base_model)
         self.tie_output_embeddings()
 
-    def main_flops(self, seq_len: int, convention: str) -> float:
+    def main_flops(self, batch_size: int, seq_len: int, convention: str) -> float:
         """ELECTRA's discriminator plus its MLM head on its own K' slots, forward and backward."""
         n = self.predicted_positions(seq_len, convention, self.hparams.disc_mask_prob)
-        head = train_multiplier(convention) * mlm_head_flops(self.shape, self.vocab_size, n, convention)
-        return super().main_flops(seq_len, convention) + head
+        head = train_multiplier(convention) * batch_size * mlm_head_flops(self.shape, self.vocab_size, n, convention)
+        return super().main_flops(batch_size, seq_len, convention) + head
 
     def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
         corruption, metrics = self.corrupt(batch, rng)
@@ -61,15 +61,13 @@ class MLMPlusRTD(ReplacedTokenDetection):
             rng=rng,
         )
         disc_input = torch.where(own.chosen, self.mask_token_id, corruption.corrupted)  # (B, L), no host sync
-        hidden = self.discriminator.electra(
-            input_ids=disc_input, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
-        ).last_hidden_state  # (B, L, H)
-        rtd_logits = self.discriminator.discriminator_predictions(hidden)  # (B, L)
+        hidden = self.encode(self.discriminator, batch, disc_input)  # (B, L, H)
+        rtd_logits = self.family.disc_head(self.discriminator)(hidden)  # (B, L)
         weights = batch["attention_mask"].bool() & ~own.chosen  # [MASK]ed tokens are neither original nor replaced
         disc_loss, disc_metrics = rtd_loss(rtd_logits, corruption.replaced, weights)
         metrics.update(disc_metrics)
         labels = torch.where(own.valid, own.gather(batch["input_ids"]), -100)  # (B, K')
-        mlm_logit = mlm_logits(self.discriminator_mlm, own.gather(hidden))  # (B, K', V)
+        mlm_logit = self.mlm_logits(self.discriminator_mlm, own.gather(hidden))  # (B, K', V)
         metrics["mlm_loss"], metrics["mlm_acc"] = masked_lm_loss(mlm_logit, labels)
         hp = self.hparams
         metrics["loss"] = self.generator_loss(metrics) + hp.disc_weight * disc_loss + hp.mlm_weight * metrics["mlm_loss"]

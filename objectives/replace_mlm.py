@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from transformers import ElectraForMaskedLM
+from transformers import PreTrainedModel
 
 from objectives.base import masked_lm_loss
 from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.generator import GeneratorObjective
-from objectives.mlm import mlm_logits
 
 
 class ReplaceMLM(GeneratorObjective):
@@ -29,26 +28,26 @@ class ReplaceMLM(GeneratorObjective):
 
     def __init__(self, size: str = "small", mask_style: str = "electra", **kwargs):
         super().__init__(size=size, mask_style=mask_style, **kwargs)
-        self.mlm = ElectraForMaskedLM(self.encoder_config())  # the main network: an MLM on corrupted input
-        self.share_embeddings(self.mlm)
 
-    @property
-    def main_network(self) -> ElectraForMaskedLM:
+    def build_main(self) -> PreTrainedModel:
+        self.mlm = self.family.masked_lm(self.encoder_config())  # the main network: an MLM on corrupted input
         return self.mlm
 
-    def main_flops(self, seq_len: int, convention: str) -> float:
+    @property
+    def main_network(self) -> PreTrainedModel:
+        return self.mlm
+
+    def main_flops(self, batch_size: int, seq_len: int, convention: str) -> float:
         """The main network and its MLM head on the K chosen slots, forward and backward."""
         n = self.predicted_positions(seq_len, convention)
-        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention) + mlm_head_flops(
+        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention, batch_size) + batch_size * mlm_head_flops(
             self.shape, self.vocab_size, n, convention)
         return train_multiplier(convention) * forward
 
     def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
         corruption, metrics = self.corrupt(batch, rng)
-        hidden = self.mlm.electra(
-            input_ids=corruption.corrupted, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
-        ).last_hidden_state  # (B, L, H)
-        logits = mlm_logits(self.mlm, corruption.masked.gather(hidden))  # (B, K, V)
+        hidden = self.encode(self.mlm, batch, corruption.corrupted)  # (B, L, H)
+        logits = self.mlm_logits(self.mlm, corruption.masked.gather(hidden))  # (B, K, V)
         metrics["mlm_loss"], metrics["mlm_acc"] = masked_lm_loss(logits, corruption.labels)
         metrics["loss"] = self.generator_loss(metrics) + metrics["mlm_loss"]
         return metrics

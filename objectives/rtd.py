@@ -12,17 +12,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import ElectraForPreTraining
+from transformers import PreTrainedModel
 
+from objectives.base import DETECTION
 from objectives.flops import disc_head_flops, encoder_flops, train_multiplier
 from objectives.generator import Corruption, GeneratorObjective
 
 
 def rtd_loss(logits: Tensor, replaced: Tensor, weights: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """Sigmoid cross entropy of "replaced" over the weighted tokens, with accuracy, precision, recall.
+    """Sigmoid cross entropy of "replaced" over the weighted tokens, with the metrics that say whether
+    the discriminator learned more than its label prior.
 
     logits: (B, L) discriminator logits; replaced: (B, L) bool labels; weights: (B, L) 0/1 (which
     tokens count: all non-pad tokens for ELECTRA). Float32, no boolean indexing (no host sync).
+
+    Metrics: ``disc_loss``; ``disc_acc``, ``disc_precision``, ``disc_recall``; ``disc_gain``, the
+    accuracy over the all-original baseline (``1 -`` the replaced share of the scored tokens: what
+    answering "original" everywhere scores); ``disc_label_entropy``, the binary entropy of that share
+    (what ``disc_loss`` is when only the prior is learned); and, under ``DETECTION``, the per-token
+    scores and labels that validation turns into an AUROC.
     """
     weights = weights.float()
     target = replaced.float()
@@ -31,11 +39,16 @@ def rtd_loss(logits: Tensor, replaced: Tensor, weights: Tensor) -> tuple[Tensor,
     loss = (per_token * weights).sum() / n
     predicted = (logits > 0).float() * weights
     true_pos = (predicted * target).sum()
+    share = ((target * weights).sum() / n).clamp(1e-7, 1 - 1e-7)  # replaced share of the scored tokens
+    acc = (((logits > 0) == replaced).float() * weights).sum() / n
     metrics = {
         "disc_loss": loss,
-        "disc_acc": (((logits > 0) == replaced).float() * weights).sum() / n,
+        "disc_acc": acc,
         "disc_precision": true_pos / predicted.sum().clamp(min=1),
         "disc_recall": true_pos / (target * weights).sum().clamp(min=1),
+        "disc_gain": acc - (1 - share),
+        "disc_label_entropy": -(share * share.log() + (1 - share) * (1 - share).log()),
+        DETECTION: (logits.detach().float(), replaced, weights.bool()),
     }
     return loss, metrics
 
@@ -65,10 +78,9 @@ class ReplacedTokenDetection(GeneratorObjective):
         **kwargs,
     ):
         super().__init__(size=size, mask_style=mask_style, **kwargs)
-        self.discriminator = ElectraForPreTraining(self.encoder_config())
-        self.share_embeddings(self.discriminator)
+        self.track_detection()
         if two_stage:
-            if self.generator is None or self.generator_shape != self.shape:
+            if self.uniform_generator or self.generator_shape != self.shape:
                 raise ValueError(
                     "two_stage initialises the discriminator from the generator, so they must have the same size: "
                     "set generator_hidden_fraction and generator_layers_fraction to 1 (and uniform_generator false)"
@@ -86,8 +98,12 @@ class ReplacedTokenDetection(GeneratorObjective):
         self.register_buffer("stage", torch.tensor(1 if two_stage else 2))
         self._stage = 1 if two_stage else 2
 
+    def build_main(self) -> PreTrainedModel:
+        self.discriminator = self.family.discriminator(self.encoder_config())
+        return self.discriminator
+
     @property
-    def main_network(self) -> ElectraForPreTraining:
+    def main_network(self) -> PreTrainedModel:
         return self.discriminator
 
     def disc_loss_mask(self, batch: dict[str, Tensor], corruption: Corruption) -> Tensor:
@@ -107,24 +123,25 @@ class ReplacedTokenDetection(GeneratorObjective):
         metrics["loss"] = self.hparams.disc_weight * disc_loss + self.generator_loss(metrics)
         return metrics
 
-    def scheduled_flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
+    def scheduled_flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
         if not self.hparams.two_stage:
-            return self.flops_per_sequence(seq_len, convention)
+            return self.flops_per_batch(batch_size, seq_len, convention)
         f = self.hparams.two_stage_fraction  # share of steps in the generator-only stage
-        first = self.generator_flops(seq_len, convention, trained=True)
-        second = self.generator_flops(seq_len, convention, trained=False) + self.discriminator_flops(seq_len, convention)
+        first = self.generator_flops(batch_size, seq_len, convention, trained=True)
+        second = self.generator_flops(batch_size, seq_len, convention, trained=False) + self.discriminator_flops(
+            batch_size, seq_len, convention)
         return f * first + (1 - f) * second
 
-    def discriminator_flops(self, seq_len: int, convention: str) -> float:
+    def discriminator_flops(self, batch_size: int, seq_len: int, convention: str) -> float:
         """The discriminator and its head on every token, forward and backward."""
-        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention) + disc_head_flops(
+        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention, batch_size) + batch_size * disc_head_flops(
             self.shape, seq_len, convention)
         return train_multiplier(convention) * forward
 
-    def main_flops(self, seq_len: int, convention: str) -> float:
+    def main_flops(self, batch_size: int, seq_len: int, convention: str) -> float:
         if self._stage == 1:  # two-stage, first stage: the discriminator does not run
             return 0.0
-        return self.discriminator_flops(seq_len, convention)
+        return self.discriminator_flops(batch_size, seq_len, convention)
 
     @property
     def phase(self) -> int:
@@ -134,7 +151,7 @@ class ReplacedTokenDetection(GeneratorObjective):
     @property
     def trains_generator(self) -> bool:
         # Two-stage training freezes the generator in its second stage: it then only samples.
-        return self.generator is not None and not (self.hparams.two_stage and self._stage == 2)
+        return not self.uniform_generator and not (self.hparams.two_stage and self._stage == 2)
 
     # -- two-stage training ------------------------------------------------------------------------
 
@@ -153,7 +170,7 @@ class ReplacedTokenDetection(GeneratorObjective):
 
     def start_discriminator_stage(self) -> None:
         """Initialise the discriminator's encoder from the generator's and freeze the generator."""
-        self.discriminator.electra.load_state_dict(self.generator.electra.state_dict())
+        self.discriminator.base_model.load_state_dict(self.generator.base_model.state_dict())
         self.freeze_generator()
         self.stage.fill_(2)
         self._stage = 2

@@ -4,8 +4,8 @@ RoBERTa", NAACL Student Research Workshop).
 A share of each sequence's tokens is permuted among their own positions, and a discriminator learns to
 tell, for every token, whether it moved. The "replacements" come from the sequence itself, so the
 objective needs no generator, and a token that lands on a copy of itself counts as original, as in
-ELECTRA. The discriminator and its head are a Hugging Face ``ElectraForPreTraining``, so export is a
-plain ``save_pretrained``. (This file is the worked example of the documentation's "Adding an
+ELECTRA. The discriminator and its head are the encoder family's replaced-token-detection network
+(``ElectraForPreTraining``, or DeBERTa's), so export is a plain ``save_pretrained``. (This file is the worked example of the documentation's "Adding an
 objective" page.)
 """
 
@@ -15,8 +15,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import ElectraForPreTraining
-
 from objectives.base import PretrainingObjective
 from objectives.flops import disc_head_flops, encoder_flops, train_multiplier
 from objectives.masking import MaskedPositions
@@ -34,7 +32,10 @@ class ShuffledTokenDetection(PretrainingObjective):
 
     def __init__(self, size: str = "small", **kwargs):
         super().__init__(size=size, **kwargs)
-        self.discriminator = ElectraForPreTraining(self.encoder_config())
+        self.track_detection()
+
+    def build_networks(self) -> None:
+        self.discriminator = self.family.discriminator(self.encoder_config())
 
     def shuffle(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> tuple[MaskedPositions, Tensor]:
         """The chosen positions, and the input with their tokens permuted within each row: (B, L)."""
@@ -55,13 +56,13 @@ class ShuffledTokenDetection(PretrainingObjective):
         metrics["replaced_frac"] = replaced.sum() / batch["attention_mask"].sum()
         return {"loss": loss, **metrics}
 
-    def flops_per_sequence(self, seq_len: int, convention: str = "actual") -> float:
+    def flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
         """The discriminator and its head on every token, forward and backward (shuffling is free)."""
-        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention) + disc_head_flops(
+        forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention, batch_size) + batch_size * disc_head_flops(
             self.shape, seq_len, convention)
         return train_multiplier(convention) * forward
 
     def export(self, out_dir: str | Path) -> None:
-        """``out_dir``: the discriminator as ``ElectraForPreTraining`` with its tokenizer."""
+        """``out_dir``: the discriminator (``ElectraForPreTraining`` or DeBERTa's) with its tokenizer."""
         self.discriminator.save_pretrained(out_dir)
         self.save_tokenizer(out_dir)

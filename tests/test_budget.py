@@ -56,12 +56,12 @@ def test_two_stage_counts_each_stage_at_its_own_cost():
     model = ReplacedTokenDetection(size="tiny", vocab_size=TINY_VOCAB, max_position_embeddings=TINY_SEQ, two_stage=True,
                                    generator_hidden_fraction=1.0)
     first = model.step_flops(16, TINY_SEQ)
-    assert model.phase == 1 and first == 16 * model.generator_flops(TINY_SEQ, "actual", trained=True)
+    assert model.phase == 1 and first == model.generator_flops(16, TINY_SEQ, "actual", trained=True)
     model._stage = 2  # what start_discriminator_stage sets
     second = model.step_flops(16, TINY_SEQ)
     assert model.phase == 2 and second > first
-    assert second == 16 * (model.generator_flops(TINY_SEQ, "actual", trained=False)
-                           + model.discriminator_flops(TINY_SEQ, "actual"))
+    assert second == (model.generator_flops(16, TINY_SEQ, "actual", trained=False)
+                      + model.discriminator_flops(16, TINY_SEQ, "actual"))
 
 
 def test_flops_command(capsys):

@@ -111,3 +111,28 @@ def test_sweep_expansion():
 def test_shipped_sweeps_expand(name, capsys):
     assert main(["sweep", name, "--dry_run"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) >= 3
+
+
+def test_a_signal_stops_compare_and_the_same_command_resumes_exactly(compare_dir, tmp_path, cache_dir, one_thread):
+    """SIGTERM to a real ``isoflop compare`` in its first pre-training: exit 143 with a checkpoint; the same
+    command then finishes, and every run's weights and the results equal the uninterrupted comparison's."""
+    import signal
+
+    import torch
+
+    from tests.test_reliability import max_difference, stop_at
+
+    out = tmp_path / "compare"
+    args = ["compare", "--out_dir", str(out), "--budget_steps", "12", "--seeds", "2", "--finetune_epochs", "1",
+            "--finetune_max_train_examples", "48", *TINY, "--trainer.callbacks+=tests.helpers.PauseAtStep"]
+    stopped = stop_at(args, 5, signal.SIGTERM, cache_dir, tmp_path)
+    assert stopped.returncode == 143, stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"isoflop compare: stopped by SIGTERM at step 5; checkpoint {out}/MaskedLM/checkpoints/last.ckpt; "
+        "rerun the same command to resume")
+    assert main(args) == 0
+    for name in ("MaskedLM", "ReplacedTokenDetection"):
+        ours, theirs = (torch.load(d / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+                        for d in (out, compare_dir))
+        assert max_difference(ours, theirs) == 0.0, name
+    assert rows(out) == rows(compare_dir)

@@ -421,6 +421,8 @@ def test_local_file_missing_column(ckpt, tmp_path, no_training, capsys):
         ft.finetune(ckpt, **args)
     assert not (tmp_path / "o").exists()
     # Through the CLI: exit code 2 and one line on stderr.
-    code = ft.main(["--encoder", ckpt, "--tasks", "sst2,rte", "--data_dir", str(data), "--wandb", "false"])
+    from experiments.cli import main as cli_main
+
+    code = cli_main(["finetune", "--encoder", ckpt, "--tasks", "sst2,rte", "--data_dir", str(data), "--wandb", "false"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("isoflop finetune: error:") and "sentence2" in err and "\n" not in err

@@ -11,7 +11,9 @@ from tests.conftest import TINY_SEQ, TINY_VOCAB
 
 
 def tiny_mlm(**kwargs):
-    return MaskedLM(size="tiny", vocab_size=TINY_VOCAB, max_position_embeddings=TINY_SEQ, **kwargs)
+    model = MaskedLM(size="tiny", vocab_size=TINY_VOCAB, max_position_embeddings=TINY_SEQ, **kwargs)
+    model.configure_model()
+    return model
 
 
 def val_loss(model, dm, batches=4):
@@ -107,6 +109,10 @@ def test_bad_mask_prob_at_construction():
         MaskedLM(size="tiny", vocab_size=100, mask_prob=1.2)
 
 
-def test_unknown_size():
-    with pytest.raises(ValueError, match="unknown encoder size 'huge'"):
+def test_unknown_size_or_encoder():
+    with pytest.raises(ValueError, match="unknown electra size 'huge': choose one of tiny, small, base, large"):
         MaskedLM(size="huge")
+    with pytest.raises(ValueError, match="unknown deberta-v2 size 'medium': choose one of tiny, xsmall"):
+        MaskedLM(size="medium", encoder="deberta-v2")
+    with pytest.raises(ValueError, match="unknown encoder 'gpt': choose one of electra, deberta-v2"):
+        MaskedLM(size="tiny", encoder="gpt")

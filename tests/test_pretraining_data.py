@@ -110,6 +110,5 @@ def test_unknown_dataset_error(tmp_path):
 def test_missing_text_column(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text('{"body": "hello there"}\n' * 50)
-    dm = PretrainingDataModule(data_files=str(f), cache_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="no column 'text'.*body"):
-        dm.prepare_data()
+    with pytest.raises(ValueError, match="no column 'text'.*body"):  # at construction, before anything is built
+        PretrainingDataModule(data_files=str(f), cache_dir=str(tmp_path))

@@ -1,0 +1,91 @@
+"""Checkpoint files: written atomically, read with a one-line error, checked for non-finite weights.
+
+A run is left alone for days; a kill, a preemption or a full disk in the middle of a save must leave
+the previous checkpoint where it was, not a truncated file that the next resume trips over. And a
+checkpoint whose weights are NaN must never be exported or fine-tuned as if it were a model.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from datamodules.cache import open_atomic
+from experiments.errors import CorruptCheckpoint
+
+_WHAT_TO_DO = ("delete it to start over (or to resume from an earlier checkpoint with --ckpt_path), "
+               "or pass a complete checkpoint")
+
+
+def _corrupt(path: str | os.PathLike, why: str) -> CorruptCheckpoint:
+    return CorruptCheckpoint(f"checkpoint {str(path)!r} is truncated or not a checkpoint ({why}): {_WHAT_TO_DO}")
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> Path:
+    """A quick check, before any data is built, that ``path`` is a complete checkpoint file: it exists
+    and its zip directory (torch's format since 1.6) is intact; a truncated file fails here."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} not found: pass a .ckpt file written by isoflop pretrain")
+    if path.stat().st_size == 0:
+        raise _corrupt(path, "the file is empty")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as err:
+            raise _corrupt(path, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+    else:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] != b"\x80":  # neither a zip archive nor a (legacy) pickle
+            raise _corrupt(path, "not a zip archive or a pickle")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool | None = False) -> dict:
+    """``torch.load`` of a checkpoint, with a one-line :class:`CorruptCheckpoint` naming the file
+    instead of torch's ``PytorchStreamReader`` traceback when it is truncated or not a checkpoint."""
+    path = check_checkpoint_file(path)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        raise _corrupt(path, str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from None
+    if not isinstance(checkpoint, dict):
+        raise _corrupt(path, f"it holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
+    return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, writing every local checkpoint to a temporary name in the same
+    directory and renaming it into place (``datamodules.cache.open_atomic``), and turning an unreadable
+    checkpoint into one line naming the file. Remote paths (``s3://`` ...) keep Lightning's own writer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with open_atomic(path) as f:
+            torch.save(checkpoint, f)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        location = map_location if map_location is not None else (lambda storage, loc: storage)
+        return load_checkpoint(path, map_location=location, weights_only=weights_only)
+
+
+def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """``name (k of n values NaN or infinite)`` of the first floating-point tensor with a non-finite
+    value, or None when all are finite."""
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                return f"{name} ({bad} of {tensor.numel()} values NaN or infinite)"
+    return None

@@ -1,0 +1,146 @@
+"""isoflop's own errors, and the one way the command reports a failure: one line and an exit code.
+
+Exit codes of every ``isoflop`` command:
+
+- 0: done;
+- 1: a runtime failure (a non-finite loss, an I/O error such as a full disk during a run);
+- 2: a usage error (bad arguments, configuration or input files), found before any compute is spent;
+- 128 + N: stopped by signal N (SIGINT 130, SIGUSR1 138, SIGTERM 143), with a checkpoint to resume
+  from when one was taken: rerunning the same command resumes. A non-zero code tells a scheduler
+  the job did not finish, so it is requeued instead of counted as done.
+
+The message is one line, ``isoflop <command>: error: ...``; ``--debug`` anywhere on the command line
+or ``ISOFLOP_DEBUG=1`` re-raises instead, with the traceback. Exceptions that are not listed here
+(programming errors) keep their traceback. This module is pure Python: the command line uses it
+before torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+
+class UsageError(ValueError):
+    """A mistake in what the user gave (an option, a configuration, a file): exit code 2."""
+
+
+class CorruptCheckpoint(UsageError):
+    """A checkpoint file that cannot be read (truncated, not a checkpoint)."""
+
+
+class RunError(RuntimeError):
+    """A run that started and failed (exit code 1); the message says what is kept."""
+
+
+class NonFiniteError(RunError):
+    """A non-finite loss or gradient norm stopped training."""
+
+
+class Preempted(BaseException):
+    """A signal (SIGTERM, SIGINT, SIGUSR1) stopped the command at a safe point.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it.
+    ``step`` and ``checkpoint`` say how far a pre-training got and where it can resume from."""
+
+    def __init__(self, signum: int, step: int | None = None, checkpoint: str | None = None):
+        super().__init__(signum, step, checkpoint)
+        self.signum, self.step, self.checkpoint = int(signum), step, checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        where = f" at step {self.step}" if self.step is not None else ""
+        saved = f"; checkpoint {self.checkpoint}" if self.checkpoint else ""
+        return f"stopped by {name}{where}{saved}; rerun the same command to resume"
+
+
+# Usage errors: what the user gave was wrong; nothing was computed. (FileNotFoundError and the other
+# OSError subclasses here name a path the user gave; any other OSError is a runtime I/O failure.)
+_USAGE = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+          argparse.ArgumentError)
+_USAGE_NAMES = ("MisconfigurationException",)  # Lightning's, matched by name: this module imports no Lightning
+
+
+def exit_code(err: BaseException) -> int | None:
+    """The exit code of an error the command reports in one line; None for one it re-raises."""
+    if isinstance(err, Preempted):
+        return err.exit_code
+    if isinstance(err, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    if isinstance(err, _USAGE) or any(c.__name__ in _USAGE_NAMES for c in type(err).__mro__):
+        return 2
+    if isinstance(err, (RunError, OSError)):
+        return 1
+    return None
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line (whitespace runs, newlines included, become one space)."""
+    return " ".join(str(text).split())
+
+
+def report(command: str, err: BaseException) -> str:
+    """The line ``isoflop <command>`` prints for ``err``."""
+    if isinstance(err, Preempted):
+        return f"isoflop {command}: {err}"
+    if isinstance(err, KeyboardInterrupt):
+        return f"isoflop {command}: interrupted (SIGINT)"
+    text = one_line(err) or type(err).__name__
+    if isinstance(err, OSError) and not isinstance(err, _USAGE) and err.filename and str(err.filename) not in text:
+        text += f" ({err.filename})"
+    return f"isoflop {command}: error: {text}"
+
+
+def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    """Whether ``--debug`` is on the command line (anywhere) or ``ISOFLOP_DEBUG`` is set; ``argv`` without it."""
+    env = os.environ.get("ISOFLOP_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    return env or "--debug" in argv, [a for a in argv if a != "--debug"]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` (one line, exit 2) instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _raise_preempted(signum, frame) -> None:
+    raise Preempted(signum)
+
+
+_raise_preempted.isoflop = True  # so the training callback knows it is not a handler to chain
+
+
+def handled_signals() -> list[int]:
+    """The signals that stop a command cleanly. SIGUSR1 is left alone inside a SLURM job: there it is
+    the warning signal of Lightning's auto-requeue, whose handler Lightning installs only where none is."""
+    signals = [signal.SIGTERM, signal.SIGINT]
+    if hasattr(signal, "SIGUSR1") and not os.environ.get("SLURM_JOB_ID"):
+        signals.append(signal.SIGUSR1)
+    return signals
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """While the block runs, SIGTERM, SIGINT and SIGUSR1 raise :class:`Preempted` wherever the command
+    is (data building, validation, fine-tuning). Pre-training replaces these handlers while it trains
+    (:class:`experiments.callbacks.Preemption`), to stop at a step boundary with a checkpoint instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in handled_signals()}
+    for s in previous:
+        signal.signal(s, _raise_preempted)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)

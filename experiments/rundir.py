@@ -1,0 +1,143 @@
+"""A run's directory: its name, what it holds, and whether a command continues it, finds it finished,
+or must refuse it.
+
+Rerunning the same command resumes: without ``--run_dir`` a run lives in
+``runs/<objective>-<size>-<hash>``, the hash of its resolved configuration less the settings that do
+not change what it trains (:data:`RUN_CONTROL`). In the directory:
+
+- ``run.json``: the configuration the run was started with (its identity and its length);
+- ``checkpoints/last.ckpt``: where an unfinished run resumes from;
+- ``result.json``: written once the run has finished (:class:`experiments.pretrain.RunResult`); a rerun
+  then reports it and trains nothing.
+
+A directory started with another configuration is refused, naming the settings that differ. A changed
+length (``trainer.max_steps``, ``trainer.max_epochs``, ``flops_budget``) is refused too, unless
+``--reschedule true`` (see :class:`experiments.resume.ScheduleKeeper`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datamodules.cache import write_atomic
+from experiments.checkpoints import check_checkpoint_file
+from experiments.errors import UsageError
+
+# Settings that say how a run is run, not what it trains: left out of its name and identity.
+RUN_CONTROL = ("run_dir", "ckpt_path", "wandb", "wandb_group", "checkpoint_every", "skip_nonfinite", "reschedule",
+               "config", "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.default_root_dir",
+               "trainer.logger", "data.num_workers", "data.num_proc", "data.cache_dir")
+# Settings that say how long it trains: part of its name, not of its identity.
+LENGTH = ("trainer.max_steps", "trainer.max_epochs", "flops_budget")
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"trainer": {"max_steps": 3}}`` -> ``{"trainer.max_steps": 3}`` (lists and other values kept whole)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _without(flat: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in names)}
+
+
+def _digest(flat: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def identity(dumped: dict) -> dict[str, Any]:
+    """What a run trains, whatever its length (flattened)."""
+    return _without(flatten(dumped), RUN_CONTROL + LENGTH)
+
+
+def length(dumped: dict) -> dict[str, Any]:
+    flat = flatten(dumped)
+    return {k: flat.get(k) for k in LENGTH}
+
+
+def default_name(dumped: dict, objective: str) -> str:
+    """``<objective>-<size>-<8 hex>``: the same configuration always names the same directory."""
+    size = flatten(dumped).get("model.init_args.size") or ""
+    return f"{objective.lower()}-{size}-{_digest(_without(flatten(dumped), RUN_CONTROL))[:8]}"
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path} is unreadable ({err}): delete it (it is rewritten) and rerun") from None
+
+
+def _describe(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k.split('.', 1)[-1] if k.startswith('trainer.') else k} {v}" for k, v in values.items()
+                     if v is not None)
+
+
+@dataclass
+class Plan:
+    """What a command does with a run directory: report ``finished`` (the saved result), or train,
+    resuming from ``checkpoint`` when there is one."""
+
+    finished: dict | None
+    checkpoint: Path | None
+
+
+def plan(run_dir: Path, dumped: dict, ckpt_path: str | None, reschedule: bool) -> Plan:
+    """Check ``run_dir`` against the configuration and decide; one-line UsageErrors for a mismatch."""
+    info = _read(run_dir / "run.json")
+    if info is not None:
+        ours, theirs = identity(dumped), info.get("identity", {})
+        changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if changed:
+            what = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in changed[:3])
+            raise UsageError(f"{run_dir} holds a run of another configuration ({what}"
+                             f"{'; ...' if len(changed) > 3 else ''}): give another --run_dir, or the run's settings")
+        if info.get("length") != length(dumped) and not reschedule:
+            raise UsageError(f"{run_dir} was started with {_describe(info.get('length', {}))}; this command asks for "
+                             f"{_describe(length(dumped))}: pass --reschedule true to continue to the new length (the "
+                             "learning rate then decays linearly to 0 at the new end), or keep the old one")
+    result = _read(run_dir / "result.json")
+    if result is not None and result.get("length") == length(dumped) and ckpt_path is None:
+        return Plan(finished=result, checkpoint=None)
+    if result is not None and ckpt_path is None and info is not None and info.get("length") == result.get("length"):
+        raise UsageError(f"{run_dir} finished its schedule ({_describe(result['length'])}): its learning rate is 0, so "
+                         "a rescheduled continuation would train at 0; start a new run (another --run_dir)")
+    checkpoint = Path(ckpt_path) if ckpt_path else _latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        check_checkpoint_file(checkpoint)
+    return Plan(finished=None, checkpoint=checkpoint)
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    """``checkpoints/last.ckpt``, or Lightning's SLURM ``hpc_ckpt_<n>.ckpt`` in the run directory when that
+    is newer (the requeue handler saved it and the job ended before the step boundary)."""
+    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    existing = [p for p in candidates if p.is_file()]
+    return max(existing, key=lambda p: p.stat().st_mtime_ns) if existing else None
+
+
+def write_run_info(run_dir: Path, dumped: dict) -> None:
+    """``run.json``: the identity and length this run is trained with (rewritten when rescheduled)."""
+    info = {"identity": identity(dumped), "length": length(dumped), "config": dumped}
+    write_atomic(run_dir / "run.json", json.dumps(info, indent=2, default=str) + "\n")
+
+
+def write_result(run_dir: Path, result: dict, dumped: dict) -> None:
+    write_atomic(run_dir / "result.json", json.dumps({**result, "length": length(dumped)}, indent=2) + "\n")
+
+
+def read_result(run_dir: str | os.PathLike) -> dict | None:
+    """A finished run's saved result (``result.json``), or None."""
+    return _read(Path(run_dir) / "result.json")

@@ -1,0 +1,217 @@
+"""Every mistake in a command costs one line: a table of bad inputs across pretrain, export, flops,
+finetune, compare and sweep, each checked for its exit code, a one-line message that names the option
+or file, no traceback, nothing already written changed, and (all but a few) nothing built."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.cli import main
+
+P = ["pretrain", "--config", "tiny"]
+SMALL = ["--trainer.max_steps", "2", "--wandb", "false", "--trainer.enable_progress_bar", "false",
+         "--data.max_documents", "200", "--trainer.limit_val_batches", "1"]
+C = ["compare", "--config", "tiny", "--out_dir", "{ws}/cmp"]
+
+# (id, argv, exit code, what the one line must contain). {ws}: the workspace, the command's working directory.
+CASES = [
+    ("unknown-objective", P + ["--model", "objectives.NoSuchThing"], 2, "available: objectives."),
+    ("option-typo", P + ["--trainer.max_stepz", "3"], 2, "did you mean --trainer.max_steps"),
+    ("not-an-int", P + ["--data.batch_size", "abc"], 2, "--data.batch_size: expected int"),
+    ("batch-size-0", P + ["--data.batch_size", "0"], 2, "--data.batch_size must be at least 1"),
+    ("checkpoint-every-0", P + ["--checkpoint_every", "0"], 2, "--checkpoint_every must be at least 1"),
+    ("budget-below-one-step", P + ["--flops_budget", "1"], 2, "--flops_budget 1 (1.000e+00 FLOPs) is less than one"),
+    ("budget-not-a-number", P + ["--flops_budget", "lots"], 2, "'lots'"),
+    ("budget-unknown-preset", P + ["--flops_budget", "nope:10"], 2, "preset 'nope' not found"),
+    ("unknown-preset", ["pretrain", "--config", "nope"], 2, "preset 'nope' not found"),
+    ("yaml-typo", ["pretrain", "--config", "{ws}/typo.yaml"], 2, "'sise'; did you mean size? (see isoflop pretrain --help)"),
+    ("yaml-broken", ["pretrain", "--config", "{ws}/broken.yaml"], 2, "broken.yaml line"),
+    ("model-setting-typo", P + ["--model.init_args.sizee", "tiny"], 2, "--model.init_args.sizee"),
+    ("model-size", P + ["--model.init_args.size", "huge"], 2, "--model.init_args.size: "),
+    ("nested-not-a-float", P + ["--model", "objectives.ReplacedTokenDetection", "--model.init_args.generator_hidden_fraction",
+                                "x"], 2, "--model.init_args.generator_hidden_fraction: expected float or null"),
+    ("vocab-twice", P + ["--model.init_args.vocab_size", "512"], 2, "--data.vocab_size"),
+    ("empty-jsonl", P + ["--data.data_files", "{ws}/empty.jsonl"], 2, "empty.jsonl: the file is empty"),
+    ("binary-text", P + ["--data.data_files", "{ws}/binary.txt"], 2, "binary.txt line 3: not UTF-8"),
+    ("malformed-jsonl", P + ["--data.data_files", "{ws}/malformed.jsonl"], 2, "malformed.jsonl line 2: not valid JSON"),
+    ("blank-corpus", P + ["--data.data_files", "{ws}/blank.txt"], 2, "blank.txt: every line is blank"),
+    ("no-such-files", P + ["--data.data_files", "{ws}/nope/*.txt"], 2, "no data file matches"),
+    ("no-text-column", P + ["--data.data_files", "{ws}/nocol.jsonl"], 2, "nocol.jsonl: no column 'text'"),
+    ("not-parquet", P + ["--data.data_files", "{ws}/bad.parquet"], 2, "bad.parquet: not a Parquet file"),
+    ("seq-above-positions", P + ["--data.max_seq_length", "128"], 2, "max_seq_length 128 exceeds"),
+    # found only when the data is loaded, inside the run: the run directory made for it is removed again
+    ("hub-dataset-offline", P + SMALL + ["--data.dataset", "nope/nothing", "--run_dir", "{ws}/hubrun"], 2,
+     "could not load dataset 'nope/nothing'"),
+    ("ckpt-missing", P + ["--ckpt_path", "{ws}/missing.ckpt"], 2, "missing.ckpt' not found"),
+    ("ckpt-truncated", P + ["--ckpt_path", "{ws}/truncated.ckpt"], 2, "truncated.ckpt' is truncated"),
+    ("resume-truncated", P + SMALL + ["--run_dir", "{ws}/broken-run"], 2, "broken-run/checkpoints/last.ckpt' is truncated"),
+    ("skip-nonfinite-negative", P + ["--skip_nonfinite", "-1"], 2, "--skip_nonfinite must be 0 or more"),
+    ("bad-convention", P + ["--flops_convention", "nope"], 2, "--flops_convention: unknown FLOPs convention 'nope'"),
+    ("not-a-bool", P + ["--wandb", "maybe"], 2, "--wandb: expected bool"),
+    ("missing-value", P + ["--trainer.max_steps"], 2, "--trainer.max_steps: expected one argument"),
+    ("resume-longer", P + SMALL[2:] + ["--trainer.max_steps", "5", "--run_dir", "{ws}/okrun"], 2,
+     "max_steps 2; this command asks for max_steps 5: pass --reschedule true"),
+    ("resume-other-config", P + SMALL + ["--model.init_args.mask_prob", "0.2", "--run_dir", "{ws}/okrun"], 2,
+     "another configuration (model.init_args.mask_prob: None there, 0.2 here)"),
+    ("export-missing", ["export", "{ws}/nope.ckpt", "{ws}/out"], 2, "nope.ckpt' not found"),
+    ("export-into-file", ["export", "{ws}/okrun/checkpoints/last.ckpt", "{ws}/some-file.txt"], 2, "some-file.txt' is a file"),
+    ("export-truncated", ["export", "{ws}/truncated.ckpt", "{ws}/out"], 2, "truncated.ckpt' is truncated"),
+    ("export-nan", ["export", "{ws}/nan.ckpt", "{ws}/out"], 2, "non-finite weights (model."),
+    ("export-foreign", ["export", "{ws}/foreign.ckpt", "{ws}/out"], 2, "not an isoflop checkpoint"),
+    ("export-nonempty", ["export", "{ws}/okrun/checkpoints/last.ckpt", "{ws}/export"], 2, "export' exists and is not empty"),
+    ("export-no-args", ["export"], 2, "the following arguments are required: checkpoint, out_dir"),
+    ("flops-negative", ["flops", "--preset", "tiny", "--steps", "-10", "--batch", "0", "--seq", "8"], 2,
+     "argument --steps: must be at least 1, got -10"),
+    ("flops-seq", ["flops", "--preset", "tiny", "--steps", "10", "--batch", "1", "--seq", "100000"], 2,
+     "--seq 100000 exceeds the preset's max_position_embeddings 64"),
+    ("flops-preset", ["flops", "--preset", "nope", "--steps", "1", "--batch", "1", "--seq", "8"], 2, "preset 'nope'"),
+    ("flops-convention", ["flops", "--preset", "tiny", "--steps", "1", "--batch", "1", "--seq", "8", "--convention",
+                          "x"], 2, "argument --convention: invalid choice"),
+    ("finetune-local-typo", ["finetune", "--encoder", "runs/nope", "--tasks", "offline"], 2,
+     "encoder directory 'runs/nope' not found"),
+    ("finetune-glue-offline", ["finetune", "--encoder", "{ws}/export", "--tasks", "mrpc"], 2,
+     "offline (HF_DATASETS_OFFLINE=1); pass local files with --data_dir"),
+    ("finetune-unknown-task", ["finetune", "--encoder", "{ws}/export", "--tasks", "mrcp"], 2, "unknown task 'mrcp'"),
+    ("finetune-nan-encoder", ["finetune", "--encoder", "{ws}/nan-export", "--tasks", "offline"], 2, "non-finite weights"),
+    ("finetune-no-seeds", ["finetune", "--encoder", "{ws}/export", "--seeds", "0"], 2, "seeds"),
+    ("finetune-option-typo", ["finetune", "--encodr", "x"], 2, "--encodr"),
+    ("finetune-data-dir", ["finetune", "--encoder", "{ws}/export", "--tasks", "mrpc", "--data_dir", "{ws}/nope"], 2,
+     "nope' is not a directory"),
+    ("compare-task-typo", C + ["--tasks", "mrcp"], 2, "unknown task 'mrcp'"),
+    ("compare-objective", C + ["--objectives", "[objectives.Nope]"], 2, "unknown objective 'objectives.Nope'"),
+    ("compare-budget", C + ["--budget", "1"], 2, "--budget 1 (1.000e+00 FLOPs) is less than one training step"),
+    ("compare-batch", C + ["--data.batch_size", "0"], 2, "--data.batch_size must be at least 1"),
+    ("compare-glue-offline", C + ["--tasks", "mrpc"], 2, "--data_dir"),
+    ("compare-seeds", C + ["--seeds", "0"], 2, "--seeds must be at least 1"),
+    ("compare-option-typo", C + ["--budget_stepz", "3"], 2, "did you mean --budget_steps"),
+    ("sweep-unknown", ["sweep", "nope"], 2, "sweep 'nope' not found"),
+    ("sweep-part", ["sweep", "{ws}/part.yaml"], 2, "unknown part(s) grids"),
+    ("sweep-grid-key", ["sweep", "{ws}/key.yaml"], 2, "no objective of the grid takes 'mask_rate'"),
+    ("sweep-bad-run", ["sweep", "{ws}/batch.yaml", "--out_dir", "{ws}/sw"], 2, "--data.batch_size must be at least 1"),
+    ("sweep-no-args", ["sweep"], 2, "the following arguments are required: grid_file"),
+    ("unknown-command", ["pretrian"], 2, "unknown command 'pretrian'"),
+]
+
+
+def _write_inputs(ws: Path) -> None:
+    (ws / "typo.yaml").write_text("model:\n  class_path: objectives.MaskedLM\n  init_args:\n    sise: tiny\n")
+    (ws / "broken.yaml").write_text("model:\n  class_path: objectives.MaskedLM\n  bad: [\n")
+    (ws / "empty.jsonl").write_text("")
+    (ws / "binary.txt").write_bytes(b"hello world\nsecond line\n\xff\xfe bad\n")
+    (ws / "malformed.jsonl").write_text('{"text": "a b c"}\n{"text": "x" oops}\n')
+    (ws / "blank.txt").write_text("\n\n   \n\n")
+    (ws / "nocol.jsonl").write_text('{"body": "some text"}\n')
+    (ws / "bad.parquet").write_text("not parquet")
+    (ws / "some-file.txt").write_text("keep me\n")
+    (ws / "runs").mkdir()
+    (ws / "part.yaml").write_text("grids: {objective: [objectives.MaskedLM]}\n")
+    (ws / "key.yaml").write_text("config: tiny\ngrid: {objective: [objectives.MaskedLM], mask_rate: [0.1]}\n")
+    (ws / "batch.yaml").write_text("config: tiny\npretrain: {data: {batch_size: 0}}\ngrid: {objective: [objectives.MaskedLM]}\n")
+
+
+def _write_checkpoints(ws: Path) -> None:
+    """A good run and export, and broken copies: truncated, NaN, foreign."""
+    assert main(P + SMALL + ["--run_dir", str(ws / "okrun")]) == 0
+    good = ws / "okrun" / "checkpoints" / "last.ckpt"
+    assert main(["export", str(good), str(ws / "export")]) == 0
+    data = good.read_bytes()
+    (ws / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    broken = ws / "broken-run" / "checkpoints"
+    broken.mkdir(parents=True)
+    (broken / "last.ckpt").write_bytes(data[: len(data) // 3])
+    checkpoint = torch.load(good, weights_only=False)
+    name = next(k for k, v in checkpoint["state_dict"].items() if v.is_floating_point())
+    checkpoint["state_dict"][name] = torch.full_like(checkpoint["state_dict"][name], float("nan"))
+    torch.save(checkpoint, ws / "nan.ckpt")
+    torch.save({"state_dict": {}}, ws / "foreign.ckpt")
+    from safetensors.torch import load_file, save_file
+
+    nan_export = ws / "nan-export"
+    subprocess.run(["cp", "-r", str(ws / "export"), str(nan_export)], check=True)
+    weights_file = next(nan_export.glob("*.safetensors"))
+    weights = load_file(weights_file)
+    first = next(iter(weights))
+    weights[first] = torch.full_like(weights[first], float("nan"))
+    save_file(weights, weights_file)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, cache_dir, one_thread):
+    ws = tmp_path_factory.mktemp("ws")
+    _write_inputs(ws)
+    _write_checkpoints(ws)
+    return ws
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with a hash of its content, and every directory."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """An empty isoflop cache: a case that built any data (corpus, tokenizer) would leave it there."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("ISOFLOP_CACHE", str(cache))
+    return cache
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_costs_one_line(case, workspace, empty_cache, monkeypatch, capsys):
+    _, argv, code, needle = case
+    argv = [a.replace("{ws}", str(workspace)) for a in argv]
+    monkeypatch.chdir(workspace)
+    before = snapshot(workspace)
+    assert main(argv) == code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    command = argv[0] if argv[0] in ("pretrain", "export", "flops", "finetune", "compare", "sweep") else None
+    assert lines[0].startswith(f"isoflop {command}: error: " if command else "isoflop: error: "), lines[0]
+    assert needle.replace("{ws}", str(workspace)) in lines[0], lines[0]
+    assert snapshot(workspace) == before  # nothing written, changed or deleted (no run directory either)
+    assert set(os.listdir(empty_cache)) <= {"checked-files"}  # no corpus, tokenizer or packed data was built
+
+
+def test_cases_cover_every_command():
+    commands = {c[1][0] for c in CASES}
+    assert {"pretrain", "export", "flops", "finetune", "compare", "sweep"} <= commands and len(CASES) >= 30
+
+
+ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.parametrize("argv", [["flops", "--preset", "tiny", "--steps", "-10", "--batch", "0", "--seq", "8"],
+                                  ["pretrain", "--config", "tiny", "--trainer.max_stepz", "3"]], ids=["flops", "pretrain"])
+def test_real_process_prints_one_line_and_exits_2(argv, cache_dir):
+    """In a real process: the exit status, and nothing else on stderr (no warnings, no usage text)."""
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", *argv], capture_output=True, text=True, timeout=120,
+                          env={**ENV, "ISOFLOP_CACHE": str(cache_dir)})
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(f"isoflop {argv[0]}: error: "), proc.stderr
+
+
+def test_debug_shows_the_traceback(monkeypatch):
+    """``--debug`` anywhere, or ISOFLOP_DEBUG=1, re-raises the error instead of the one line."""
+    with pytest.raises(ValueError, match="--seq 100000"):
+        main(["flops", "--preset", "tiny", "--steps", "1", "--batch", "1", "--seq", "100000", "--debug"])
+    monkeypatch.setenv("ISOFLOP_DEBUG", "1")
+    with pytest.raises(ValueError, match="--checkpoint_every"):
+        main(["pretrain", "--config", "tiny", "--checkpoint_every", "0"])
+
+
+def test_result_of_the_ok_run_is_recorded(workspace):
+    """The fixture's run finished: result.json holds its RunResult, and rerunning reports it without training."""
+    result = json.loads((workspace / "okrun" / "result.json").read_text())
+    assert result["finished"] and result["steps"] == 2
