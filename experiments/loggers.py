@@ -158,7 +158,7 @@ class AppendingCSVLogger(CSVLogger):
     """Lightning's CSVLogger, continuing ``metrics.csv`` across resumes instead of truncating it
     (:class:`_AppendingWriter`). Rows logged after a run's last checkpoint by a leg that then crashed
     are logged again by the resumed leg; readers keep the last row of each step
-    (:func:`experiments.compare.validation_curve` does)."""
+    (:func:`experiments.results.validation_curve` does)."""
 
     @property
     @rank_zero_experiment
