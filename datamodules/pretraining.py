@@ -9,7 +9,8 @@ not leave examples mostly padding. Each example also carries ``special_tokens_ma
 whole words; the datamodule never masks anything itself.
 
 Tokenisation and packing go through ``datasets.map`` (batched, multi-process, cached under an
-explicit fingerprint of source, tokenizer and settings), so a second run reuses the cache.
+explicit fingerprint of source, tokenizer and settings), so a second run reuses the cache; or, with
+``streaming=True``, happen on the fly in the loader's workers (``datamodules.streaming``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader
 from datamodules.cache import default_cache_dir
 from datamodules.files import check_data_files
 from datamodules.sampler import ResumableSampler
+from datamodules.streaming import PackedStream, StreamTracker, source_of, training_documents, validation_examples
 from datamodules.synthetic import SyntheticSource, SyntheticSpec, is_synthetic, synthetic_tokenizer
 from datamodules.tokenizer import cached_wordpiece, load_tokenizer, tokenizer_hash
 
@@ -147,14 +149,18 @@ class Packer:
         return ids, words
 
 
-def collate(examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
-    """Pad a list of packed examples to the longest (rounded up to a multiple of 8, for tensor cores).
+def collate(examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int = 8,
+            length: int | None = None) -> dict[str, Any]:
+    """Pad a list of packed examples to ``length``, or to the longest (rounded up to a multiple of 8, for
+    tensor cores).
 
     Returns (B, L) tensors: input_ids, token_type_ids, attention_mask (long), special_tokens_mask
-    (bool) and word_ids (long, -1 for special tokens and padding; unique per word within a row).
+    (bool) and word_ids (long, -1 for special tokens and padding; unique per word within a row); and,
+    when the examples carry them, ``example_id`` (B,) and the stream position of the last example
+    (``stream_position``, which the datamodule takes off before the batch reaches the model).
     """
     lengths = [len(e["input_ids"]) for e in examples]
-    L_ = -(-max(lengths) // pad_to_multiple_of) * pad_to_multiple_of
+    L_ = length if length is not None else -(-max(lengths) // pad_to_multiple_of) * pad_to_multiple_of
     B = len(examples)
     input_ids = np.full((B, L_), pad_token_id, dtype=np.int64)
     token_type_ids = np.zeros((B, L_), dtype=np.int64)
@@ -171,13 +177,36 @@ def collate(examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_o
         lone = w == -2
         w[lone] = w.max(initial=-1) + 1 + np.arange(lone.sum())
         word_ids[i, :n] = w
-    return {
+    batch: dict[str, Any] = {
         "input_ids": torch.from_numpy(input_ids),
         "token_type_ids": torch.from_numpy(token_type_ids),
         "attention_mask": torch.from_numpy(attention_mask),
         "special_tokens_mask": torch.from_numpy(special),
         "word_ids": torch.from_numpy(word_ids),
     }
+    if "example_id" in examples[0]:
+        batch["example_id"] = torch.tensor([e["example_id"] for e in examples], dtype=torch.long)
+    if "stream_position" in examples[-1]:
+        batch["stream_position"] = examples[-1]["stream_position"]
+    return batch
+
+
+class Indexed(torch.utils.data.Dataset):
+    """A map-style dataset whose examples also carry their index (``example_id``): which examples a rank
+    trained on can be told from its batches."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "example_id": index}
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        rows = self.dataset.__getitems__(indices)
+        return [{**row, "example_id": i} for row, i in zip(rows, indices)]
 
 
 class PretrainingDataModule(L.LightningDataModule):
@@ -197,7 +226,7 @@ class PretrainingDataModule(L.LightningDataModule):
         vocab_size: size of the trained tokenizer's vocabulary (must equal the encoder's).
         lowercase: lower-case and strip accents before WordPiece (the paper's uncased setting).
         max_seq_length: longest example in tokens, [CLS] and [SEP]s included.
-        batch_size: examples per device per step (the global batch is this x devices x accumulation).
+        batch_size: examples per device per step (the global batch is this x devices x nodes x accumulation).
         val_fraction: share of documents held out for validation when the source has no validation split.
         max_val_examples: cap on validation examples (validation then costs little beside training).
         short_seq_prob: share of examples packed to a random shorter length.
@@ -208,6 +237,13 @@ class PretrainingDataModule(L.LightningDataModule):
         cache_dir: where the corpus, tokenizers and packed data are cached (default ``$ISOFLOP_CACHE``
             or ``~/.cache/isoflop``).
         max_documents: use only the first N training documents (quick experiments).
+        streaming: read the source as a stream (``datamodules.streaming``): tokenised and packed on the fly in
+            the loader's workers, split by rank and worker, resumable; for corpora larger than the machine.
+            Training then has no epochs: it ends at ``max_steps`` or the FLOPs budget.
+        sample_documents: streaming: the first N training documents train the tokenizer (when none is
+            given); at most this many documents are read for the validation examples.
+        shuffle_buffer: streaming: documents are shuffled in a buffer of this size, seeded by ``seed`` and
+            the pass over the stream (0: the source's order).
     """
 
     def __init__(
@@ -230,6 +266,9 @@ class PretrainingDataModule(L.LightningDataModule):
         num_proc: int | None = None,
         cache_dir: str | None = None,
         max_documents: int | None = None,
+        streaming: bool = False,
+        sample_documents: int = 100_000,
+        shuffle_buffer: int = 10_000,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs its whole resolved configuration instead
@@ -243,6 +282,13 @@ class PretrainingDataModule(L.LightningDataModule):
             raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
         if dataset is not None and data_files is not None:
             raise ValueError("give either dataset or data_files, not both")
+        if sample_documents < 1:
+            raise ValueError(f"sample_documents must be at least 1, got {sample_documents}")
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be 0 or more, got {shuffle_buffer}")
+        if streaming and is_synthetic(dataset):
+            raise ValueError("streaming reads a text source; a synthetic dataset is generated in memory: drop "
+                             "--data.streaming")
         # A synthetic source is parsed (and a bad one refused) now; it has its own tokenizer.
         self.synthetic = SyntheticSource(SyntheticSpec.parse(dataset)) if is_synthetic(dataset) else None
         if self.synthetic is not None and tokenizer is not None:
@@ -255,6 +301,9 @@ class PretrainingDataModule(L.LightningDataModule):
             fmt = _FORMATS[Path(self.data_files[0]).suffix.lower()]
             check_data_files(self.data_files, fmt, text_column, self.cache_dir)
         self._resume: dict | None = None  # where the next training epoch starts (resume_at)
+        self.stream_source = None  # streaming: a datamodules.streaming.StreamSource
+        self.holdout_every: int | None = None  # streaming without a validation split: every k-th document
+        self.tracker = StreamTracker()  # streaming: positions of the consumed training batches
         self.train_sampler: ResumableSampler | None = None
         self._tokenizer = None
         self.fingerprint: dict[str, Any] = {}
@@ -326,6 +375,9 @@ class PretrainingDataModule(L.LightningDataModule):
         if hp.tokenizer is not None:
             self._tokenizer = load_tokenizer(hp.tokenizer)
             return
+        if hp.streaming:
+            self._stream_tokenizer()
+            return
         if train_docs is None:
             train_docs, _, source_fp = self._load_documents()
         column = hp.text_column
@@ -344,6 +396,38 @@ class PretrainingDataModule(L.LightningDataModule):
             hp.lowercase, length=len(train_docs),
         )
 
+    def _stream_tokenizer(self) -> None:
+        """A WordPiece trained on the first ``sample_documents`` training documents of the stream (cached)."""
+        hp, source = self.hparams, self._stream_source()
+
+        def texts():
+            for n, (_, text) in enumerate(training_documents(source, self.holdout_every, hp.max_documents)):
+                if n >= hp.sample_documents:
+                    return
+                yield text
+
+        key = {"source": source.fingerprint(), "streaming": {"sample": hp.sample_documents,
+                                                             "holdout_every": self.holdout_every,
+                                                             "max_documents": hp.max_documents}}
+        self._tokenizer = cached_wordpiece(texts, key, self.cache_dir, hp.vocab_size, hp.lowercase,
+                                           length=hp.sample_documents)
+
+    def _stream_source(self):
+        """The stream's source, opened once here to find whether it has a validation split (else every
+        ``round(1 / val_fraction)``-th document is held out)."""
+        if self.stream_source is None:
+            hp = self.hparams
+            fmt = _FORMATS[Path(self.data_files[0]).suffix.lower()] if self.data_files else None
+            source = source_of(hp, self.data_files, fmt, self.cache_dir)
+            try:
+                has_validation = source.open("validation") is not None
+            except Exception as err:  # datasets raises many types; all mean "could not get it"
+                raise ValueError(f"could not open {source.name or source.kind!r} as a stream: "
+                                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+            self.holdout_every = None if has_validation else max(2, round(1 / hp.val_fraction))
+            self.stream_source = source
+        return self.stream_source
+
     def tokenizer_vocab_size(self) -> int:
         """The vocabulary size the tokenizer will have, known without training it."""
         if self.hparams.tokenizer is None:
@@ -361,7 +445,7 @@ class PretrainingDataModule(L.LightningDataModule):
         fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
         if (hp.num_proc or 1) > 1:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers each tokenise
-        packer = Packer(tok, hp.text_column, hp.max_seq_length, hp.short_seq_prob, hp.single_segment_prob, hp.seed)
+        packer = self._packer()
         return docs.map(
             packer,
             batched=True,
@@ -377,6 +461,9 @@ class PretrainingDataModule(L.LightningDataModule):
         if self.synthetic is not None:
             self._build_synthetic()
             return
+        if self.hparams.streaming:
+            self._build_streaming()
+            return
         train_docs, val_docs, source_fp = self._load_documents()
         if self._tokenizer is None:
             self._prepare_tokenizer(train_docs, source_fp)
@@ -388,6 +475,24 @@ class PretrainingDataModule(L.LightningDataModule):
         self.val_dataset = val
         if len(self.train_dataset) == 0:
             raise ValueError("the training data produced no examples: is the text column empty?")
+
+    def _packer(self) -> Packer:
+        hp = self.hparams
+        return Packer(self.tokenizer, hp.text_column, hp.max_seq_length, hp.short_seq_prob, hp.single_segment_prob,
+                      hp.seed)
+
+    def _build_streaming(self) -> None:
+        """The stream (packed on the fly in the loader's workers) and the materialised validation examples."""
+        hp = self.hparams
+        source = self._stream_source()
+        packer = self._packer()
+        self.fingerprint = {**source.fingerprint(), "streaming": True}
+        val = validation_examples(source, packer, self.holdout_every, hp.max_val_examples, hp.sample_documents)
+        if not val:
+            raise ValueError("the stream gives no validation example: is the text column empty?")
+        self.val_dataset = val
+        self.train_dataset = PackedStream(source, packer, self.holdout_every, hp.shuffle_buffer, hp.seed,
+                                          hp.max_documents)
 
     def _build_synthetic(self) -> None:
         """Examples drawn from the synthetic source: disjoint seeds for training and validation."""
@@ -425,6 +530,11 @@ class PretrainingDataModule(L.LightningDataModule):
     def _collate(self, examples):
         return collate(examples, self.tokenizer.pad_token_id)
 
+    def _train_collate(self, examples):
+        # Training batches are always max_seq_length long: every rank's batch has one shape, so the FLOPs
+        # of a step are known on every rank without asking the others (experiments.callbacks.FlopsBudget).
+        return collate(examples, self.tokenizer.pad_token_id, length=self.hparams.max_seq_length)
+
     def resume_at(self, state: dict) -> None:
         """Start the next training loader at a saved position (:meth:`ResumableSampler.load_state_dict`):
         a resumed run reads the batch it would have read next, not the epoch's first ones."""
@@ -432,30 +542,80 @@ class PretrainingDataModule(L.LightningDataModule):
         if self.train_sampler is not None:
             self.train_sampler.load_state_dict(self._resume)
 
+    def _layout(self) -> tuple[int, int, int]:
+        """(rank, world size, batches per optimiser step) of the trainer this datamodule serves."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1, 1
+        accumulate = trainer.accumulate_grad_batches if isinstance(trainer.accumulate_grad_batches, int) else 1
+        return trainer.global_rank, trainer.world_size, accumulate
+
     def train_dataloader(self) -> DataLoader:
         # A seeded order per epoch, split across ranks by the sampler itself (pre-training runs with
         # use_distributed_sampler=False), resumable mid-epoch. The loader's own generator only seeds
         # workers; being private, creating an iterator takes nothing from the global RNG.
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if self.hparams.streaming:
+            return self._stream_loader()
+        rank, world, accumulate = self._layout()
         hp = self.hparams
-        self.train_sampler = ResumableSampler(len(self.train_dataset), hp.batch_size, hp.seed, rank, world)
+        self.train_sampler = ResumableSampler(len(self.train_dataset), hp.batch_size, hp.seed, rank, world, accumulate)
         if len(self.train_sampler) == 0:
-            raise ValueError(f"the training data has {len(self.train_dataset)} examples, fewer than one global batch "
-                             f"({hp.batch_size} x {world} ranks): lower --data.batch_size or add data")
+            raise ValueError(f"the training data has {len(self.train_dataset)} examples, fewer than one optimiser step "
+                             f"({hp.batch_size} x {world} ranks x {accumulate} accumulated): lower --data.batch_size "
+                             "or add data")
         if self._resume is not None:
             self.train_sampler.load_state_dict(self._resume)
             self._resume = None
         return DataLoader(
-            self.train_dataset,
+            Indexed(self.train_dataset),
             batch_size=hp.batch_size,
             sampler=self.train_sampler,
             drop_last=True,
             generator=torch.Generator().manual_seed(hp.seed),
-            collate_fn=self._collate,
+            collate_fn=self._train_collate,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
         )
+
+    def _stream_loader(self) -> DataLoader:
+        """The stream of this rank, its workers dealt its slots (rotated to continue a resumed run)."""
+        rank, world, _ = self._layout()
+        hp = self.hparams
+        stream = self.train_dataset
+        stream.rank, stream.world_size = rank, world
+        self.tracker.resume(stream, hp.num_workers)
+        if hp.num_workers > 0:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # each worker tokenises
+        return DataLoader(stream, batch_size=hp.batch_size, collate_fn=self._train_collate, num_workers=hp.num_workers,
+                          generator=torch.Generator().manual_seed(hp.seed))
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # Called on the batch the training loop is about to train on (not on batches prefetched ahead).
+        if isinstance(batch, dict) and "stream_position" in batch:
+            self.tracker.consumed(batch.pop("stream_position"))
+        return batch
+
+    def state_dict(self) -> dict:
+        """Streaming: every rank's stream positions (gathered: every rank saves a checkpoint together)."""
+        if not self.hparams.streaming:
+            return {}
+        _, world, _ = self._layout()
+        state = self.tracker.state(world, self.hparams.num_workers)
+        states = [state]
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * world
+            torch.distributed.all_gather_object(states, state)
+        return {"stream": states}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not self.hparams.streaming or "stream" not in state_dict:
+            return
+        rank, world, _ = self._layout()
+        states = state_dict["stream"]
+        if len(states) != world:
+            raise ValueError(f"the checkpoint's stream was read by {len(states)} process(es), this run has {world}: "
+                             "resume a streaming run on the same number of processes")
+        self.tracker.load(states[rank], world, self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         # A private generator: validating takes nothing from the global RNG that training draws masks from.

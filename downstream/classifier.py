@@ -211,8 +211,12 @@ class SequenceClassification(L.LightningModule):
         self.spec = get_task(task)
         self.encoder = load_encoder(encoder)
         # from_pretrained returns the model in eval mode, and Lightning keeps each module's mode:
-        # without this, fine-tuning would run with the encoder's dropout switched off.
-        self.encoder.train()
+        # without this, fine-tuning would run with the encoder's dropout switched off. A probe's
+        # encoder stays frozen and in eval mode: fixed features, only the head trains.
+        if self.spec.probe:
+            self.encoder.requires_grad_(False)
+        else:
+            self.encoder.train()
         hidden = self.encoder.config.hidden_size
         self.dropout = nn.Dropout(classifier_dropout)
         self.classifier = nn.Linear(hidden, self.spec.num_labels)
@@ -228,7 +232,8 @@ class SequenceClassification(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``(B, num_labels)`` (``(B, 1)`` for regression) from a tokenised batch."""
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        hidden = self.encoder(**inputs).last_hidden_state  # (B, T, H)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.spec.probe):
+            hidden = self.encoder(**inputs).last_hidden_state  # (B, T, H)
         cls = hidden[:, 0]  # (B, H): the [CLS] position
         return self.classifier(self.dropout(cls))  # (B, num_labels)
 

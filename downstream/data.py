@@ -53,7 +53,7 @@ class TaskDataModule(L.LightningDataModule):
         """
         Args:
             encoder: Checkpoint directory (or hub name) whose tokenizer is used: ``AutoTokenizer.from_pretrained(encoder)``.
-            task: A GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or an offline one (docpkg, docpair).
+            task: A GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or an offline one (docpkg, docpkg-probe, docpair).
             data_dir: Local GLUE files (hub column names): ``data_dir/<task>/train.tsv`` and ``validation.tsv``
                 (or ``dev``; MNLI ``validation_matched``/``validation_mismatched``); tsv, csv, json, jsonl or
                 parquet. None loads ``nyu-mll/glue`` from the Hugging Face hub.
@@ -111,7 +111,7 @@ class TaskDataModule(L.LightningDataModule):
             return self._raw
         spec = self.spec
         if spec.group == "offline":
-            built = load_offline_task(spec.name, cache_dir=self.cache_dir)
+            built = load_offline_task(spec.dataset, cache_dir=self.cache_dir)
             raw = {split: built[split] for split in self.splits()}
         elif self.data_files or self.data_dir:
             raw = load_local_task(spec, self.data_dir, self.data_files)

@@ -1,16 +1,40 @@
-"""``isoflop bench``: training-step throughput of each objective (``isoflop bench --size small``).
+"""``isoflop bench``: each objective's training step against the same step written plainly with
+transformers' classes, side by side, in one run (``isoflop bench --size small``).
 
-Times the real training step (``compute`` + backward + AdamW) on random full-length batches, after
-warm-up, and prints tokens/s, ms/step and achieved FLOP/s (``actual`` convention, i.e. what the step
-multiplies). Speed lives here, not in tests. On CUDA it synchronises only around the timed block.
+*isoflop*: the real training step as Lightning runs it, less Lightning's own overhead (logging,
+callbacks, the non-finite check): ``objective.compute``, backward, gradient clipping, the
+objective's own optimiser (``configure_optimizers``: AdamW and its schedule) and ``zero_grad``.
+
+*plain*: the step as users write it by hand, where there is one (:data:`PLAIN_LOOPS`), on the same
+batch, sizes and optimiser settings: MaskedLM against ``BertForMaskedLM`` of the encoder's shape;
+ReplacedTokenDetection (and Electra15) against an ``ElectraForMaskedLM`` generator sharing the
+``ElectraForPreTraining`` discriminator's embeddings, full-vocabulary logits at every position
+with labels -100 where nothing is masked, Gumbel sampling at the masked positions, and
+``gen loss + 50 x disc loss``. Both mask per batch on the device, as ``DataCollatorForLanguageModeling``
+does, and use ``torch.optim.AdamW`` with a linear schedule.
+
+Rounds are interleaved (isoflop, plain, isoflop, plain, ...) after warm-up, so machine noise hits
+both sides; each side's figure is the median over rounds. GFLOP/s counts the *objective's* analytic
+training FLOPs (``actual`` convention) for both sides, so the ratio of GFLOP/s, like that of tokens/s,
+is a speed ratio; each side's own matmul FLOPs per step are printed too. MFU divides by the device's
+peak (:func:`experiments.throughput.peak_flops`). Speed is measured here, not in tests.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import os
+import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+
+from experiments import errors
+
+WARMUP_STEPS = 2  # steps per side before timing: allocator, kernels, and any compilation
 
 
 def random_batch(batch: int, seq: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -29,62 +53,364 @@ def random_batch(batch: int, seq: int, vocab: int, device: torch.device) -> dict
     }
 
 
-def bench(name: str, size: str, batch: int, seq: int, vocab: int, steps: int, device: torch.device,
-          dtype: torch.dtype | None) -> dict:
+@dataclass
+class Side:
+    """One side of a comparison: a training step to time, and its measurements."""
+
+    label: str
+    step: Callable[[], None]
+    own_flops: float  # the matmul FLOPs this side's step really runs
+    seconds: list[float] = field(default_factory=list)  # per round
+    peak_bytes: int = 0
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _finish_step(loss: torch.Tensor, params: list[nn.Parameter], optimizer, scheduler, clip: float) -> None:
+    """Backward, clip, step, schedule, zero: the tail every training loop shares."""
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def isoflop_step(model, data: dict, dtype: torch.dtype | None) -> Callable[[], None]:
+    """The objective's training step, with its own optimiser and schedule (``configure_optimizers``)."""
+    model.scheduled_steps = 1_000_000  # what a budget would set; the schedule needs a length
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    clip = model.hparams.max_grad_norm
+
+    def step() -> None:
+        with _autocast(model.device, dtype):
+            loss = model.compute(data, None)["loss"]
+        _finish_step(loss, params, optimizer, scheduler, clip)
+
+    return step
+
+
+def _plain_optimizer(model, modules: list[nn.Module]):
+    """``torch.optim.AdamW`` over every parameter (shared ones once), with the objective's settings and
+    transformers' linear warmup schedule: what a hand-written loop uses."""
+    from transformers import get_linear_schedule_with_warmup
+
+    params = list({id(p): p for m in modules for p in m.parameters()}.values())
+    hp = model.hparams
+    optimizer = torch.optim.AdamW(params, lr=model.learning_rate, betas=tuple(hp.adam_betas), eps=hp.adam_eps,
+                                  weight_decay=hp.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 10_000, 1_000_000)
+    return params, optimizer, scheduler
+
+
+def _plain_mask(ids: torch.Tensor, data: dict, mask_prob: float, mask_id: int, vocab: int, keep: float,
+                random: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``DataCollatorForLanguageModeling``'s masking, on the device: Bernoulli(mask_prob) over non-special,
+    non-pad tokens; of those, a share ``random`` gets a random token, ``keep`` stays, the rest become
+    [MASK]. Returns the inputs, the chosen positions and the labels (-100 where not chosen)."""
+    prob = torch.full(ids.shape, mask_prob, device=ids.device)
+    prob.masked_fill_(data["special_tokens_mask"].bool() | ~data["attention_mask"].bool(), 0.0)
+    chosen = torch.bernoulli(prob).bool()
+    u = torch.rand(ids.shape, device=ids.device)
+    inputs = ids.masked_fill(chosen & (u < 1 - keep - random), mask_id)
+    if random:
+        noise = torch.randint(vocab, ids.shape, device=ids.device)
+        inputs = torch.where(chosen & (u >= 1 - random), noise, inputs)
+    return inputs, chosen, ids.masked_fill(~chosen, -100)
+
+
+def plain_bert_step(model, data: dict, dtype: torch.dtype | None) -> tuple[Callable[[], None], nn.Module]:
+    """``BertForMaskedLM`` of the objective's encoder shape (BERT has no factorised embeddings, so its
+    embedding width is the hidden width), full-vocabulary logits, labels -100 where unmasked."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    s, hp = model.shape, model.hparams
+    config = BertConfig(vocab_size=model.vocab_size, hidden_size=s.hidden_size, num_hidden_layers=s.num_layers,
+                        num_attention_heads=s.num_heads, intermediate_size=s.intermediate_size,
+                        max_position_embeddings=hp.max_position_embeddings, hidden_dropout_prob=hp.dropout,
+                        attention_probs_dropout_prob=hp.dropout, type_vocab_size=2)
+    config._attn_implementation = "sdpa"
+    bert = BertForMaskedLM(config).to(model.device)
+    params, optimizer, scheduler = _plain_optimizer(model, [bert])
+    ids, mask_id = data["input_ids"], int(model.mask_token_id)
+
+    def step() -> None:
+        inputs, _, labels = _plain_mask(ids, data, model.mask_prob, mask_id, model.vocab_size, keep=0.1, random=0.1)
+        with _autocast(ids.device, dtype):
+            loss = bert(input_ids=inputs, attention_mask=data["attention_mask"],
+                        token_type_ids=data["token_type_ids"], labels=labels).loss
+        _finish_step(loss, params, optimizer, scheduler, hp.max_grad_norm)
+
+    return step, bert
+
+
+def plain_electra_step(model, data: dict, dtype: torch.dtype | None) -> tuple[Callable[[], None], nn.Module]:
+    """ELECTRA as users write it: an ``ElectraForMaskedLM`` generator of the paper's width sharing the
+    ``ElectraForPreTraining`` discriminator's embeddings, full-vocabulary generator logits everywhere
+    (labels -100 where unmasked), Gumbel-max sampling at the masked positions, and
+    ``gen loss + disc_weight x disc loss`` (Electra15: the disc loss on the masked positions only)."""
+    import torch.nn.functional as F
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+    from objectives.electra15 import Electra15
+
+    gen = ElectraForMaskedLM(model.encoder_config(model.generator_shape)).to(model.device)
+    disc = ElectraForPreTraining(model.encoder_config()).to(model.device)
+    gen.electra.embeddings = disc.electra.embeddings
+    gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
+    pair = nn.ModuleList([gen, disc])
+    params, optimizer, scheduler = _plain_optimizer(model, [pair])
+    hp, ids, mask_id = model.hparams, data["input_ids"], int(model.mask_token_id)
+    masked_only = isinstance(model, Electra15)
+    am, tt = data["attention_mask"], data["token_type_ids"]
+
+    def step() -> None:
+        inputs, chosen, labels = _plain_mask(ids, data, model.mask_prob, mask_id, model.vocab_size, keep=0.15, random=0)
+        with _autocast(ids.device, dtype):
+            out = gen(input_ids=inputs, attention_mask=am, token_type_ids=tt, labels=labels)
+            with torch.no_grad():
+                logits = out.logits[chosen].float()
+                noise = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-9, 1 - 1e-9)))
+                generated = ids.clone()
+                generated[chosen] = (logits + noise).argmax(-1)
+            disc_logits = disc(input_ids=generated, attention_mask=am, token_type_ids=tt).logits
+            scored = chosen if masked_only else am.bool()
+            disc_loss = F.binary_cross_entropy_with_logits(disc_logits[scored].float(),
+                                                           (generated != ids)[scored].float())
+            loss = out.loss + hp.disc_weight * disc_loss
+        _finish_step(loss, params, optimizer, scheduler, hp.max_grad_norm)
+
+    return step, pair
+
+
+def plain_flops(model, batch: int, seq: int) -> float:
+    """The matmul FLOPs of the plain step (``actual`` convention): its MLM head runs on every position,
+    and BERT's embedding width is its hidden width."""
+    from dataclasses import replace
+
+    from objectives.flops import disc_head_flops, encoder_flops, mlm_head_flops
+    from objectives.mlm import MaskedLM
+
+    V = model.vocab_size
+    if isinstance(model, MaskedLM):
+        bert = replace(model.shape, embedding_size=model.shape.hidden_size)
+        return 3 * (encoder_flops(bert, V, seq, "actual", batch) + batch * mlm_head_flops(bert, V, seq, "actual"))
+    gen, disc = model.generator_shape, model.shape
+    forward = encoder_flops(gen, V, seq, "actual", batch) + batch * mlm_head_flops(gen, V, seq, "actual")
+    forward += encoder_flops(disc, V, seq, "actual", batch) + batch * disc_head_flops(disc, seq, "actual")
+    return 3 * forward
+
+
+def plain_loop(model) -> Callable | None:
+    """The hand-written counterpart of an objective's step, or None where users have none to write:
+    MaskedLM, and ReplacedTokenDetection and Electra15 (not MLMPlusRTD, whose discriminator also
+    predicts tokens, nor the objectives without a detector). Subclasses that change the step are
+    left out too: the plain loop must do the same job."""
+    from objectives.electra15 import Electra15
+    from objectives.mlm import MaskedLM
+    from objectives.rtd import ReplacedTokenDetection
+
+    if model.family.name != "electra" or getattr(model, "uniform_generator", False):
+        return None
+    kind = type(model)
+    if kind is MaskedLM:
+        return plain_bert_step
+    if kind in (ReplacedTokenDetection, Electra15) and model.embedding_sharing == "embeddings":
+        return plain_electra_step
+    return None
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    from experiments.throughput import reset_peak_rss
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_peak_rss()
+
+
+def _peak_bytes(device: torch.device) -> int:
+    from experiments.throughput import peak_rss_bytes
+
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+
+
+def time_round(side: Side, steps: int, device: torch.device) -> None:
+    """``steps`` steps of one side, timed between device synchronisations, with its peak memory."""
+    _synchronize(device)
+    _reset_peak(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        side.step()
+    _synchronize(device)
+    side.seconds.append(time.perf_counter() - start)
+    side.peak_bytes = max(side.peak_bytes, _peak_bytes(device))
+
+
+def build_sides(name: str, args, device: torch.device, dtype: torch.dtype | None) -> tuple[object, list[Side]]:
+    """The objective at the asked size on a random batch, and its sides: isoflop's step, and the plain
+    loop where there is one (both compiled with ``--compile``)."""
+    from experiments.throughput import compile_networks
     from objectives import resolve
 
     torch.manual_seed(0)
-    model = resolve(name)(size=size, vocab_size=vocab, max_position_embeddings=max(512, seq))
+    model = resolve(name)(size=args.size, vocab_size=args.vocab, max_position_embeddings=max(512, args.seq))
     model.configure_model()
     model = model.to(device)
     model.mask_token_id.fill_(4)  # any id outside the data's [10, vocab) range
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    data = random_batch(batch, seq, vocab, device)
+    data = random_batch(args.batch, args.seq, args.vocab, device)
+    if args.compile:
+        compile_networks(model)
+    sides = [Side("isoflop", isoflop_step(model, data, dtype), model.flops_per_batch(args.batch, args.seq, "actual"))]
+    plain = plain_loop(model)
+    if plain is not None:
+        step, networks = plain(model, data, dtype)
+        if args.compile:
+            compile_networks(networks)
+        sides.append(Side("plain", step, plain_flops(model, args.batch, args.seq)))
+    return model, sides
 
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = model.compute(data, None)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(3):  # warm-up: allocator, kernels
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    flops = model.flops_per_batch(batch, seq, "actual")
-    return {"objective": name, "ms_per_step": 1000 * seconds, "tokens_per_s": batch * seq / seconds,
-            "tflops_per_s": flops / seconds / 1e12, "gflops_per_step": flops / 1e9}
+def bench_objective(name: str, args, device: torch.device, dtype: torch.dtype | None) -> tuple[float, list[Side]]:
+    """Warm up every side, then ``args.rounds`` interleaved timed rounds of ``args.steps`` steps each.
+    Returns the objective's training FLOPs per step and the measured sides."""
+    model, sides = build_sides(name, args, device, dtype)
+    warmup = WARMUP_STEPS + (1 if args.compile else 0)
+    for side in sides:
+        for _ in range(warmup):
+            side.step()
+    for _ in range(args.rounds):
+        for side in sides:
+            time_round(side, args.steps, device)
+    return model.flops_per_batch(args.batch, args.seq, "actual"), sides
+
+
+HEADER = (f"{'objective':<24}{'step':<9}{'tokens/s':>9}{'range':>12}{'ms/step':>9}{'own GFLOP':>10}{'GFLOP/s':>9}"
+          f"{'MFU':>7}{'peak GB':>9}{'vs plain':>10}")
+
+
+def table_rows(name: str, flops: float, sides: list[Side], args, peak: float) -> list[str]:
+    """Two lines per objective (isoflop, plain), figures the median over rounds; the ratio is isoflop's
+    tokens/s over plain's (the speed-up), ``--`` where there is no plain loop."""
+    tokens = args.batch * args.seq * args.steps
+    medians = [statistics.median(s.seconds) for s in sides]
+    rows = []
+    for i, (side, seconds) in enumerate(zip(sides, medians)):
+        rates = sorted(tokens / s for s in side.seconds)
+        ratio = "" if i else (f"{medians[1] / medians[0]:.2f}x" if len(sides) > 1 else "--")
+        rows.append(f"{(name if i == 0 else ''):<24}{side.label:<9}{tokens / seconds:>9.0f}"
+                    f"{f'{rates[0]:.0f}-{rates[-1]:.0f}':>12}{1000 * seconds / args.steps:>9.0f}"
+                    f"{side.own_flops / 1e9:>10.1f}{flops * args.steps / seconds / 1e9:>9.1f}"
+                    f"{flops * args.steps / seconds / peak:>7.1%}{side.peak_bytes / 1e9:>9.2f}{ratio:>10}")
+    return rows
+
+
+def _peak(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (FLOP/s, e.g. 989e12)") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None):
+    """The command line, every mistake a one-line :class:`~experiments.errors.UsageError`, checked
+    before any model is built."""
+    from objectives.encoder import ElectraFamily
+
+    parser = errors.ArgumentParser(prog="isoflop bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="small", choices=list(ElectraFamily.sizes), help="encoder size (ELECTRA's)")
+    parser.add_argument("--batch", type=errors.positive_int, default=16, help="sequences per step")
+    parser.add_argument("--seq", type=errors.positive_int, default=128, help="tokens per sequence")
+    parser.add_argument("--vocab", type=errors.positive_int, default=30522, help="vocabulary size")
+    parser.add_argument("--steps", type=errors.positive_int, default=2, help="timed steps per side per round")
+    parser.add_argument("--rounds", type=errors.positive_int, default=3, help="interleaved rounds (isoflop, plain, ...)")
+    parser.add_argument("--objectives", nargs="+", default=None, help="class names (default: every objective)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as --trainer.precision bf16-mixed")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks of both sides")
+    parser.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda or cuda:N")
+    parser.add_argument("--peak_flops", type=_peak, default=None, help="peak FLOP/s of the device, for MFU")
+    args = parser.parse_args(argv)
+    if args.seq < 8:
+        parser.error(f"argument --seq: must be at least 8 ([CLS] A [SEP] B [SEP] with words to mask), got {args.seq}")
+    if args.vocab < 16:
+        parser.error(f"argument --vocab: must be at least 16 (ids below 10 are special), got {args.vocab}")
+    return args
+
+
+def _device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise errors.UsageError(f"argument --device: unknown device {text!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise errors.UsageError(f"argument --device: {text!r}: isoflop bench runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise errors.UsageError(f"argument --device: {text!r}, but torch sees no CUDA device here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise errors.UsageError(f"argument --device: {text!r}, but there are {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def _objectives(names: list[str] | None) -> list[str]:
+    from objectives import discover, resolve
+
+    if not names:
+        return list(discover())
+    out = []
+    for name in names:
+        try:
+            out.append(resolve(name).__name__)
+        except ValueError as err:
+            raise errors.UsageError(f"argument --objectives: {err}") from None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    from objectives import discover
+    from experiments.throughput import peak_flops
 
-    parser = argparse.ArgumentParser(prog="isoflop bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="tiny", help="encoder size preset (tiny, small, base, large)")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--vocab", type=int, default=30522)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--objectives", nargs="*", default=list(discover()), help="objective class names")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args = parse_args(argv)
+    device, names = _device(args.device), _objectives(args.objectives)
     dtype = torch.bfloat16 if args.bf16 else None
-    print(f"device {device}, size {args.size}, batch {args.batch} x seq {args.seq}, vocab {args.vocab}, "
-          f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.steps} timed steps, torch threads {torch.get_num_threads()}")
-    print(f"{'objective':<24}{'ms/step':>10}{'tokens/s':>12}{'GFLOP/step':>12}{'TFLOP/s':>10}")
-    for name in args.objectives:
-        r = bench(name, args.size, args.batch, args.seq, args.vocab, args.steps, device, dtype)
-        print(f"{r['objective']:<24}{r['ms_per_step']:>10.1f}{r['tokens_per_s']:>12.0f}"
-              f"{r['gflops_per_step']:>12.2f}{r['tflops_per_s']:>10.3f}")
+    peak, source = peak_flops(device, dtype or torch.float32, args.peak_flops)
+    print(f"isoflop bench: {device}, torch threads {torch.get_num_threads()}, size {args.size}, batch {args.batch} x "
+          f"seq {args.seq}, vocab {args.vocab}, {'bf16 autocast' if args.bf16 else 'fp32'}"
+          f"{', torch.compile' if args.compile else ''}; {args.rounds} interleaved rounds of {args.steps} steps per "
+          f"side after {WARMUP_STEPS + bool(args.compile)} warm-up steps; load average {_load()}", flush=True)
+    print(f"peak {peak / 1e9:.1f} GFLOP/s for MFU ({source})", flush=True)
+    print(HEADER, flush=True)
+    for name in names:
+        flops, sides = bench_objective(name, args, device, dtype)
+        print("\n".join(table_rows(name, flops, sides, args, peak)), flush=True)
+    print(f"tokens/s: median over rounds (range: slowest-fastest round); GFLOP/s and MFU: the objective's training "
+          f"FLOPs (actual) per second, the same count for both sides; own GFLOP: what each side's step multiplies; "
+          f"peak GB: {'CUDA max allocated' if device.type == 'cuda' else 'process peak RSS'}; "
+          f"vs plain: isoflop's speed over the plain loop's. Load average at the end {_load()}.", flush=True)
     return 0
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 if __name__ == "__main__":

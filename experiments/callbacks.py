@@ -4,6 +4,7 @@ stop at a step boundary on a preemption signal, and the guard against non-finite
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import signal
 import threading
@@ -14,7 +15,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from experiments.errors import NonFiniteError, Preempted
+from experiments.errors import NonFiniteError, Preempted, RunError
 
 # What stops training at a step boundary (SIGUSR1: SLURM's warning before the end of a job's time).
 TRAINING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
@@ -22,13 +23,18 @@ TRAINING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT",
 
 class FlopsBudget(Callback):
     """Count training FLOPs over the global batch, log ``train/flops`` every step, and stop once a
-    budget is reached (the last step overshoots by less than one step). On several ranks the count
-    is each rank's batch shape x world size, and training stops after the steps the budget buys at
-    full-length batches (packed data is full length), so all ranks stop together without a collective.
+    budget is reached, after the optimiser step that reaches it (the last step overshoots by less than
+    one step; a budget never stops a step half-accumulated).
+
+    Every rank's training batches have one shape: ``PretrainingDataModule`` pads them to
+    ``max_seq_length`` and drops incomplete ones. A step on ``N`` ranks therefore costs ``N`` times this
+    rank's batch, on every rank the same number, so every rank holds the same exact global count and
+    stops at the same step without asking the others (no collective). A batch of another shape on
+    several ranks (a datamodule that pads to the longest example) would break that, and fails the run.
 
     The count is this callback's state, saved in every checkpoint, so a resumed run continues it. With
-    a budget, the learning-rate schedule spans the steps the budget buys at full-length batches, so
-    objectives of different step costs all finish their schedules.
+    a budget, the learning-rate schedule spans the steps the budget buys, so objectives of different
+    step costs all finish their schedules.
 
     Args:
         budget: training FLOPs to stop at (``None``: count only).
@@ -44,6 +50,7 @@ class FlopsBudget(Callback):
         self.budget = budget
         self.convention = convention
         self.total = 0.0  # a Python float: counting and the stop test never sync with the device
+        self._step_before = 0
 
     @property
     def state_key(self) -> str:
@@ -67,7 +74,7 @@ class FlopsBudget(Callback):
                            f"({pl_module.scheduled_steps} steps): the budget will not be reached")
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.budget is not None and self._budget_reached(trainer, pl_module):
+        if self.budget is not None and self.total >= self.budget:
             trainer.should_stop = True  # resumed from the run's last step: no step beyond the budget
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):  # FLOPs as the x-axis of every curve
@@ -78,22 +85,68 @@ class FlopsBudget(Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         # Each validation row carries the training FLOPs and tokens it was taken at (0 before training),
         # so curves against compute read one row, whatever step numbering the logger uses.
-        pl_module.log("train/flops", self.total, reduce_fx="max")
-        pl_module.log("train/tokens", pl_module.tokens_seen.double(), reduce_fx="max")
+        # (The same on every rank; sync_dist costs one small all-reduce per validation, and spares a warning.)
+        pl_module.log("train/flops", self.total, reduce_fx="max", sync_dist=True)
+        pl_module.log("train/tokens", pl_module.tokens_seen.double(), reduce_fx="max", sync_dist=True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._step_before = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         B, L = batch["input_ids"].shape  # shapes are host-side: no sync
+        if trainer.world_size > 1:
+            self._check_shape(trainer, B, L)
         self.total += pl_module.step_flops(B, L, self.convention) * trainer.world_size
         pl_module.log("train/flops", self.total, on_step=True, on_epoch=False, reduce_fx="max")
-        if self.budget is not None and self._budget_reached(trainer, pl_module):
+        stepped = trainer.global_step != self._step_before  # not in the middle of an accumulation
+        if self.budget is not None and stepped and self.total >= self.budget:
             trainer.should_stop = True
 
-    def _budget_reached(self, trainer, pl_module) -> bool:
-        if trainer.world_size == 1:
-            return self.total >= self.budget
-        # Ranks may pad their batches to different lengths, so their counts can differ; the step
-        # count the budget buys is the same everywhere, and stopping on it needs no collective.
-        return trainer.global_step >= pl_module.scheduled_steps
+    @staticmethod
+    def _check_shape(trainer, B: int, L: int) -> None:
+        data = getattr(trainer.datamodule, "hparams", {})
+        expected = (data.get("batch_size"), data.get("max_seq_length"))
+        if (B, L) != expected:
+            raise RunError(f"a training batch of {B} x {L} tokens on rank {trainer.global_rank}, where every rank's "
+                           f"are {expected[0]} x {expected[1]}: on several ranks the FLOPs count needs batches of "
+                           "one shape (PretrainingDataModule pads them to max_seq_length)")
+
+
+class StepSeeds(Callback):
+    """Seed torch's random-number generators before every training batch from ``(seed, step, index)``,
+    ``index`` being the batch's place in the optimiser step over all ranks (``micro-batch x world_size +
+    rank``).
+
+    The masks, the generator's samples and dropout of a batch are then a function of which batch of the
+    run it is, not of the history of one process's generator. Together with the sampler's dealing of
+    micro-batches (:class:`datamodules.sampler.ResumableSampler`), two ranks train exactly what one process
+    trains with ``accumulate_grad_batches=2`` (to float rounding: the gradient sums differ in order); a
+    resumed run needs no generator state to continue exactly; and validation, which draws from fixed
+    generators of its own, changes nothing. Any ``torch.Generator`` the objective keeps as an attribute
+    is seeded alike.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self._step: int | None = None
+        self._micro = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        self._micro = 0 if step != self._step else self._micro + 1
+        self._step = step
+        value = batch_seed(self.seed, step, self._micro * trainer.world_size + trainer.global_rank)
+        torch.manual_seed(value)
+        for generator in vars(pl_module).values():
+            if isinstance(generator, torch.Generator):
+                generator.manual_seed(value)
+
+
+def batch_seed(seed: int, step: int, index: int) -> int:
+    """A 63-bit seed for batch ``index`` of optimiser step ``step`` (a hash: nearby steps do not give
+    nearby seeds)."""
+    digest = hashlib.blake2b(f"{seed}:{step}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class RunSummary(Callback):
@@ -168,8 +221,12 @@ class Preemption(Callback):
     def _on_signal(self, chain, signum, frame) -> None:
         if self.received is None:
             self.received = signum
-            if getattr(self._launcher, "procs", None):  # ranks Lightning started: they stop at the same step
-                self._launcher.kill(signum)
+            # The ranks Lightning started (for this fit, or for the whole comparison): they stop at the same step.
+            from experiments.ranks import current
+
+            for proc in getattr(self._launcher, "procs", None) or current().procs:
+                if proc.poll() is None:
+                    proc.send_signal(signum)
         if chain is not None:
             chain(signum, frame)
 
@@ -210,8 +267,9 @@ class NonFiniteGuard(Callback):
     step that was about to be taken) and the components; the last good checkpoint stays as it was. With
     ``skip`` > 0 up to that many such steps are skipped instead (no update: the gradients are dropped;
     the step still counts for the schedule, the FLOPs and the tokens), each logged as
-    ``train/skipped_steps`` and printed. On several ranks the decision is taken on the gradient norm,
-    which is the same on every rank after the gradient all-reduce, so all ranks decide alike.
+    ``train/skipped_steps`` and printed. On several ranks all ranks decide alike: under DDP on the
+    gradient norm, the same on every rank after the gradient all-reduce; under FSDP and DeepSpeed, whose
+    ranks each hold part of the gradient, through one collective per step.
     """
 
     def __init__(self, skip: int = 0):
@@ -257,14 +315,23 @@ class NonFiniteGuard(Callback):
     @staticmethod
     def _decide(trainer, names: list[str], finite: list[bool]) -> bool:
         """Whether this step is bad; on several ranks every rank must decide alike: on the gradient
-        norm, the same on every rank after the all-reduce, or, where the GradScaler owns the gradient
-        test (fp16), through one collective (then one per step)."""
+        norm, the same on every rank after DDP's all-reduce, or, where the GradScaler owns the gradient
+        test (fp16) or the gradients are sharded (FSDP, DeepSpeed), through one collective (then one per
+        step)."""
         bad = not all(finite)
         if trainer.world_size == 1:
             return bad
-        if "gradient norm" in names:
+        if "gradient norm" in names and _replicated_gradients(trainer.strategy):
             return not finite[-1]
         return trainer.strategy.reduce_boolean_decision(bad, all=False)
+
+
+def _replicated_gradients(strategy) -> bool:
+    """Whether every rank holds the whole, all-reduced gradient (DDP), so its norm is the same everywhere;
+    under FSDP (and DeepSpeed, which keeps gradients to itself) each rank sees only its own part."""
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+    return isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy)
 
 
 def _logged_this_step(trainer) -> tuple[list[str], list]:

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from datamodules.cache import open_atomic
-from experiments.errors import CorruptCheckpoint
+from experiments.errors import CorruptCheckpoint, one_line
 
 _WHAT_TO_DO = ("delete it to start over (or to resume from an earlier checkpoint with --ckpt_path), "
                "or pass a complete checkpoint")
@@ -27,12 +27,29 @@ def _corrupt(path: str | os.PathLike, why: str) -> CorruptCheckpoint:
     return CorruptCheckpoint(f"checkpoint {str(path)!r} is truncated or not a checkpoint ({why}): {_WHAT_TO_DO}")
 
 
-def check_checkpoint_file(path: str | os.PathLike) -> Path:
-    """A quick check, before any data is built, that ``path`` is a complete checkpoint file: it exists
-    and its zip directory (torch's format since 1.6) is intact; a truncated file fails here."""
+def checkpoint_kind(path: str | os.PathLike) -> str | None:
+    """``file`` (one ``.ckpt`` file: DDP, one device, FSDP's default full state), ``sharded`` (a directory of
+    FSDP shards, Lightning's ``state_dict_type="sharded"``), ``deepspeed`` (a DeepSpeed directory), or None."""
     path = Path(path)
+    if path.is_file():
+        return "file"
+    if path.is_dir() and (path / "meta.pt").is_file():
+        return "sharded"
+    if path.is_dir() and ((path / "latest").is_file() or (path / "checkpoint").is_dir()):
+        return "deepspeed"
+    return None
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> Path:
+    """A quick check, before any data is built, that ``path`` is a complete checkpoint: a file whose zip
+    directory (torch's format since 1.6) is intact (a truncated file fails here), or a sharded FSDP or
+    DeepSpeed checkpoint directory."""
+    path = Path(path)
+    if checkpoint_kind(path) in ("sharded", "deepspeed"):
+        return path
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} not found: pass a .ckpt file written by isoflop pretrain")
+        raise FileNotFoundError(f"checkpoint {str(path)!r} not found: pass a .ckpt file (or a sharded checkpoint "
+                                "directory) written by isoflop pretrain")
     if path.stat().st_size == 0:
         raise _corrupt(path, "the file is empty")
     if zipfile.is_zipfile(path):
@@ -78,6 +95,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         location = map_location if map_location is not None else (lambda storage, loc: storage)
         return load_checkpoint(path, map_location=location, weights_only=weights_only)
+
+
+def consolidate(path: str | os.PathLike) -> dict:
+    """A checkpoint as one dictionary, whatever its kind: a sharded FSDP directory is gathered into full
+    tensors with Lightning's consolidation (``lightning.pytorch.utilities.consolidate_checkpoint``, on the
+    CPU, needing no process group), a DeepSpeed directory with Lightning's ZeRO conversion (which needs
+    DeepSpeed)."""
+    path = Path(path)
+    kind = checkpoint_kind(path)
+    if kind == "sharded":
+        from lightning.fabric.utilities.load import _load_distributed_checkpoint
+        from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
+
+        try:
+            return _format_checkpoint(_load_distributed_checkpoint(path))
+        except (RuntimeError, OSError, ValueError, KeyError) as err:
+            raise _corrupt(path, one_line(str(err).splitlines()[0] if str(err) else type(err).__name__)) from None
+    if kind == "deepspeed":
+        import importlib.util
+        import tempfile
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise CorruptCheckpoint(f"checkpoint {str(path)!r} is a DeepSpeed directory, and DeepSpeed is not installed: "
+                                    "pip install 'isoflop[deepspeed]' to read it")
+        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+        with tempfile.TemporaryDirectory() as tmp:
+            convert_zero_checkpoint_to_fp32_state_dict(str(path), str(Path(tmp) / "full.ckpt"))
+            return load_checkpoint(Path(tmp) / "full.ckpt")
+    return load_checkpoint(path)
 
 
 def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:

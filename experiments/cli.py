@@ -24,7 +24,6 @@ heavy: torch, Lightning, transformers and datasets are imported by the subcomman
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from experiments import errors
@@ -52,22 +51,12 @@ def export(argv: list[str]) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def flops(argv: list[str]) -> int:
     parser = errors.ArgumentParser(prog="isoflop flops", description="Training FLOPs of a preset, analytically.")
     parser.add_argument("--preset", required=True, help="a preset name (experiments/configs) or YAML file")
-    parser.add_argument("--steps", type=_positive, required=True, help="optimiser steps")
-    parser.add_argument("--batch", type=_positive, required=True, help="global batch (sequences per step)")
-    parser.add_argument("--seq", type=_positive, required=True, help="tokens per sequence")
+    parser.add_argument("--steps", type=errors.positive_int, required=True, help="optimiser steps")
+    parser.add_argument("--batch", type=errors.positive_int, required=True, help="global batch (sequences per step)")
+    parser.add_argument("--seq", type=errors.positive_int, required=True, help="tokens per sequence")
     parser.add_argument("--convention", default="actual", choices=("actual", "paper"),
                         help="actual: what runs, backward = 2 x forward (the default, as budgets); paper: ELECTRA's")
     args = parser.parse_args(argv)

@@ -79,6 +79,9 @@ RUN_OPTIONS: dict[str, tuple[Any, Any, str]] = {
                                "logged); one more stops the run. Default 0: the first one stops it."),
     "reschedule": (bool, False, "Resume with a changed max_steps or flops_budget: the learning rate decays linearly "
                                 "from its value at the resume point to 0 at the new end (else such a resume is refused)."),
+    "peak_flops": (float | None, None, "Peak FLOP/s of one device, for train/mfu (default: the vendor table of known "
+                                       "GPUs, else a measured matmul; see experiments.throughput)."),
+    "compile": (bool, False, "torch.compile the objective's Hugging Face backbones before the first step."),
 }
 
 
@@ -117,11 +120,12 @@ def parse(args: list[str] | dict | Namespace | None = None, base: Namespace | No
         raise argument_error(err, p) from None
 
 
-def parse_args(p, args: list[str]) -> Namespace:
-    """``p.parse_args(args)`` of a jsonargparse parser built with ``exit_on_error=False``, its errors as
-    one-line :class:`~experiments.errors.UsageError`\ s (:func:`argument_error`)."""
+def parse_args(p, args: list[str], namespace: Namespace | None = None) -> Namespace:
+    """``p.parse_args(args)`` of a jsonargparse parser built with ``exit_on_error=False`` (laid over
+    ``namespace`` when given), its errors as one-line :class:`~experiments.errors.UsageError`\ s
+    (:func:`argument_error`)."""
     try:
-        return p.parse_args(args)
+        return p.parse_args(args, namespace=namespace)
     except argparse.ArgumentError as err:
         raise argument_error(err, p) from None
 

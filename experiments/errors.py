@@ -67,6 +67,9 @@ class Preempted(BaseException):
 _USAGE = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
           argparse.ArgumentError)
 _USAGE_NAMES = ("MisconfigurationException",)  # Lightning's, matched by name: this module imports no Lightning
+# torch.distributed's errors when another rank is gone (its connection closed, a collective timed out): a
+# runtime failure of this rank, reported in one line; the rank that failed first prints its own.
+_RUN_NAMES = ("DistError", "DistBackendError", "DistNetworkError", "DistStoreError")
 
 
 def exit_code(err: BaseException) -> int | None:
@@ -77,9 +80,18 @@ def exit_code(err: BaseException) -> int | None:
         return 128 + signal.SIGINT
     if isinstance(err, _USAGE) or any(c.__name__ in _USAGE_NAMES for c in type(err).__mro__):
         return 2
-    if isinstance(err, (RunError, OSError)):
+    if isinstance(err, (RunError, OSError)) or lost_rank(err):
         return 1
     return None
+
+
+def lost_rank(err: BaseException) -> bool:
+    """Whether ``err`` is torch.distributed's news that another rank is gone (NCCL's DistBackendError, gloo's
+    RuntimeError "Connection closed by peer"): this rank's failure is then a consequence, not the cause."""
+    if any(c.__name__ in _RUN_NAMES for c in type(err).__mro__):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("gloo/" in text or "closed by peer" in text or "reset by peer" in text)
 
 
 def one_line(text: str) -> str:
@@ -88,15 +100,34 @@ def one_line(text: str) -> str:
 
 
 def report(command: str, err: BaseException) -> str:
-    """The line ``isoflop <command>`` prints for ``err``."""
+    """The line ``isoflop <command>`` prints for ``err`` (naming the rank, when it is not the first of a
+    job of several processes: which rank failed is what the reader of a job's log needs)."""
+    rank = process_rank()
+    prefix = f"isoflop {command}" + (f" (rank {rank})" if rank else "")
     if isinstance(err, Preempted):
-        return f"isoflop {command}: {err}"
+        return f"{prefix}: {err}"
     if isinstance(err, KeyboardInterrupt):
-        return f"isoflop {command}: interrupted (SIGINT)"
+        return f"{prefix}: interrupted (SIGINT)"
     text = one_line(err) or type(err).__name__
+    if lost_rank(err):
+        text = f"lost another rank of the job (it failed or was stopped: see its own error): {text[:300]}"
     if isinstance(err, OSError) and not isinstance(err, _USAGE) and err.filename and str(err.filename) not in text:
         text += f" ({err.filename})"
-    return f"isoflop {command}: error: {text}"
+    return f"{prefix}: error: {text}"
+
+
+def process_rank() -> str:
+    """This process's rank in a job of several, from the variables its launcher set (torchrun: ``RANK``;
+    SLURM: ``SLURM_PROCID``; a rank Lightning started: ``LOCAL_RANK``, and ``NODE_RANK`` on other nodes);
+    "" for the first process or a single one."""
+    env = os.environ
+    rank = env.get("RANK") or (env.get("SLURM_PROCID") if env.get("SLURM_NTASKS", "1") != "1" else None)
+    if rank is not None:
+        return "" if rank == "0" else rank
+    local, node = env.get("LOCAL_RANK", "0"), env.get("NODE_RANK", "0")
+    if node != "0":
+        return f"{local} of node {node}"
+    return "" if local == "0" else local
 
 
 def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
@@ -144,3 +175,14 @@ def signals_raise() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for a count of at least 1 (its error becomes the one-line usage message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -1,7 +1,10 @@
 """``isoflop export``: a Lightning checkpoint to Hugging Face ``save_pretrained`` directories.
 
 The checkpoint carries the objective's class path and its tokenizer (see
-``PretrainingObjective.on_save_checkpoint``), so export needs nothing but the file.
+``PretrainingObjective.on_save_checkpoint``), so export needs nothing but the file. A sharded checkpoint
+(FSDP's ``state_dict_type="sharded"``, a directory of shards; or a DeepSpeed directory) is consolidated
+into full tensors on the way (:func:`experiments.checkpoints.consolidate`), so the export is the same
+Hugging Face directories as that of the same weights saved as one file.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ def load_objective(checkpoint: str | os.PathLike):
     """The objective saved in a checkpoint, on the CPU, in eval mode. One-line errors for a missing,
     truncated or foreign file, and for weights that are NaN or infinite (a diverged run's): those are
     refused, never exported."""
-    from experiments.checkpoints import first_nonfinite, load_checkpoint
+    from experiments.checkpoints import checkpoint_kind, consolidate, first_nonfinite
     from objectives import resolve
 
     path = Path(checkpoint)
-    saved = load_checkpoint(path)
+    saved = consolidate(path)
     meta = saved.get("isoflop")
     if not meta or "class_path" not in meta:
         raise ValueError(f"{str(path)!r} is not an isoflop checkpoint (no 'isoflop' metadata): export needs one written by isoflop pretrain")
@@ -29,8 +32,16 @@ def load_objective(checkpoint: str | os.PathLike):
     if bad:
         raise ValueError(f"checkpoint {str(path)!r} has non-finite weights ({bad}): the run diverged; export an "
                          "earlier checkpoint")
-    module = resolve(meta["class_path"]).load_from_checkpoint(path, map_location="cpu")
-    return module.eval()
+    cls = resolve(meta["class_path"])
+    if checkpoint_kind(path) == "file":
+        return cls.load_from_checkpoint(path, map_location="cpu").eval()
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:  # the consolidated checkpoint, as the one file Lightning loads
+        torch.save(saved, Path(tmp) / "consolidated.ckpt")
+        return cls.load_from_checkpoint(Path(tmp) / "consolidated.ckpt", map_location="cpu").eval()
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> list[str]:

@@ -191,7 +191,7 @@ def finetune(
 
     Args:
         encoder: Checkpoint directory with its tokenizer (``isoflop export`` output or any ``save_pretrained`` dir).
-        tasks: ``glue`` (all GLUE tasks but WNLI), ``offline`` (docpkg, docpair), a task name, or a comma list.
+        tasks: ``glue`` (all GLUE tasks but WNLI), ``offline`` (the suite that measures pre-training: docpkg-probe, docpair), a task name, or a comma list.
         seeds: Number of fine-tuning seeds (0..n-1), or an explicit list of seeds.
         out_dir: Output directory; default ``runs/finetune/<encoder's last two path parts>``.
         data_dir: Local GLUE files (``<data_dir>/<task>/train.tsv``, ``validation.tsv``, hub column names);
@@ -283,7 +283,7 @@ def _run_one(
     """One fine-tuning run; returns every dev metric after training, in GLUE points."""
     L.seed_everything(seed, workers=True, verbose=False)  # head init, dropout and data order
     model = SequenceClassification(
-        encoder, task=spec.name, learning_rate=learning_rate, layerwise_lr_decay=layerwise_lr_decay,
+        encoder, task=spec.name, learning_rate=spec.learning_rate or learning_rate, layerwise_lr_decay=layerwise_lr_decay,
         weight_decay=weight_decay, warmup_fraction=warmup_fraction,
     )
     loggers = make_loggers(
@@ -309,6 +309,8 @@ def _run_one(
     with warnings.catch_warnings():
         # ELECTRA evaluates once, after training: fit gets no dev loader on purpose.
         warnings.filterwarnings("ignore", message=".*val_dataloader.*")
+        # A probe's encoder is in eval mode on purpose (frozen features): Lightning's warning says so.
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         trainer.fit(model, train_dataloaders=train_loader)
     trainer.validate(model, dataloaders=dm.val_dataloader(), verbose=False)
     metrics = {

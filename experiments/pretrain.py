@@ -81,11 +81,43 @@ def pretrain(config: Namespace | dict | list[str]) -> RunResult:
             os.environ.pop("ISOFLOP_RUN_DIR", None)
 
 
+def global_step_flops(cfg: Namespace, convention: str) -> float:
+    """Training FLOPs of one optimiser step over every rank: processes x accumulated batches x one rank's
+    batch of ``data.batch_size x data.max_seq_length`` (what :class:`~experiments.callbacks.FlopsBudget`
+    counts), averaged over the run for objectives whose step cost changes."""
+    from experiments.budget import step_flops
+    from experiments.ranks import processes
+
+    accumulate = cfg.trainer.accumulate_grad_batches if isinstance(cfg.trainer.accumulate_grad_batches, int) else 1
+    return processes(cfg.trainer) * accumulate * step_flops(cfg, convention, batch=cfg.data.batch_size)
+
+
+def check_strategy(cfg: Namespace) -> None:
+    """One-line errors, before any compute, for a strategy this machine cannot run: DeepSpeed without the
+    package, FSDP without CUDA (torch's FSDP needs an accelerator), or a launch that would run the job
+    several times over (:func:`experiments.ranks.check_launch`)."""
+    import importlib.util
+
+    from experiments.ranks import check_launch, strategy_name
+
+    name = strategy_name(cfg.trainer.strategy)
+    if "deepspeed" in name and importlib.util.find_spec("deepspeed") is None:
+        raise UsageError(f"--trainer.strategy {name} needs DeepSpeed, which is not installed: pip install "
+                         "'isoflop[deepspeed]' (on a machine with CUDA), or use --trainer.strategy ddp or fsdp")
+    if "fsdp" in name:
+        import torch
+
+        if str(cfg.trainer.accelerator) == "cpu" or not torch.cuda.is_available():
+            raise UsageError(f"--trainer.strategy {name} needs CUDA devices (torch's FSDP does not run on CPUs): "
+                             "use --trainer.strategy ddp here")
+    check_launch(cfg.trainer, "pretrain")
+
+
 def preflight(cfg: Namespace) -> float | None:
     """Every check of a configuration that needs no data and no compute (``isoflop compare`` runs it on
     each of its runs before the first pre-training); returns the FLOPs budget, if any."""
     from datamodules.pretraining import PretrainingDataModule
-    from experiments.budget import meta_objective, resolve_budget, step_flops
+    from experiments.budget import meta_objective, resolve_budget
     from experiments.checkpoints import check_checkpoint_file
     from objectives.flops import check_convention
 
@@ -94,6 +126,7 @@ def preflight(cfg: Namespace) -> float | None:
                          "(to write no checkpoints: --trainer.enable_checkpointing false)")
     if cfg.skip_nonfinite < 0:
         raise UsageError(f"--skip_nonfinite must be 0 or more, got {cfg.skip_nonfinite}")
+    check_strategy(cfg)
     with _option_prefix("--", {"flops_convention": cfg.flops_convention}):
         check_convention(cfg.flops_convention)
     with _option_prefix("--data.", dict(cfg.data)):
@@ -106,11 +139,11 @@ def preflight(cfg: Namespace) -> float | None:
     if cfg.flops_budget is None:
         return None
     budget = resolve_budget(cfg.flops_budget, cfg.flops_convention)
-    one_step = step_flops(cfg, cfg.flops_convention)
+    one_step = global_step_flops(cfg, cfg.flops_convention)
     if budget < one_step:
         raise UsageError(
             f"--flops_budget {cfg.flops_budget} ({budget:.3e} FLOPs) is less than one training step of "
-            f"{type(objective).__name__} ({one_step:.3e} FLOPs at batches of {cfg.data.batch_size} x "
+            f"{type(objective).__name__} ({one_step:.3e} FLOPs at a global batch of {rundir.global_batch(dump(cfg))} x "
             f"{cfg.data.max_seq_length} tokens, {cfg.flops_convention} convention): give at least {one_step:.3e}")
     return budget
 
@@ -133,16 +166,19 @@ def _option_prefix(prefix: str, names) -> Iterator[None]:
 
 def _pretrain(cfg: Namespace, run_dir: Path) -> RunResult:
     from experiments.callbacks import say
+    from experiments.ranks import current
 
     budget = preflight(cfg)
     dumped = dump(cfg)
-    plan = rundir.plan(run_dir, dumped, cfg.ckpt_path, cfg.reschedule)
+    world = current()  # the ranks of a comparison, when there are several: rank 0's view of the files decides
+    plan = world.broadcast(rundir.plan(run_dir, dumped, cfg.ckpt_path, cfg.reschedule) if world.is_zero else None)
     if plan.finished is not None:
         result = RunResult.from_json(plan.finished)
         say(f"[pretrain] {run_dir} finished before ({result.steps} steps): nothing to do")
         return result
     if plan.checkpoint is not None:
-        say(f"[pretrain] resuming from {plan.checkpoint}")
+        note = rundir.check_layout(run_dir, dumped)
+        say(f"[pretrain] resuming from {plan.checkpoint}" + (f" ({note})" if note else ""))
     created, state = not run_dir.exists(), {}
     try:
         return _train(cfg, run_dir, budget, plan.checkpoint, dumped, state)
@@ -194,22 +230,30 @@ def _trainer(cfg: Namespace, trainer_args: Namespace, run_dir: Path, budget: flo
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.plugins.io import CheckpointIO
 
-    from experiments.callbacks import DataFloors, FlopsBudget, NonFiniteGuard, Preemption, RunSummary
+    from experiments.callbacks import DataFloors, FlopsBudget, NonFiniteGuard, Preemption, RunSummary, StepSeeds
     from experiments.checkpoints import AtomicCheckpointIO
     from experiments.loggers import make_loggers
+    from experiments.ranks import strategy_name
     from experiments.resume import ResumeState, ScheduleKeeper
+    from experiments.throughput import performance_callbacks
 
     kwargs = dict(trainer_args)
     if kwargs.get("logger") in (None, True):
         kwargs["logger"] = make_loggers(run_dir, "csv", wandb=cfg.wandb, group=cfg.wandb_group, append=True)
     if budget is not None:
         kwargs.update(max_steps=-1, max_epochs=-1)  # the budget decides when training ends
+    if "deepspeed" in strategy_name(kwargs.get("strategy")) and kwargs.get("gradient_clip_val") is None:
+        # DeepSpeed clips inside its engine, from the Trainer's setting; the objective's own clip is a no-op there.
+        kwargs["gradient_clip_val"] = getattr(cfg.model.init_args, "max_grad_norm", 1.0)
     counter, summary = FlopsBudget(budget, cfg.flops_convention), RunSummary(cfg.flops_convention)
     checkpointing = kwargs.get("enable_checkpointing") is not False
     last = run_dir / "checkpoints" / "last.ckpt"
-    # The counter and the resume state first, the preemption stop last: checkpoints hold this step's state.
-    callbacks = [counter, ResumeState(), ScheduleKeeper(cfg.reschedule), NonFiniteGuard(cfg.skip_nonfinite), summary,
-                 DataFloors(), *(kwargs.get("callbacks") or []), Preemption(last if checkpointing else None)]
+    # The counter and the resume state first, the preemption stop last: checkpoints hold this step's state. The
+    # batch's seeds after the resume state, which may restore generator states first.
+    callbacks = [counter, ResumeState(), StepSeeds(cfg.seed_everything), ScheduleKeeper(cfg.reschedule),
+                 NonFiniteGuard(cfg.skip_nonfinite), summary, DataFloors(), *(kwargs.get("callbacks") or []),
+                 Preemption(last if checkpointing else None)]
+    callbacks[-1:-1] = performance_callbacks(cfg.peak_flops, cfg.compile)  # tokens/s, FLOP/s, MFU, memory; compile
     if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
         # Checkpoints beside the logs, with last.ckpt always there to resume from.
         callbacks.append(ModelCheckpoint(dirpath=last.parent, save_last=True, every_n_train_steps=cfg.checkpoint_every))

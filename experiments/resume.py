@@ -16,7 +16,6 @@ import random
 import numpy as np
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.utilities import rank_zero_warn
 
 from experiments.errors import UsageError
 
@@ -79,9 +78,8 @@ class ResumeState(Callback):
             states, self._pending = self._pending, None
             if len(states) == trainer.world_size:
                 _restore(pl_module, states[trainer.global_rank])
-            else:
-                rank_zero_warn(f"resuming on {trainer.world_size} process(es) a checkpoint written by {len(states)}: "
-                               "random-number states start afresh, so the resume is not exact")
+            # On another number of ranks there is no state to give each: the training draws do not need one
+            # (experiments.callbacks.StepSeeds seeds every batch from its step), the rest starts afresh.
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.consumed += 1

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.cache import write_atomic
-from experiments.checkpoints import check_checkpoint_file
+from experiments.checkpoints import check_checkpoint_file, checkpoint_kind
 from experiments.errors import UsageError
 
 # Settings that say how a run is run, not what it trains: left out of its name and identity.
@@ -34,6 +34,12 @@ RUN_CONTROL = ("run_dir", "ckpt_path", "wandb", "wandb_group", "checkpoint_every
                "trainer.logger", "data.num_workers", "data.num_proc", "data.cache_dir")
 # Settings that say how long it trains: part of its name, not of its identity.
 LENGTH = ("trainer.max_steps", "trainer.max_epochs", "flops_budget")
+# Settings that say how the global batch is split over devices: not part of what a run trains, which is
+# the global batch (data.batch_size x processes x accumulation, in its place), so a run on one GPU and one
+# on eight at the same global batch are the same run. The accumulation stays (Lightning's loop counters
+# depend on it), and a streaming run also keeps its number of (process, worker) slots: they decide which
+# documents each batch holds.
+LAYOUT = ("trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.accelerator", "data.batch_size")
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -55,9 +61,56 @@ def _digest(flat: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _processes(flat: dict[str, Any]) -> int:
+    from experiments.ranks import count_processes
+
+    return count_processes(flat.get("trainer.devices", "auto"), flat.get("trainer.num_nodes", 1),
+                           flat.get("trainer.accelerator", "auto"))
+
+
+def global_batch(dumped: dict) -> int:
+    """Sequences per optimiser step over every rank: data.batch_size x processes x accumulation."""
+    flat = flatten(dumped)
+    accumulate = flat.get("trainer.accumulate_grad_batches") or 1
+    return int(flat.get("data.batch_size") or 1) * _processes(flat) * (accumulate if isinstance(accumulate, int) else 1)
+
+
+def _trained(dumped: dict) -> dict[str, Any]:
+    """What a run trains (flattened): its configuration less how it is run and how its batch is split."""
+    flat = flatten(dumped)
+    what = _without(flat, RUN_CONTROL + LAYOUT)
+    what["global_batch"] = global_batch(dumped)
+    if flat.get("data.streaming"):
+        what["stream_slots"] = _processes(flat) * max(1, int(flat.get("data.num_workers") or 0))
+    return what
+
+
 def identity(dumped: dict) -> dict[str, Any]:
     """What a run trains, whatever its length (flattened)."""
-    return _without(flatten(dumped), RUN_CONTROL + LENGTH)
+    return _without(_trained(dumped), LENGTH)
+
+
+def layout(dumped: dict) -> dict[str, Any]:
+    """How a run's global batch is split: recorded in ``run.json``, checked when a run resumes."""
+    flat = flatten(dumped)
+    from experiments.ranks import strategy_name
+
+    return {"processes": _processes(flat), "batch_size": flat.get("data.batch_size"),
+            "strategy": strategy_name(dumped.get("trainer", {}).get("strategy", "auto"))}
+
+
+def check_layout(run_dir: Path, dumped: dict) -> str:
+    """Before resuming: a one-line error for a checkpoint the new layout cannot read (DeepSpeed's directories
+    and everything else's checkpoints do not mix), else what changed ("" if nothing did)."""
+    info = _read(run_dir / "run.json") or {}
+    before, now = info.get("layout"), layout(dumped)
+    if not before or before == now:
+        return ""
+    if ("deepspeed" in before["strategy"]) != ("deepspeed" in now["strategy"]):
+        raise UsageError(f"{run_dir} was trained with --trainer.strategy {before['strategy']}; its checkpoint cannot be "
+                         f"resumed with {now['strategy']}: resume it with {before['strategy']}")
+    return (f"trained on {before['processes']} process(es) x {before['batch_size']} sequences so far, now on "
+            f"{now['processes']} x {now['batch_size']}: the same global batch, data order and FLOPs")
 
 
 def length(dumped: dict) -> dict[str, Any]:
@@ -68,7 +121,7 @@ def length(dumped: dict) -> dict[str, Any]:
 def default_name(dumped: dict, objective: str) -> str:
     """``<objective>-<size>-<8 hex>``: the same configuration always names the same directory."""
     size = flatten(dumped).get("model.init_args.size") or ""
-    return f"{objective.lower()}-{size}-{_digest(_without(flatten(dumped), RUN_CONTROL))[:8]}"
+    return f"{objective.lower()}-{size}-{_digest(_without(_trained(dumped), RUN_CONTROL))[:8]}"
 
 
 def _read(path: Path) -> dict | None:
@@ -124,13 +177,13 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
     """``checkpoints/last.ckpt``, or Lightning's SLURM ``hpc_ckpt_<n>.ckpt`` in the run directory when that
     is newer (the requeue handler saved it and the job ended before the step boundary)."""
     candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
-    existing = [p for p in candidates if p.is_file()]
+    existing = [p for p in candidates if checkpoint_kind(p) is not None]
     return max(existing, key=lambda p: p.stat().st_mtime_ns) if existing else None
 
 
 def write_run_info(run_dir: Path, dumped: dict) -> None:
     """``run.json``: the identity and length this run is trained with (rewritten when rescheduled)."""
-    info = {"identity": identity(dumped), "length": length(dumped), "config": dumped}
+    info = {"identity": identity(dumped), "length": length(dumped), "layout": layout(dumped), "config": dumped}
     write_atomic(run_dir / "run.json", json.dumps(info, indent=2, default=str) + "\n")
 
 

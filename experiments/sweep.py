@@ -14,7 +14,9 @@ A grid file (``experiments/configs/sweeps/<name>.yaml`` or any path) has up to f
 
 Each grid point is one run; a setting an objective does not take is dropped for it (so a grid may
 mix objectives), and identical runs are merged. All runs share one budget and land in one results
-table, exactly as ``isoflop compare``.
+table, exactly as ``isoflop compare``. ``--trainer.*`` and ``--data.*`` options on the command line are
+laid over the grid's ``pretrain`` settings for every run (devices, nodes, strategy: ``isoflop sweep
+generator-size --trainer.devices 8 --trainer.strategy ddp --data.batch_size 16``).
 """
 
 from __future__ import annotations
@@ -74,16 +76,23 @@ def load(grid_file: str) -> dict:
     return spec
 
 
-def sweep(grid_file: str, out_dir: str | None = None) -> list[dict]:
-    """Run a sweep file: every run at one FLOPs budget, in one results table."""
+def sweep(grid_file: str, out_dir: str | None = None, overrides: list[str] | None = None) -> list[dict]:
+    """Run a sweep file: every run at one FLOPs budget, in one results table. ``overrides``: ``--trainer.*``
+    and ``--data.*`` command-line options laid over the grid's pre-training settings."""
     from experiments.compare import compare
-    from experiments.config import parse
+    from experiments.config import parse, parse_args, parser
 
     spec = load(grid_file)
     runs = expand(spec["grid"], spec.get("baselines"))
     base = parse(["--config", str(spec.get("config", "default"))])
     if spec.get("pretrain"):
         base = parse(spec["pretrain"], base=base)
+    if overrides:
+        wrong = [a for a in overrides if a.startswith("--") and not a.startswith(("--trainer.", "--data."))]
+        if wrong:
+            raise errors.UsageError(f"unrecognized arguments: {wrong[0]}; isoflop sweep takes --trainer.* and --data.* "
+                                    "options besides its own (see isoflop sweep --help)")
+        base = parse_args(parser(), overrides, namespace=base.clone())
     options = dict(spec.get("compare") or {})
     options["out_dir"] = out_dir or options.get("out_dir") or f"runs/sweep-{presets.find(grid_file, presets.SWEEP_DIR).stem}"
     return compare(base, runs=runs, **options)
@@ -94,11 +103,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("grid_file", help="a sweep YAML file or a name in experiments/configs/sweeps")
     parser.add_argument("--out_dir", default=None, help="output directory (default runs/sweep-<name>)")
     parser.add_argument("--dry_run", action="store_true", help="list the runs and exit")
-    args = parser.parse_args(argv)
+    parser.epilog = "Any --trainer.* or --data.* option of isoflop pretrain applies to every run of the grid."
+    args, overrides = parser.parse_known_args(argv)
     if args.dry_run:
         spec = load(args.grid_file)
         for run in expand(spec["grid"], spec.get("baselines")):
             print(run.name, run.objective, run.init_args)
         return 0
-    sweep(args.grid_file, args.out_dir)
+    sweep(args.grid_file, args.out_dir, overrides)
     return 0

@@ -17,6 +17,11 @@ import torch
 TINY_VOCAB = 1024
 TINY_SEQ = 64
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several test processes (pytest -n N) share the cores: one intra-op thread each, or their spinning
+    # OpenMP threads slow every one of them down (see one_thread).
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):

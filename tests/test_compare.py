@@ -45,8 +45,9 @@ def test_equal_flops_and_steps(compare_dir):
 def test_results_files(compare_dir):
     results = rows(compare_dir)
     for r in results.values():
-        for task in ("docpkg", "docpair"):
-            assert float(r[f"{task}_min"]) <= float(r[f"{task}_median"]) <= float(r[f"{task}_max"])
+        for task in ("docpkg-probe", "docpair"):
+            assert float(r[f"{task}_lo"]) <= float(r[f"{task}_median"]) <= float(r[f"{task}_hi"])
+        assert float(r["docpkg-probe_majority"]) < 20 and float(r["docpair_majority"]) == 50.0  # 10 classes; balanced
         assert float(r["val_loss"]) > 0 and float(r["tokens"]) > 0
     md = (compare_dir / "results.md").read_text()
     assert "| MaskedLM |" in md and "| ReplacedTokenDetection |" in md
@@ -136,3 +137,62 @@ def test_a_signal_stops_compare_and_the_same_command_resumes_exactly(compare_dir
                         for d in (out, compare_dir))
         assert max_difference(ours, theirs) == 0.0, name
     assert rows(out) == rows(compare_dir)
+
+
+@pytest.fixture(scope="module")
+def ladder_dir(tmp_path_factory, cache_dir, one_thread):
+    """A ladder of two budgets, each objective pre-trained with two seeds, two fine-tuning seeds each."""
+    out = tmp_path_factory.mktemp("ladder")
+    args = ["compare", "--out_dir", str(out), "--budgets", "tiny:4,tiny:2", "--pretrain_seeds", "2", "--seeds", "2",
+            "--tasks", "docpkg-probe", "--finetune_epochs", "1", "--finetune_max_train_examples", "32", *TINY]
+    assert main(args) == 0
+    return out
+
+
+def test_pretrain_seeds_and_budgets_make_a_ladder(ladder_dir):
+    """Every budget is a whole comparison in its own directory; every objective is pre-trained once per
+    seed (same steps and FLOPs, other weights); the statistics pool both seed levels; the ladder table
+    and plot put the budgets side by side."""
+    from safetensors.torch import load_file
+
+    from experiments.results import load_ladder
+
+    settings = json.loads((ladder_dir / "ladder.json").read_text())["budgets"]
+    assert [s["budget_flops"] for s in settings] == sorted(s["budget_flops"] for s in settings)
+    assert settings[1]["budget_flops"] == pytest.approx(2 * settings[0]["budget_flops"])
+    for s in settings:
+        out = ladder_dir / s["dir"]
+        table = rows(out)
+        assert set(table) == {"MaskedLM", "ReplacedTokenDetection"}
+        for name, r in table.items():
+            assert r["seeds"] == "2" and float(r["docpkg-probe_lo"]) <= float(r["docpkg-probe_median"]) <= float(r["docpkg-probe_hi"])
+            a, b = (json.loads((out / f"{name}-seed{k}" / "result.json").read_text()) for k in (0, 1))
+            assert (a["steps"], a["flops"]) == (b["steps"], b["flops"])  # seeds change what is learned, not the cost
+            wa, wb = (load_file(out / f"{name}-seed{k}" / "export" / "model.safetensors") for k in (0, 1))
+            assert any(not (wa[k] == wb[k]).all() for k in wa)
+        assert table["ReplacedTokenDetection"]["docpkg-probe_diff"] != ""  # paired against MaskedLM
+        assert "2 pre-training seed(s) x the fine-tuning seeds" in (out / "results.md").read_text()
+        assert "ELECTRA-Small at 1/16 of its schedule" in (out / "results.md").read_text()
+    ladder = load_ladder(ladder_dir)
+    assert [len(rows_) for _, rows_ in ladder] == [4, 4]
+    assert all(len(r["tasks"]["docpkg-probe"]["scores"]) == 2 for _, rows_ in ladder for r in rows_)
+    md = (ladder_dir / "ladder.md").read_text()
+    assert md.count("| MaskedLM |") == 1 and f"{settings[1]['budget_flops']:.2e} FLOPs" in md
+    assert "ReplacedTokenDetection:" in md.split("## Crossovers with MaskedLM")[1]
+    assert (ladder_dir / "ladder.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_notebook_reads_a_ladder(ladder_dir):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read("notebooks/compare_objectives.ipynb", as_version=4)
+    os.environ["COMPARE_DIR"] = str(ladder_dir)
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    finally:
+        del os.environ["COMPARE_DIR"]
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "# isoFLOP ladder" in text and "pre-training seeds: 2" in text

@@ -115,7 +115,7 @@ def test_offline_tasks_are_deterministic_cached_and_split_by_module(cache_dir, c
 def test_offline_tasks_through_the_task_datamodule(tmp_path, cache_dir, tasks):
     from tests.test_finetune import make_tiny_checkpoint
 
-    assert ft.resolve_tasks("offline") == ["docpkg", "docpair"]
+    assert ft.resolve_tasks("offline") == ["docpkg-probe", "docpair"]
     assert ft.resolve_tasks(["glue", "docpkg"])[-1] == "docpkg" and "wnli" not in ft.resolve_tasks("glue")
     ckpt = make_tiny_checkpoint(tmp_path / "ck", texts=list(tasks["docpair"]["train"]["sentence1"])[:500])
     dm = TaskDataModule(ckpt, task="docpair", cache_dir=str(cache_dir), max_eval_examples=20, max_train_examples=40)

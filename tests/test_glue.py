@@ -40,7 +40,7 @@ def test_task_table_follows_the_paper():
 
 
 def test_unknown_task_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown task 'sst5'; valid tasks: cola, sst2, .*wnli, docpkg, docpair"):
+    with pytest.raises(ValueError, match="unknown task 'sst5'; valid tasks: cola, sst2, .*wnli, docpkg, docpkg-probe, docpair"):
         TaskDataModule("unused", task="sst5")
 
 

@@ -37,8 +37,11 @@ ENV = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1
 
 
 def rows(run_dir: Path) -> list[dict]:
+    """The CSV log's rows, less the throughput columns (wall-clock measurements, which no two runs share)."""
+    from experiments.throughput import KEYS
+
     with (run_dir / "csv" / "metrics.csv").open() as f:
-        return list(csv.DictReader(f))
+        return [{k: v for k, v in r.items() if k not in KEYS} for r in csv.DictReader(f)]
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -302,7 +305,9 @@ def test_two_ranks_stop_at_the_same_step_and_resume_exactly(tmp_path, cache_dir)
                           timeout=300).returncode == 0
     stopped = stop_at([*ddp, "--run_dir", str(run_dir)], 5, signal.SIGTERM, cache_dir, Path.cwd())
     assert stopped.returncode == 143, stopped.stderr
-    assert stopped.stderr.strip().splitlines()[-1].startswith("isoflop pretrain: stopped by SIGTERM at step 6;")
+    lines = stopped.stderr.strip().splitlines()  # each rank says where it stopped: the same step
+    assert any(line.startswith("isoflop pretrain: stopped by SIGTERM at step 6;") for line in lines), lines[-3:]
+    assert any(line.startswith("isoflop pretrain (rank 1): stopped by SIGTERM at step 6;") for line in lines)
     assert subprocess.run([*cli, *ddp, "--run_dir", str(run_dir)], env=env, capture_output=True,
                           timeout=300).returncode == 0  # the same command resumes
     assert max_difference(weights(reference), weights(run_dir)) == 0.0

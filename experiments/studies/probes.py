@@ -1,0 +1,120 @@
+"""The probe study: which offline downstream tasks measure pre-training.
+
+A task belongs in the offline suite only if it separates encoders by how much they learned: an encoder
+pre-trained longer must beat a random-initialised one of the same shape by a clear margin. This study
+pre-trains tiny MaskedLM encoders of both families on the main job's data (the ``default`` preset: the
+embedded corpus, 8,192-token vocabulary, 128-token examples) for several lengths, exports each (and a
+random-initialised one of the same shape and tokenizer), fine-tunes every encoder on every offline task
+over three seeds exactly as ``isoflop compare`` does, and writes the table ``rtd/downstream.rst``
+includes (``rtd/probes_table.rst``)::
+
+    python -m experiments.studies.probes                 # about an hour on one core
+    python -m experiments.studies.probes --steps 0 600   # fewer pre-training lengths
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+from datamodules.cache import write_atomic
+
+TASKS = ("docpkg", "docpkg-probe", "docpair")
+ENCODERS = ("electra", "deberta-v2")
+COLUMNS = ["task", "encoder", "steps", "median", "min", "max", "scores"]
+
+
+def encoder_dir(out: Path, encoder: str, steps: int, config: str = "default", extra: tuple[str, ...] = ()) -> Path:
+    """An exported MaskedLM of ``config`` (a preset) and the encoder family after ``steps`` pre-training
+    steps (0: random init)."""
+    from experiments.config import parse
+    from experiments.export import export_checkpoint
+    from experiments.pretrain import pretrain
+
+    export = out / f"{encoder}-{steps}" / "export"
+    if (export / "config.json").exists():
+        return export
+    cfg = parse(["--config", config, *extra, "--model.init_args.encoder", encoder, "--run_dir", str(export.parent),
+                 "--trainer.max_steps", str(max(steps, 1)), "--wandb", "false", "--trainer.enable_progress_bar",
+                 "false", "--trainer.limit_val_batches", "0"])
+    if steps == 0:
+        return random_init(cfg, export)
+    pretrain(cfg)
+    export_checkpoint(export.parent / "checkpoints" / "last.ckpt", export, overwrite=True)
+    return export
+
+
+def random_init(cfg, export: Path) -> Path:
+    """The configuration's objective untrained, with the data's tokenizer, exported."""
+    from datamodules.cache import replace_directory
+    from experiments.config import parser
+
+    init = parser().instantiate(cfg)
+    model, data = init.model, init.data
+    model.configure_model()
+    model.attach_tokenizer(data.tokenizer)
+    replace_directory(model.export, export)
+    return export
+
+
+def finetune_scores(export: Path, task: str, out: Path, seeds: int = 3, **options) -> list[float]:
+    """Fine-tuning seeds of ``export`` on ``task``, as compare runs them at the tiny size."""
+    from experiments.compare import FINETUNE_LEARNING_RATE
+    from experiments.finetune import finetune
+
+    results = finetune(str(export), tasks=task, seeds=seeds, out_dir=str(out),
+                       learning_rate=FINETUNE_LEARNING_RATE["tiny"], wandb=False, **options)
+    return [results[task].scores[s] for s in sorted(results[task].scores)]
+
+
+def rst_table(rows: list[dict]) -> str:
+    """Median [min, max] per task, encoder and pre-training length, with the gain over random init."""
+    random = {(r["task"], r["encoder"]): r["median"] for r in rows if r["steps"] == 0}
+    heads = ["task", "encoder", "pre-training steps", "median [min, max] over 3 seeds", "vs random init"]
+    lines = [".. list-table::", "   :header-rows: 1", "", *(f"   {'*' if i == 0 else ' '} - {h}"
+                                                           for i, h in enumerate(heads))]
+    for r in rows:
+        gain = r["median"] - random.get((r["task"], r["encoder"]), float("nan"))
+        cells = [r["task"], r["encoder"], "random init" if r["steps"] == 0 else str(r["steps"]),
+                 f"{r['median']:.1f} [{r['min']:.1f}, {r['max']:.1f}]", "--" if r["steps"] == 0 else f"{gain:+.1f}"]
+        lines += [f"   {'*' if i == 0 else ' '} - {c}" for i, c in enumerate(cells)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.studies.probes", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, nargs="*", default=[0, 600, 2000], help="pre-training lengths (0: random)")
+    parser.add_argument("--encoders", nargs="*", default=list(ENCODERS), choices=ENCODERS)
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--out_dir", default="runs/probes")
+    parser.add_argument("--table", default="rtd/probes_table.rst")
+    args = parser.parse_args(argv)
+    out = Path(args.out_dir)
+    rows = list(csv.DictReader((out / "probes.csv").open())) if (out / "probes.csv").exists() else []
+    rows = [r for r in rows if r["task"] in TASKS]
+    for r in rows:
+        r.update(steps=int(r["steps"]), median=float(r["median"]), min=float(r["min"]), max=float(r["max"]))
+    done = {(r["task"], r["encoder"], r["steps"]) for r in rows}  # a rerun continues where it stopped
+    for encoder in args.encoders:
+        for steps in sorted(set(args.steps)):
+            export = encoder_dir(out, encoder, steps)
+            for task in (t for t in args.tasks if (t, encoder, steps) not in done):
+                scores = finetune_scores(export, task, out / f"{encoder}-{steps}" / "finetune" / task)
+                rows.append({"task": task, "encoder": encoder, "steps": steps, "median": sorted(scores)[1],
+                             "min": min(scores), "max": max(scores), "scores": json.dumps(scores)})
+                print(f"[probes] {rows[-1]}", flush=True)
+                buffer = io.StringIO()
+                writer = csv.DictWriter(buffer, COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+                write_atomic(out / "probes.csv", buffer.getvalue())
+    rows.sort(key=lambda r: (TASKS.index(r["task"]), ENCODERS.index(r["encoder"]), r["steps"]))
+    write_atomic(args.table, rst_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

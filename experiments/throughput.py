@@ -1,0 +1,320 @@
+"""Throughput you can see: tokens/s, FLOP/s, MFU and peak memory of a training run, and where the
+peak FLOP/s that MFU divides by comes from.
+
+:class:`Throughput` logs, every ``log_every_n_steps`` optimiser steps, over the global batch:
+
+- ``train/tokens_per_s``: real (non-pad) training tokens per second, from the objective's own
+  global token count (``tokens_seen``);
+- ``train/flops_per_s``: the objective's analytic training FLOPs (``actual`` convention: the matrix
+  multiplies the step really runs, see ``objectives.flops``) per second;
+- ``train/mfu``: model FLOPs utilisation, ``flops_per_s / (peak x world size)``;
+- ``train/peak_memory_gb``: peak memory of this process's device in GB (10^9 bytes): CUDA's
+  ``max_memory_allocated``; on the CPU the process's peak resident set (VmHWM).
+
+Timing is ``time.perf_counter`` between two log steps, so a step that logs nothing costs a few
+Python additions and never waits for the device: on CUDA the device is synchronised on log steps
+only (it must be, for the clock to mean anything). Validation inside the interval is left out
+(synchronised at its start and end: it is rare); checkpoint writes and data loading are part of
+training's wall clock and stay in.
+
+The peak (:func:`peak_flops`) comes from, in this order: the user (``--peak_flops``), the table of
+vendor figures :data:`DEVICE_PEAKS` (dense, per device, each with its source), or a matmul measured
+on the device itself (:func:`measured_matmul_flops`: the CPU, or a device the table lacks).
+
+:func:`compile_networks` is the opt-in ``torch.compile`` of a run (``--compile true``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_only
+
+
+# What :class:`Throughput` logs. Wall-clock figures: they differ between two runs of the same
+# configuration, where everything else a run logs is reproducible.
+KEYS = ("train/tokens_per_s", "train/flops_per_s", "train/mfu", "train/peak_memory_gb")
+
+
+@dataclass(frozen=True)
+class DevicePeak:
+    """Dense peak FLOP/s of one accelerator, per device, as its vendor states them.
+
+    ``tf32`` is the tensor-core rate of float32 matmuls where TF32 is allowed (NVIDIA states TF32,
+    not IEEE float32, for its tensor cores); ``fp32`` is the plain float32 rate. Vendors print
+    tensor-core figures "with sparsity" (2:4 structured): those are halved here, since training
+    runs dense matmuls.
+    """
+
+    name: str
+    bf16: float
+    tf32: float
+    fp32: float
+    source: str
+
+
+# (pattern matched against torch's device name, case-insensitive; first match wins) -> peak.
+# More specific patterns first: "H100 NVL" before "H100", "L40S" before "L40" before "L4".
+DEVICE_PEAKS: tuple[tuple[str, DevicePeak], ...] = (
+    (r"H100 NVL", DevicePeak("NVIDIA H100 NVL", 835.5e12, 417.5e12, 60e12,
+                             "NVIDIA H100 Tensor Core GPU datasheet, H100 NVL column (sparse BF16 1671, TF32 835 halved)")),
+    (r"H100.*PCIe", DevicePeak("NVIDIA H100 PCIe", 756e12, 378e12, 51.2e12,
+                               "NVIDIA H100 Tensor Core GPU datasheet, H100 PCIe column (sparse BF16 1513, TF32 756 halved)")),
+    (r"GH200", DevicePeak("NVIDIA GH200", 989.5e12, 494.5e12, 67e12,
+                          "NVIDIA GH200 Grace Hopper Superchip datasheet (sparse BF16 1979, TF32 989 halved)")),
+    (r"H100", DevicePeak("NVIDIA H100 SXM5", 989.4e12, 494.7e12, 66.9e12,
+                         "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column (sparse BF16 1979, TF32 989 halved)")),
+    (r"H200 NVL", DevicePeak("NVIDIA H200 NVL", 835.5e12, 417.5e12, 60e12,
+                             "NVIDIA H200 Tensor Core GPU datasheet, H200 NVL column (sparse BF16 1671, TF32 835 halved)")),
+    (r"H200", DevicePeak("NVIDIA H200 SXM", 989.5e12, 494.5e12, 67e12,
+                         "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column (sparse BF16 1979, TF32 989 halved)")),
+    (r"A100", DevicePeak("NVIDIA A100", 312e12, 156e12, 19.5e12,
+                         "NVIDIA A100 Tensor Core GPU datasheet (SXM4 and PCIe, 40 and 80 GB alike)")),
+    (r"\bA10\b", DevicePeak("NVIDIA A10", 125e12, 62.5e12, 31.2e12,
+                            "NVIDIA A10 Tensor Core GPU datasheet (sparse BF16 250, TF32 125 halved)")),
+    (r"L40S", DevicePeak("NVIDIA L40S", 362.05e12, 183e12, 91.6e12,
+                         "NVIDIA L40S GPU datasheet (sparse BF16 733, TF32 366 halved)")),
+    (r"\bL40\b", DevicePeak("NVIDIA L40", 181.05e12, 90.5e12, 90.5e12,
+                            "NVIDIA L40 GPU datasheet (sparse BF16 362.1, TF32 181 halved)")),
+    (r"\bL4\b", DevicePeak("NVIDIA L4", 121e12, 60e12, 30.3e12,
+                           "NVIDIA L4 Tensor Core GPU datasheet (sparse BF16 242, TF32 120 halved)")),
+    (r"RTX 4090", DevicePeak("NVIDIA GeForce RTX 4090", 165.2e12, 82.6e12, 82.6e12,
+                             "NVIDIA Ada Lovelace GPU architecture whitepaper v2.1, appendix A (BF16 with FP32 "
+                             "accumulate)")),
+    (r"MI300X", DevicePeak("AMD Instinct MI300X", 1307.4e12, 653.7e12, 163.4e12,
+                           "AMD Instinct MI300X accelerator data sheet (dense matrix BF16, TF32, FP32)")),
+)
+
+
+def table_peak(device_name: str) -> DevicePeak | None:
+    """The table's entry for a device, by torch's name for it (``torch.cuda.get_device_name``)."""
+    for pattern, peak in DEVICE_PEAKS:
+        if re.search(pattern, device_name, re.IGNORECASE):
+            return peak
+    return None
+
+
+def compute_dtype(precision: str | int | None) -> torch.dtype:
+    """The dtype the matmuls of a Lightning ``precision`` run in (``bf16-mixed`` -> bfloat16)."""
+    text = str(precision or "32")
+    if "bf16" in text:
+        return torch.bfloat16
+    if text.startswith("16"):
+        return torch.float16
+    if text.startswith("64"):
+        return torch.float64
+    return torch.float32
+
+
+def _tf32_allowed() -> bool:
+    return bool(torch.backends.cuda.matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@functools.lru_cache(maxsize=None)
+def _measure(device: str, dtype: torch.dtype, threads: int) -> float:
+    """The best FLOP/s of repeated square matmuls (``threads`` is part of the cache key only)."""
+    dev = torch.device(device)
+    n = 1024 if dev.type == "cpu" else 8192  # big enough to reach the device's matmul peak
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    out = torch.empty(n, n, device=dev, dtype=dtype)
+    best = float("inf")
+    for i in range(7):  # the first two warm the kernels and caches
+        _synchronize(dev)
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        _synchronize(dev)
+        if i >= 2:
+            best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def measured_matmul_flops(device: torch.device | str, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a large matmul measured on ``device`` in ``dtype``, once per process (per device,
+    dtype and, on the CPU, torch's thread count): the peak of a CPU, whose peak depends on its
+    cores, threads, clock and vector units, and of any device the table lacks. A fraction of a
+    second. Matmuls are what the ``actual`` FLOPs count, so this is the rate they can reach here."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _measure(str(device), dtype, torch.get_num_threads() if device.type == "cpu" else 0)
+
+
+def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.float32,
+               override: float | None = None) -> tuple[float, str]:
+    """Peak FLOP/s of one ``device`` for matmuls in ``dtype``, and where the figure comes from.
+
+    The user's ``override`` wins; then the vendor table (CUDA and ROCm devices, by name; float16 is
+    given the bfloat16 rate, float32 the TF32 rate when torch allows TF32); then a matmul measured
+    on the device (:func:`measured_matmul_flops`).
+    """
+    if override is not None:
+        if not override > 0:
+            raise ValueError(f"peak_flops must be positive (FLOP/s per device), got {override}")
+        return float(override), "given by the user (--peak_flops)"
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        entry = table_peak(name)
+        if entry is not None and dtype in (torch.bfloat16, torch.float16, torch.float32):
+            if dtype == torch.float32:
+                kind, value = ("tf32", entry.tf32) if _tf32_allowed() else ("fp32", entry.fp32)
+            else:
+                kind, value = "bf16", entry.bf16
+            return value, f"{entry.name}, dense {kind}: {entry.source}"
+    dtype_name = str(dtype).removeprefix("torch.")
+    threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
+    return measured_matmul_flops(device, dtype), f"measured: {dtype_name} matmul on {device}{threads}"
+
+
+def peak_memory_gb(device: torch.device | str) -> float:
+    """Peak memory in GB (10^9 bytes): CUDA's peak allocated by tensors on ``device``; elsewhere the
+    process's peak resident set size (all of its memory, Python and libraries included)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return peak_rss_bytes() / 1e9
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size: VmHWM on Linux (which :func:`reset_peak_rss` can reset),
+    else ``getrusage``'s maxrss (kilobytes on Linux, bytes on macOS)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak resident set to its current size (Linux: ``/proc/self/clear_refs``),
+    so the next reading is the peak of what runs in between; False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def compile_networks(module: torch.nn.Module, **options) -> list[str]:
+    """``torch.compile`` every Hugging Face backbone (``base_model``) under ``module``, in place.
+
+    The backbones (embeddings and transformer layers) are where a step's time goes; the heads,
+    masking, sampling and losses stay eager, so masking's random draws and the generator's sampling
+    are untouched. ``nn.Module.compile`` compiles in place: parameter names, checkpoints, exports
+    and embedding sharing stay as they are. A backbone shared by two networks is compiled once.
+    ``options`` go to ``torch.compile`` (``backend="eager"`` traces without generating code: tests).
+    Returns the compiled backbones' names.
+    """
+    from transformers import PreTrainedModel
+
+    done, names = set(), []
+    for name, child in module.named_modules():
+        if not isinstance(child, PreTrainedModel):
+            continue
+        backbone = child.base_model
+        if id(backbone) in done:
+            continue
+        done.add(id(backbone))
+        backbone.compile(**options)
+        names.append(f"{name}.{child.base_model_prefix}" if name else child.base_model_prefix)
+    return names
+
+
+@rank_zero_only
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+class Throughput(Callback):
+    """Log ``train/tokens_per_s``, ``train/flops_per_s``, ``train/mfu`` and ``train/peak_memory_gb``
+    every ``log_every_n_steps`` optimiser steps (see the module's docstring for what each means).
+
+    Args:
+        peak_flops: the peak FLOP/s of one device, to override the table and the measurement.
+    """
+
+    def __init__(self, peak_flops: float | None = None):
+        if peak_flops is not None and not peak_flops > 0:
+            raise ValueError(f"peak_flops must be positive (FLOP/s per device), got {peak_flops}")
+        self.override = peak_flops
+        self.peak: float | None = None
+        self.source = ""
+        self._start = 0.0
+        self._tokens = 0
+        self._flops = 0.0
+        self._paused = 0.0
+        self._pause_start: float | None = None
+        self._step_before = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.peak, self.source = peak_flops(pl_module.device, compute_dtype(trainer.precision), self.override)
+        _say(f"peak: {self.peak:.3e} FLOP/s per device ({self.source}); MFU = training FLOP/s / (peak x "
+             f"{trainer.world_size} device(s))")
+        self._restart(pl_module)
+
+    def _restart(self, pl_module) -> None:
+        _synchronize(pl_module.device)
+        self._tokens = int(pl_module.tokens_seen)  # a log step (or the start): a sync is allowed here
+        self._start, self._flops, self._paused = time.perf_counter(), 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._step_before = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        B, L = batch["input_ids"].shape  # host-side shapes: no sync
+        self._flops += pl_module.step_flops(B, L, "actual") * trainer.world_size
+        every = trainer.log_every_n_steps
+        if trainer.global_step == self._step_before or not every or trainer.global_step % every:
+            return  # inside gradient accumulation, or not a log step: nothing waits for the device
+        _synchronize(pl_module.device)
+        seconds = max(time.perf_counter() - self._start - self._paused, 1e-9)
+        flops_per_s = self._flops / seconds
+        values = ((int(pl_module.tokens_seen) - self._tokens) / seconds, flops_per_s,
+                  flops_per_s / (self.peak * trainer.world_size), peak_memory_gb(pl_module.device))
+        for key, value in zip(KEYS, values):
+            pl_module.log(key, float(value), on_step=True, on_epoch=False, reduce_fx="max")
+        self._restart(pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:  # validation inside fit: not training time
+            _synchronize(pl_module.device)
+            self._pause_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._pause_start is not None:
+            _synchronize(pl_module.device)
+            self._paused += time.perf_counter() - self._pause_start
+            self._pause_start = None
+
+
+class CompileNetworks(Callback):
+    """``--compile true``: :func:`compile_networks` on the objective once its networks are built and
+    on their device (fit start), before the first step."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        names = compile_networks(pl_module)
+        _say(f"torch.compile: {', '.join(names) or 'no Hugging Face network found'}")
+
+
+def performance_callbacks(peak_flops: float | None = None, compile: bool = False) -> list[Callback]:
+    """The callbacks a run's ``--peak_flops`` and ``--compile`` ask for (what ``_trainer`` registers)."""
+    return [Throughput(peak_flops), *([CompileNetworks()] if compile else [])]

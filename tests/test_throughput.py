@@ -1,0 +1,122 @@
+"""Throughput logging (``experiments.throughput``): the peak table and where each peak comes from,
+MFU, the logged keys of a real run, the opt-in compile, and fused AdamW under bf16-mixed."""
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+
+from experiments import throughput
+from experiments.cli import main
+from objectives import MaskedLM, ReplacedTokenDetection
+from objectives.optim import fused_adamw
+from tests.conftest import TINY_SEQ, TINY_VOCAB
+
+
+def test_every_table_entry_has_a_source_and_dense_figures():
+    assert len(throughput.DEVICE_PEAKS) >= 10
+    for pattern, peak in throughput.DEVICE_PEAKS:
+        assert peak.source.strip() and peak.name.strip()
+        assert peak.bf16 >= peak.tf32 >= peak.fp32 > 1e12, peak.name
+        assert throughput.table_peak(peak.name) is peak, f"{peak.name} is shadowed by an earlier pattern"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("NVIDIA H100 80GB HBM3", "NVIDIA H100 SXM5"), ("NVIDIA H100 PCIe", "NVIDIA H100 PCIe"),
+    ("NVIDIA H100 NVL", "NVIDIA H100 NVL"), ("NVIDIA H200", "NVIDIA H200 SXM"), ("NVIDIA GH200 480GB", "NVIDIA GH200"),
+    ("NVIDIA A100-SXM4-80GB", "NVIDIA A100"), ("NVIDIA A100 80GB PCIe", "NVIDIA A100"), ("NVIDIA A10", "NVIDIA A10"),
+    ("NVIDIA L4", "NVIDIA L4"), ("NVIDIA L40S", "NVIDIA L40S"), ("NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 4090"),
+    ("NVIDIA A10G", None), ("Some Future GPU", None),
+])
+def test_device_names_find_their_entry(name, expected):
+    peak = throughput.table_peak(name)
+    assert (peak.name if peak else None) == expected
+
+
+def test_cuda_peak_comes_from_the_table_by_precision(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    value, source = throughput.peak_flops("cuda:0", torch.bfloat16)
+    assert value == 989.5e12 and "datasheet" in source and "bf16" in source
+    monkeypatch.setattr(throughput, "_tf32_allowed", lambda: False)
+    assert throughput.peak_flops("cuda:0", torch.float32)[0] == 67e12
+    monkeypatch.setattr(throughput, "_tf32_allowed", lambda: True)
+    value, source = throughput.peak_flops("cuda:0", torch.float32)
+    assert value == 494.5e12 and "tf32" in source
+
+
+def test_the_users_peak_wins():
+    assert throughput.peak_flops("cpu", torch.float32, override=3e12) == (3e12, "given by the user (--peak_flops)")
+    with pytest.raises(ValueError, match="positive"):
+        throughput.peak_flops("cpu", override=0)
+    with pytest.raises(ValueError, match="positive"):
+        throughput.Throughput(peak_flops=-1)
+
+
+def test_cpu_peak_is_measured_once():
+    value, source = throughput.peak_flops("cpu", torch.float32)
+    assert value > 1e8 and source.startswith("measured")
+    assert throughput.peak_flops("cpu", torch.float32)[0] == value  # cached: the same measurement
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("bf16-true", torch.bfloat16),
+                                              ("16-mixed", torch.float16), ("32-true", torch.float32),
+                                              (32, torch.float32), ("64-true", torch.float64)])
+def test_compute_dtype(precision, dtype):
+    assert throughput.compute_dtype(precision) is dtype
+
+
+def test_peak_memory_is_positive():
+    assert throughput.peak_memory_gb("cpu") > 0.01
+
+
+def test_a_run_logs_throughput_and_mfu_is_flops_per_s_over_the_peak(tmp_path, cache_dir, one_thread):
+    run_dir = tmp_path / "run"
+    assert main(["pretrain", "--config", "tiny", "--run_dir", str(run_dir), "--data.cache_dir", str(cache_dir),
+                 "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "2", "--trainer.limit_val_batches", "0",
+                 "--trainer.enable_progress_bar", "false", "--wandb", "false", "--peak_flops", "2e12"]) == 0
+    rows = [r for r in csv.DictReader(open(run_dir / "csv" / "metrics.csv")) if r.get("train/mfu")]
+    assert [int(r["step"]) for r in rows] == [1, 3]  # steps 2 and 4, logged 0-based
+    for row in rows:
+        values = {k: float(row[k]) for k in throughput.KEYS}
+        assert all(v > 0 for v in values.values())
+        assert values["train/mfu"] == pytest.approx(values["train/flops_per_s"] / 2e12, rel=1e-5)
+        assert values["train/tokens_per_s"] <= values["train/flops_per_s"]
+
+
+def test_compile_networks_compiles_each_backbone_once_in_place(one_thread):
+    model = ReplacedTokenDetection(size="tiny", vocab_size=TINY_VOCAB, max_position_embeddings=TINY_SEQ,
+                                   embedding_sharing="all", generator_hidden_fraction=1.0)
+    model.configure_model()
+    keys = list(model.state_dict())
+    assert throughput.compile_networks(model, backend="eager") == ["generator.electra"]  # "all": one backbone
+    assert list(model.state_dict()) == keys  # names, checkpoints and exports are unchanged
+    from experiments.bench import random_batch
+
+    model.mask_token_id.fill_(4)
+    loss = model.compute(random_batch(2, TINY_SEQ, TINY_VOCAB, torch.device("cpu")), None)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_fused_adamw_on_cpu_and_bf16_mixed_clipping(tmp_path, tiny_data, one_thread):
+    """Fused AdamW is used on the CPU, and Lightning still clips gradients under bf16-mixed with it."""
+    cpu = [torch.zeros(2, requires_grad=True)]
+    assert fused_adamw(cpu) and not fused_adamw([torch.zeros(2, device="meta")]) and not fused_adamw([])
+    L.seed_everything(0)
+    model = MaskedLM(size="tiny", vocab_size=TINY_VOCAB, max_position_embeddings=TINY_SEQ)
+    trainer = L.Trainer(max_steps=2, precision="bf16-mixed", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(model, tiny_data)
+    assert trainer.global_step == 2
+    assert trainer.optimizers[0].defaults["fused"] is True
+
+
+def test_the_documented_table_is_the_code_table():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "rtd" / "performance.rst").read_text()
+    for _, peak in throughput.DEVICE_PEAKS:
+        row = text[text.index(f"* - {peak.name} ("):]
+        assert row.split("\n", 4)[1:4] == [f"     - {v / 1e12:g}" for v in (peak.bf16, peak.tf32, peak.fp32)], peak.name
