@@ -508,10 +508,20 @@ class PretrainingDataModule(L.LightningDataModule):
         self.fingerprint = {"source": "synthetic", **spec.__dict__}
 
     def floors(self, mask_prob: float) -> dict[str, float]:
-        """Known floors of the data at a masking rate (``{}`` unless the source is synthetic)."""
-        if self.synthetic is None:
+        """The reference levels of the data at a masking rate. A synthetic source has exact ones
+        (``unigram_entropy`` and ``bayes_mlm_loss``, :mod:`datamodules.synthetic`). On text,
+        ``unigram_entropy`` is the loss at masked positions of a model that ignores the context and
+        predicts the training text's token frequencies: the cross-entropy of the validation tokens
+        (special tokens left out, as masking leaves them out) under the add-one smoothed unigram of the
+        first :data:`UNIGRAM_TOKENS` training tokens (of the validation tokens themselves when
+        streaming)."""
+        if self.synthetic is not None:
+            return self.synthetic.floors(self.hparams.max_seq_length, mask_prob)
+        if self.val_dataset is None or self._tokenizer is None:
             return {}
-        return self.synthetic.floors(self.hparams.max_seq_length, mask_prob)
+        val = _token_ids(self.val_dataset)
+        train = val if self.hparams.streaming else _token_ids(self.train_dataset)
+        return {"unigram_entropy": unigram_cross_entropy(train, val, len(self.tokenizer), self.tokenizer.all_special_ids)}
 
     def prepare_data(self) -> None:
         # Runs on one process per node: build the corpus, tokenizer and packed caches once.
@@ -627,3 +637,35 @@ class PretrainingDataModule(L.LightningDataModule):
             collate_fn=self._collate,
             num_workers=self.hparams.num_workers,
         )
+
+
+# Training tokens counted for the unigram reference level of text data (a few seconds at most).
+UNIGRAM_TOKENS = 2_000_000
+
+
+def _token_ids(examples) -> "np.ndarray":
+    """The token ids of up to :data:`UNIGRAM_TOKENS` tokens of packed examples (a Dataset or a list of dicts)."""
+    import numpy as np
+
+    rows, total = [], 0
+    for example in (examples if isinstance(examples, list) else examples.select_columns(["input_ids"])):
+        rows.append(np.asarray(example["input_ids"], dtype=np.int64))
+        total += len(rows[-1])
+        if total >= UNIGRAM_TOKENS:
+            break
+    return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+
+
+def unigram_cross_entropy(train: "np.ndarray", val: "np.ndarray", vocab_size: int, special_ids) -> float:
+    """Cross-entropy (nats) of the non-special tokens of ``val`` under the add-one smoothed unigram
+    distribution of the non-special tokens of ``train``."""
+    import numpy as np
+
+    special = np.zeros(vocab_size, dtype=bool)
+    special[[i for i in special_ids if 0 <= i < vocab_size]] = True
+    counts = np.bincount(train[train < vocab_size], minlength=vocab_size).astype(np.float64) + 1.0
+    counts[special] = 0.0
+    log_p = np.log(np.where(special, 1.0, counts / counts.sum()))
+    seen = np.bincount(val[val < vocab_size], minlength=vocab_size).astype(np.float64)
+    seen[special] = 0.0
+    return float(-(seen * log_p).sum() / max(seen.sum(), 1.0))

@@ -377,10 +377,11 @@ def _millions(parameters) -> str:
 
 
 class DataFloors(Callback):
-    """Log the data's known floors next to the validation losses, when the data has them (a synthetic
-    source, ``datamodules.synthetic``): ``val/unigram_entropy`` (what an MLM that ignores context scores)
-    and ``val/bayes_mlm_loss`` (the best any model can score at the objective's masking rate). Computed
-    once per run."""
+    """Log the data's reference levels next to the validation losses: ``val/unigram_entropy`` (what an
+    MLM that ignores context scores; on text, estimated from the token frequencies), and on a synthetic
+    source (``datamodules.synthetic``) ``val/bayes_mlm_loss`` (the best any model can score at the
+    objective's masking rate). Computed once per run
+    (:meth:`datamodules.pretraining.PretrainingDataModule.floors`)."""
 
     def __init__(self):
         self.floors: dict[str, float] | None = None

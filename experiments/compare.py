@@ -194,7 +194,8 @@ def plan_rungs(base: Namespace, specs: list[RunSpec], out: Path, budget: str | N
     for value in flops:
         rung_out = out / f"budget-{value:.3g}".replace("+", "")
         rung = Rung(rung_out, plan(base, specs, rung_out))
-        rung.budget = check_budget(rung.configs, repr(value), budget_steps, convention, f"{group}-{rung_out.name}")
+        rung.budget = check_budget(rung.configs, repr(value), budget_steps, convention, f"{group}-{rung_out.name}",
+                                   option="--budgets item")
         rungs.append(rung)
     return rungs
 
@@ -268,7 +269,7 @@ def check_tasks(task_names: list[str], data_dir: str | None, seeds: int) -> None
 
 
 def check_budget(configs: list[tuple[RunSpec, Namespace]], budget: str | None, budget_steps: int, convention: str,
-                 group: str) -> float:
+                 group: str, option: str = "--budget") -> float:
     """The comparison's budget in FLOPs (set in every run's configuration), after checking that every
     run's configuration is sound (``preflight``), that the budget buys at least one step of every run,
     and that a run directory left by an earlier invocation holds the same run (``rundir.plan``)."""
@@ -286,7 +287,7 @@ def check_budget(configs: list[tuple[RunSpec, Namespace]], budget: str | None, b
     budget_flops = max(steps.values()) * budget_steps if budget is None else resolve_budget(budget, convention)
     for name, one_step in steps.items():
         if budget_flops < one_step:
-            raise UsageError(f"--budget {budget} ({budget_flops:.3e} FLOPs) is less than one training step of {name} "
+            raise UsageError(f"{option} {budget} ({budget_flops:.3e} FLOPs) is less than one training step of {name} "
                              f"({one_step:.3e} FLOPs, {convention} convention)")
     for _, cfg in configs:
         cfg.flops_budget = repr(budget_flops)

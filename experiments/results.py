@@ -405,53 +405,74 @@ def ladder_rows(steps: list[tuple[float, list[dict]]], task: str = "average") ->
     return out
 
 
-def ladder_markdown(steps: list[tuple[float, list[dict]]], task: str = "average") -> str:
-    """ladder.md: the scores at every budget and each objective's crossover with the first."""
-    lines = ladder_rows(steps, task)
-    names = list(dict.fromkeys(r["objective"] for r in lines))
+def ladder_tasks(steps: list[tuple[float, list[dict]]]) -> list[str]:
+    """The tasks of a ladder: each downstream task, then the average (when there is one)."""
+    rows = steps[0][1] if steps else []
+    return list(rows[0]["tasks"]) if rows else []
+
+
+def ladder_markdown(steps: list[tuple[float, list[dict]]], tasks: list[str] | None = None) -> str:
+    """ladder.md: per task, the scores at every budget and each objective's crossover with the first."""
     budgets = [b for b, _ in steps]
-    md = ["# isoFLOP ladder", "", f"Downstream {task} score (median [95% CI], points) and own final validation loss "
-          "at each budget.", "", "| objective | " + " | ".join(f"{b:.2e} FLOPs" for b in budgets) + " |",
-          "|---|" + "---|" * len(budgets)]
-    for name in names:
-        cells = [f"{r['median']:.1f} [{r['lo']:.1f}, {r['hi']:.1f}] (loss {r['val_loss']:.3f})"
-                 for r in lines if r["objective"] == name]
-        md.append(f"| {name} | " + " | ".join(cells) + " |")
-    md += ["", f"## Crossovers with {names[0]}" if names else "", ""]
-    for name in names[1:]:
-        diffs = [paired(task_scores(_group(rows, names[0]), task), task_scores(_group(rows, name), task))
-                 for _, rows in steps]
-        point, lo, hi, share = crossover_interval(budgets, diffs)
-        if point is None:
-            md.append(f"- {name}: no crossover within the ladder (the curves cross in {100 * share:.0f}% of the "
-                      "bootstrap resamples).")
-        else:
-            interval = f"[{lo:.2e}, {hi:.2e}]" if lo is not None else "[-]"
-            md.append(f"- {name}: crosses at {point:.2e} FLOPs, 95% interval {interval} (the curves cross in "
-                      f"{100 * share:.0f}% of the bootstrap resamples).")
+    md = ["# isoFLOP ladder", "", "Downstream score (median [95% CI], points) and own final validation loss of each "
+          "objective at each budget; the crossover is where an objective's paired difference against the first "
+          "changes sign (interpolated in log FLOPs, with a 95% bootstrap interval)."]
+    for task in tasks or ladder_tasks(steps):
+        lines = ladder_rows(steps, task)
+        names = list(dict.fromkeys(r["objective"] for r in lines))
+        md += ["", f"## {task}", "", "| objective | " + " | ".join(f"{b:.2e} FLOPs" for b in budgets) + " |",
+               "|---|" + "---|" * len(budgets)]
+        for name in names:
+            cells = [f"{r['median']:.1f} [{r['lo']:.1f}, {r['hi']:.1f}] (loss {r['val_loss']:.3f})"
+                     for r in lines if r["objective"] == name]
+            md.append(f"| {name} | " + " | ".join(cells) + " |")
+        md.append("")
+        for name in names[1:]:
+            md.append(_crossover_line(steps, budgets, task, names[0], name))
     return "\n".join(md) + "\n"
+
+
+def _crossover_line(steps, budgets: list[float], task: str, first: str, name: str) -> str:
+    diffs = [paired(task_scores(_group(rows, first), task), task_scores(_group(rows, name), task)) for _, rows in steps]
+    point, lo, hi, share = crossover_interval(budgets, diffs)
+    if point is None:
+        return (f"- {name} against {first}: no crossover within the ladder (the curves cross in {100 * share:.0f}% of "
+                "the bootstrap resamples).")
+    interval = f"[{lo:.2e}, {hi:.2e}]" if lo is not None else "[-]"
+    return (f"- {name} against {first}: crosses at {point:.2e} FLOPs, 95% interval {interval} (the curves cross in "
+            f"{100 * share:.0f}% of the bootstrap resamples).")
 
 
 def _group(rows: list[dict], name: str) -> list[dict]:
     return [r for r in rows if r.get("group", r["name"]) == name]
 
 
-def plot_ladder(steps: list[tuple[float, list[dict]]], task: str = "average"):
-    """Each objective's downstream score (with its interval) and own validation loss against its
+def plot_ladder(steps: list[tuple[float, list[dict]]], tasks: list[str] | None = None):
+    """Each objective's downstream score per task (with its interval) and own validation loss against its
     training FLOPs, on log axes: the question of the ELECTRA paper's Figure 1, asked of any objectives."""
     import matplotlib.pyplot as plt
 
-    lines = ladder_rows(steps, task)
-    fig, (score_ax, loss_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    tasks = tasks or ladder_tasks(steps)
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4 * (len(tasks) + 1), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        lines = ladder_rows(steps, task)
+        for name in dict.fromkeys(r["objective"] for r in lines):
+            mine = [r for r in lines if r["objective"] == name]
+            ax.errorbar([r["flops"] for r in mine], [r["median"] for r in mine],
+                        yerr=[[r["median"] - r["lo"] for r in mine], [r["hi"] - r["median"] for r in mine]],
+                        marker="o", capsize=3, label=name)
+        majority = next((e["tasks"][task].get("majority") for e in aggregate(steps[0][1])), None) if steps else None
+        if majority is not None:
+            ax.axhline(majority, color="black", linestyle="--", linewidth=0.8, label="majority class")
+        ax.set(xscale="log", xlabel="training FLOPs", ylabel="score (median, 95% CI)", title=task)
+    loss_ax = axes[0][-1]
+    lines = ladder_rows(steps, tasks[0]) if tasks else []
     for name in dict.fromkeys(r["objective"] for r in lines):
         mine = [r for r in lines if r["objective"] == name]
-        x = [r["flops"] for r in mine]
-        score_ax.errorbar(x, [r["median"] for r in mine], yerr=[[r["median"] - r["lo"] for r in mine],
-                          [r["hi"] - r["median"] for r in mine]], marker="o", capsize=3, label=name)
-        loss_ax.plot(x, [r["val_loss"] for r in mine], marker="o", label=name)
-    score_ax.set(xscale="log", xlabel="training FLOPs", ylabel=f"{task} score (median, 95% CI)")
-    loss_ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="own validation loss")
-    for ax in (score_ax, loss_ax):
+        loss_ax.plot([r["flops"] for r in mine], [r["val_loss"] for r in mine], marker="o", label=name)
+    loss_ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="own final validation loss",
+                title="validation loss")
+    for ax in axes[0]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.tight_layout()

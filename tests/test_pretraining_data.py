@@ -112,3 +112,25 @@ def test_missing_text_column(tmp_path):
     f.write_text('{"body": "hello there"}\n' * 50)
     with pytest.raises(ValueError, match="no column 'text'.*body"):  # at construction, before anything is built
         PretrainingDataModule(data_files=str(f), cache_dir=str(tmp_path))
+
+
+def test_unigram_reference_level_of_text(tiny_data):
+    """On text the unigram level is the cross-entropy of the validation tokens under the smoothed training
+    unigram, special tokens left out: checked against a direct count, and below log(vocabulary)."""
+    import math
+    from collections import Counter
+
+    from datamodules.pretraining import unigram_cross_entropy
+
+    import numpy as np
+
+    train, val = np.array([5, 5, 6, 2, 7]), np.array([5, 6, 6, 2, 3])
+    p = {5: 3 / 9, 6: 2 / 9, 7: 2 / 9, 8: 1 / 9, 9: 1 / 9}  # add-one over the 5 non-special ids 5..9
+    expected = -(math.log(p[5]) + 2 * math.log(p[6])) / 3  # ids 2 and 3 are special
+    assert unigram_cross_entropy(train, val, 10, [0, 1, 2, 3, 4]) == pytest.approx(expected)
+    level = tiny_data.floors(0.15)["unigram_entropy"]
+    specials = set(tiny_data.tokenizer.all_special_ids)
+    counts = Counter(t for e in tiny_data.val_dataset["input_ids"] for t in e if t not in specials)
+    plug_in = -sum(c * math.log(c / sum(counts.values())) for c in counts.values()) / sum(counts.values())
+    print(f"unigram level {level:.3f} nats, plug-in validation entropy {plug_in:.3f}, log V {math.log(1024):.3f}")
+    assert plug_in <= level < math.log(1024)  # a cross-entropy is at least the entropy

@@ -75,7 +75,7 @@ def test_ladder_table_reports_a_crossover_with_its_interval():
             r["tasks"]["average"] = r["tasks"]["docpair"]
     text = ladder_markdown(steps)
     # paired median differences: -10 at 1e12, +8 at 1e13: they cross at 10 ** (12 + 10 / 18) = 3.59e12
-    assert "- ELECTRA: crosses at 3.59e+12 FLOPs, 95% interval [" in text
+    assert "- ELECTRA against MaskedLM: crosses at 3.59e+12 FLOPs, 95% interval [" in text
 
 
 def test_a_task_every_objective_is_at_chance_on_is_named():
