@@ -124,6 +124,9 @@ _SKIP_DIRS = frozenset(
 )
 # Modules that are build-, machine- or distribution-specific, or test fixtures.
 _SKIP_MODULE_PREFIXES = ("_sysconfigdata", "__hello__", "sitecustomize", "usercustomize")
+# The standard library's own top-level modules (Python >= 3.10): a distribution may add files to the
+# stdlib directory (Debian adds ``_distutils_system_mod``), which would make the corpus depend on it.
+_STDLIB_NAMES = frozenset(sys.stdlib_module_names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,6 +312,8 @@ def _source_files(root: Path) -> list[tuple[str, Path]]:
                 mod_parts = parts if stem == "__init__" else parts + (stem,)
                 if not mod_parts or mod_parts[0].startswith(_SKIP_MODULE_PREFIXES):
                     continue
+                if mod_parts[0] not in _STDLIB_NAMES:
+                    continue  # a file a distribution added (Debian's _distutils_system_mod): not Python's
                 found.append((".".join(mod_parts), Path(entry.path)))
 
     visit(root, ())

@@ -240,7 +240,9 @@ def test_short_run_on_embedded_corpus(tiny_data, tmp_path, uniform):
     # chosen share: round(p x n) / n per row, which rounding can put a little above p
     chosen = torch.cat([model.choose_positions(b).chosen.float().sum(1) / b["attention_mask"].sum(1)
                         for b in tiny_data.val_dataloader()]).mean().item()
-    assert 0 < m["replaced_frac"] <= chosen < model.mask_prob + 0.01
+    # (replaced_frac averages batches, chosen rows: with uniform replacements, which almost never repeat the
+    # original token, the two agree to about 0.1%, so allow 1% between the two averages)
+    assert 0 < m["replaced_frac"] <= 1.01 * chosen and chosen < model.mask_prob + 0.01
     baseline = 1 - m["replaced_frac"]  # always answering "original"
     if uniform:
         assert m["disc_acc"] > baseline + 0.005, m
