@@ -28,7 +28,8 @@ Sources:
 
 * Pure-Python modules under ``sysconfig.get_paths()["stdlib"]``, read with :mod:`ast` and never
   imported (importing ``antigravity`` opens a browser, ``this`` prints). Test suites, demos,
-  bundled wheels, build-specific files and ``site-packages`` are skipped.
+  bundled wheels, build-specific files, ``site-packages`` and top-level modules outside
+  ``sys.stdlib_module_names`` (a distribution's additions) are skipped.
 * The help topics, read from ``pydoc_data/topics.py`` in the same directory (also by parsing).
 * A fixed list of C modules (built-in or extension) whose docstrings are identical on every
   platform (:data:`C_MODULES`: ``builtins``, ``itertools``, ``math``, ...); importing them has

@@ -220,7 +220,7 @@ def markdown(entries: list[dict], task_names: list[str], budget: float, referenc
     md += ["", f"Downstream scores are in points: the median over {seeds} pre-training seed(s) x the fine-tuning "
                "seeds, with a 95% bootstrap interval of that median. val loss is each objective's own loss on "
                "held-out text (not comparable across objectives)."]
-    md += _at_chance(entries, task_names) + _differences(entries, task_names) + _diagnostics(entries)
+    md += _at_chance(entries, task_names) + _differences(entries, task_names) + _plateau(entries) + _diagnostics(entries)
     return "\n".join(md) + "\n"
 
 
@@ -261,6 +261,28 @@ def _differences(entries: list[dict], task_names: list[str]) -> list[str]:
                  for t in task_names if e["tasks"][t].get("diff") is not None]
         lines.append(f"- {e['name']}: " + (", ".join(parts) or "-"))
     return lines
+
+
+# A masked LM (or a generator) is "on the unigram plateau" while its loss is within this many nats of the
+# unigram level: it predicts token frequencies and little of the context (rtd/testbed.rst).
+PLATEAU_NATS = 0.5
+
+
+def _plateau(entries: list[dict]) -> list[str]:
+    """A line per run whose masked-LM (or generator) loss and the data's unigram level were logged."""
+    lines = []
+    for e in entries:
+        v = e["val"]
+        key = next((k for k in ("val/mlm_loss", "val/gen_loss") if k in v), None)
+        if key is None or "val/unigram_entropy" not in v:
+            continue
+        loss, level = v[key], v["val/unigram_entropy"]
+        what = "the masked LM" if key == "val/mlm_loss" else "the generator"
+        verdict = ("is still on the unigram plateau: it predicts token frequencies and little of the context"
+                   if level - loss < PLATEAU_NATS else "has left the unigram plateau")
+        lines.append(f"- {e['name']}: {what} {verdict} (loss {loss:.3f} against a unigram level of {level:.3f} nats).")
+    return ["", "## What the masked LMs learned", "", *lines, "", "See the documentation's testbed page "
+            "(rtd/testbed.rst) for what gets small encoders off the plateau."] if lines else []
 
 
 def _diagnostics(entries: list[dict]) -> list[str]:

@@ -85,3 +85,11 @@ def test_a_task_every_objective_is_at_chance_on_is_named():
     assert "reaches 75.0" in text
     entries = aggregate([row("MaskedLM", 0, [60.0, 61.0]), row("ELECTRA", 0, [51.0, 50.0])])
     assert "Tasks no encoder here reaches" not in markdown(entries, ["docpair"], 3.4e12, None)
+
+
+def test_the_table_says_whether_a_masked_lm_left_the_unigram_plateau():
+    on = {"val/mlm_loss": 5.95, "val/unigram_entropy": 6.22}
+    off = {"val/gen_loss": 4.3, "val/unigram_entropy": 6.22, "val/disc_auroc": 0.6, "val/disc_gain": 0.01}
+    text = markdown(aggregate([row("MaskedLM", 0, [50.0], on), row("ELECTRA", 0, [50.0], off)]), ["docpair"], 1e12, None)
+    assert "- MaskedLM: the masked LM is still on the unigram plateau" in text and "(loss 5.950 against" in text
+    assert "- ELECTRA: the generator has left the unigram plateau (loss 4.300 against a unigram level of 6.220" in text
