@@ -29,18 +29,23 @@ def meta_objective(config: Namespace):
 
 
 def batches_per_step(config: Namespace) -> int:
-    """Per-rank batches in one optimiser step over every rank: devices x nodes x accumulation."""
-    devices = config.trainer.devices
-    n = devices if isinstance(devices, int) and devices > 0 else len(devices) if isinstance(devices, list) else 1
-    return n * (config.trainer.num_nodes or 1) * (config.trainer.accumulate_grad_batches or 1)
+    """Per-rank batches in one optimiser step over every rank: processes (devices x nodes,
+    :func:`experiments.ranks.processes`) x accumulation (what :class:`~experiments.callbacks.FlopsBudget`
+    counts)."""
+    from experiments.ranks import processes
+
+    accumulate = config.trainer.accumulate_grad_batches
+    return processes(config.trainer) * (accumulate if isinstance(accumulate, int) and accumulate > 0 else 1)
 
 
 def step_flops(config: Namespace, convention: str = "actual", batch: int | None = None, seq: int | None = None,
-               scheduled: bool = True) -> float:
+               scheduled: bool = True, objective=None) -> float:
     """Training FLOPs of one optimiser step of a configuration: every rank's batches at the configured
     per-rank batch and sequence length, or one batch of ``batch`` sequences (a global batch, counted as one
-    process would run it); ``scheduled``: averaged over the run, for objectives whose step cost changes."""
-    objective = meta_objective(config)
+    process would run it); ``scheduled``: averaged over the run, for objectives whose step cost changes.
+    ``objective``: the configuration's objective when the caller has built it (else built here, on the
+    meta device)."""
+    objective = objective if objective is not None else meta_objective(config)
     seq = seq or config.data.max_seq_length
     cost = objective.scheduled_flops_per_batch if scheduled else objective.flops_per_batch
     if batch is not None:

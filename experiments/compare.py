@@ -168,7 +168,7 @@ def compare(
     finetune_args = dict(tasks=task_names, seeds=seeds, data_dir=data_dir, max_train_examples=finetune_max_train_examples,
                          epochs=finetune_epochs, learning_rate=finetune_learning_rate, wandb=base.wandb)
     reference = paper_reference(base.flops_convention)
-    ladder = [(rung.budget, finish(rung, finetune_args, reference)) for rung in rungs]
+    ladder = [(rung, finish(rung, finetune_args, reference)) for rung in rungs]
     if budgets is not None:
         write_ladder(ladder, out)
     return ladder[-1][1]
@@ -225,14 +225,15 @@ def finish(rung: Rung, finetune_args: dict, reference: tuple[str, float] | None)
     return rows
 
 
-def write_ladder(ladder: list[tuple[float, list[dict]]], out: Path) -> None:
+def write_ladder(ladder: list[tuple[Rung, list[dict]]], out: Path) -> None:
     """OUT/ladder.md, OUT/ladder.png and OUT/ladder.json (the budgets' directories, for the notebook)."""
     from experiments.results import ladder_markdown, plot_ladder, save_figure
 
-    write_atomic(out / "ladder.md", ladder_markdown(ladder))
-    save_figure(plot_ladder(ladder), out / "ladder.png")
+    steps = [(rung.budget, rows) for rung, rows in ladder]
+    write_atomic(out / "ladder.md", ladder_markdown(steps))
+    save_figure(plot_ladder(steps), out / "ladder.png")
     write_atomic(out / "ladder.json", json.dumps({"budgets": [
-        {"budget_flops": b, "dir": f"budget-{b:.3g}".replace("+", "")} for b, _ in ladder]}, indent=2) + "\n")
+        {"budget_flops": rung.budget, "dir": rung.out.name} for rung, _ in ladder]}, indent=2) + "\n")
     print(f"[compare] isoFLOP ladder in {out}: ladder.md, ladder.png", flush=True)
 
 
@@ -274,16 +275,16 @@ def check_budget(configs: list[tuple[RunSpec, Namespace]], budget: str | None, b
     run's configuration is sound (``preflight``), that the budget buys at least one step of every run,
     and that a run directory left by an earlier invocation holds the same run (``rundir.plan``)."""
     from experiments import rundir
-    from experiments.budget import resolve_budget
+    from experiments.budget import resolve_budget, step_flops
     from experiments.config import dump
-    from experiments.pretrain import global_step_flops, preflight
+    from experiments.pretrain import preflight
 
     if budget_steps < 1:
         raise UsageError(f"--budget_steps must be at least 1, got {budget_steps}")
     for _, cfg in configs:
         cfg.flops_budget, cfg.wandb_group = None, group
         preflight(cfg)
-    steps = {run.name: global_step_flops(cfg, convention) for run, cfg in configs}
+    steps = {run.name: step_flops(cfg, convention) for run, cfg in configs}
     budget_flops = max(steps.values()) * budget_steps if budget is None else resolve_budget(budget, convention)
     for name, one_step in steps.items():
         if budget_flops < one_step:

@@ -20,7 +20,7 @@ def load_objective(checkpoint: str | os.PathLike):
     """The objective saved in a checkpoint, on the CPU, in eval mode. One-line errors for a missing,
     truncated or foreign file, and for weights that are NaN or infinite (a diverged run's): those are
     refused, never exported."""
-    from experiments.checkpoints import checkpoint_kind, consolidate, first_nonfinite
+    from experiments.checkpoints import consolidate, first_nonfinite
     from objectives import resolve
 
     path = Path(checkpoint)
@@ -32,16 +32,13 @@ def load_objective(checkpoint: str | os.PathLike):
     if bad:
         raise ValueError(f"checkpoint {str(path)!r} has non-finite weights ({bad}): the run diverged; export an "
                          "earlier checkpoint")
-    cls = resolve(meta["class_path"])
-    if checkpoint_kind(path) == "file":
-        return cls.load_from_checkpoint(path, map_location="cpu").eval()
-    import tempfile
+    # The checkpoint already in memory (one file, or the shards consolidated), through Lightning's loader of
+    # a loaded checkpoint (what load_from_checkpoint runs after reading the file): hyper-parameters,
+    # configure_model, on_load_checkpoint, the weights; read once, not a second time from disk.
+    from lightning.pytorch.core.saving import _load_state
 
-    import torch
-
-    with tempfile.TemporaryDirectory() as tmp:  # the consolidated checkpoint, as the one file Lightning loads
-        torch.save(saved, Path(tmp) / "consolidated.ckpt")
-        return cls.load_from_checkpoint(Path(tmp) / "consolidated.ckpt", map_location="cpu").eval()
+    saved.setdefault("hyper_parameters", {})
+    return _load_state(resolve(meta["class_path"]), saved).eval()
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> list[str]:

@@ -81,17 +81,6 @@ def pretrain(config: Namespace | dict | list[str]) -> RunResult:
             os.environ.pop("ISOFLOP_RUN_DIR", None)
 
 
-def global_step_flops(cfg: Namespace, convention: str) -> float:
-    """Training FLOPs of one optimiser step over every rank: processes x accumulated batches x one rank's
-    batch of ``data.batch_size x data.max_seq_length`` (what :class:`~experiments.callbacks.FlopsBudget`
-    counts), averaged over the run for objectives whose step cost changes."""
-    from experiments.budget import step_flops
-    from experiments.ranks import processes
-
-    accumulate = cfg.trainer.accumulate_grad_batches if isinstance(cfg.trainer.accumulate_grad_batches, int) else 1
-    return processes(cfg.trainer) * accumulate * step_flops(cfg, convention, batch=cfg.data.batch_size)
-
-
 def check_strategy(cfg: Namespace) -> None:
     """One-line errors, before any compute, for a strategy this machine cannot run: DeepSpeed without the
     package, FSDP without CUDA (torch's FSDP needs an accelerator), or a launch that would run the job
@@ -117,7 +106,7 @@ def preflight(cfg: Namespace) -> float | None:
     """Every check of a configuration that needs no data and no compute (``isoflop compare`` runs it on
     each of its runs before the first pre-training); returns the FLOPs budget, if any."""
     from datamodules.pretraining import PretrainingDataModule
-    from experiments.budget import meta_objective, resolve_budget
+    from experiments.budget import meta_objective, resolve_budget, step_flops
     from experiments.checkpoints import check_checkpoint_file
     from objectives.flops import check_convention
 
@@ -139,7 +128,7 @@ def preflight(cfg: Namespace) -> float | None:
     if cfg.flops_budget is None:
         return None
     budget = resolve_budget(cfg.flops_budget, cfg.flops_convention)
-    one_step = global_step_flops(cfg, cfg.flops_convention)
+    one_step = step_flops(cfg, cfg.flops_convention, objective=objective)
     if budget < one_step:
         raise UsageError(
             f"--flops_budget {cfg.flops_budget} ({budget:.3e} FLOPs) is less than one training step of "

@@ -17,6 +17,7 @@ three seeds an interval is wide and rough: read it as "this comparison cannot te
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -143,6 +144,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def majority_baseline(task: str, cache_dir: str | None = None) -> float | None:
     """The dev accuracy of always answering the most frequent class, in points, for an offline task (its
     data is on every machine); None for GLUE and the average."""
@@ -415,12 +417,12 @@ def crossover_interval(budgets: list[float], paired_diffs: list[list[list[float]
     return point, hits[int(tail * len(hits))], hits[min(len(hits) - 1, int((1 - tail) * len(hits)))], share
 
 
-def ladder_rows(steps: list[tuple[float, list[dict]]], task: str = "average") -> list[dict]:
-    """One line per (objective, budget) from each budget's comparison rows: the score of ``task`` (median
-    and interval) and the objective's own final validation loss."""
+def ladder_rows(aggregated: list[tuple[float, list[dict]]], task: str = "average") -> list[dict]:
+    """One line per (objective, budget) from each budget's :func:`aggregate` entries: the score of ``task``
+    (median and interval) and the objective's own final validation loss."""
     out = []
-    for budget, rows in steps:
-        for e in aggregate(rows):
+    for budget, entries in aggregated:
+        for e in entries:
             t = e["tasks"].get(task, {})
             out.append({"budget": budget, "objective": e["name"], "flops": e["flops"], "val_loss": e["val_loss"],
                         "median": t.get("median"), "lo": t.get("lo"), "hi": t.get("hi")})
@@ -436,11 +438,12 @@ def ladder_tasks(steps: list[tuple[float, list[dict]]]) -> list[str]:
 def ladder_markdown(steps: list[tuple[float, list[dict]]], tasks: list[str] | None = None) -> str:
     """ladder.md: per task, the scores at every budget and each objective's crossover with the first."""
     budgets = [b for b, _ in steps]
+    aggregated = [(b, aggregate(rows)) for b, rows in steps]  # the bootstraps once, for every task
     md = ["# isoFLOP ladder", "", "Downstream score (median [95% CI], points) and own final validation loss of each "
           "objective at each budget; the crossover is where an objective's paired difference against the first "
           "changes sign (interpolated in log FLOPs, with a 95% bootstrap interval)."]
     for task in tasks or ladder_tasks(steps):
-        lines = ladder_rows(steps, task)
+        lines = ladder_rows(aggregated, task)
         names = list(dict.fromkeys(r["objective"] for r in lines))
         md += ["", f"## {task}", "", "| objective | " + " | ".join(f"{b:.2e} FLOPs" for b in budgets) + " |",
                "|---|" + "---|" * len(budgets)]
@@ -475,20 +478,21 @@ def plot_ladder(steps: list[tuple[float, list[dict]]], tasks: list[str] | None =
     import matplotlib.pyplot as plt
 
     tasks = tasks or ladder_tasks(steps)
+    aggregated = [(b, aggregate(rows)) for b, rows in steps]
     fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4 * (len(tasks) + 1), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        lines = ladder_rows(steps, task)
+        lines = ladder_rows(aggregated, task)
         for name in dict.fromkeys(r["objective"] for r in lines):
             mine = [r for r in lines if r["objective"] == name]
             ax.errorbar([r["flops"] for r in mine], [r["median"] for r in mine],
                         yerr=[[r["median"] - r["lo"] for r in mine], [r["hi"] - r["median"] for r in mine]],
                         marker="o", capsize=3, label=name)
-        majority = next((e["tasks"][task].get("majority") for e in aggregate(steps[0][1])), None) if steps else None
+        majority = next((e["tasks"][task].get("majority") for e in aggregated[0][1]), None) if aggregated else None
         if majority is not None:
             ax.axhline(majority, color="black", linestyle="--", linewidth=0.8, label="majority class")
         ax.set(xscale="log", xlabel="training FLOPs", ylabel="score (median, 95% CI)", title=task)
     loss_ax = axes[0][-1]
-    lines = ladder_rows(steps, tasks[0]) if tasks else []
+    lines = ladder_rows(aggregated, tasks[0]) if tasks else []
     for name in dict.fromkeys(r["objective"] for r in lines):
         mine = [r for r in lines if r["objective"] == name]
         loss_ax.plot([r["flops"] for r in mine], [r["val_loss"] for r in mine], marker="o", label=name)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,7 +189,3 @@ def write_run_info(run_dir: Path, dumped: dict) -> None:
 def write_result(run_dir: Path, result: dict, dumped: dict) -> None:
     write_atomic(run_dir / "result.json", json.dumps({**result, "length": length(dumped)}, indent=2) + "\n")
 
-
-def read_result(run_dir: str | os.PathLike) -> dict | None:
-    """A finished run's saved result (``result.json``), or None."""
-    return _read(Path(run_dir) / "result.json")

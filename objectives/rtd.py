@@ -37,15 +37,17 @@ def rtd_loss(logits: Tensor, replaced: Tensor, weights: Tensor) -> tuple[Tensor,
     per_token = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
     n = weights.sum().clamp(min=1)
     loss = (per_token * weights).sum() / n
-    predicted = (logits > 0).float() * weights
+    said = logits > 0  # "replaced"
+    predicted = said.float() * weights
     true_pos = (predicted * target).sum()
-    share = ((target * weights).sum() / n).clamp(1e-7, 1 - 1e-7)  # replaced share of the scored tokens
-    acc = (((logits > 0) == replaced).float() * weights).sum() / n
+    positives = (target * weights).sum()
+    share = (positives / n).clamp(1e-7, 1 - 1e-7)  # replaced share of the scored tokens
+    acc = ((said == replaced).float() * weights).sum() / n
     metrics = {
         "disc_loss": loss,
         "disc_acc": acc,
         "disc_precision": true_pos / predicted.sum().clamp(min=1),
-        "disc_recall": true_pos / (target * weights).sum().clamp(min=1),
+        "disc_recall": true_pos / positives.clamp(min=1),
         "disc_gain": acc - (1 - share),
         "disc_label_entropy": -(share * share.log() + (1 - share) * (1 - share).log()),
         DETECTION: (logits.detach().float(), replaced, weights.bool()),
