@@ -296,7 +296,7 @@ def bench_objective(name: str, args, device: torch.device, dtype: torch.dtype | 
     return model.flops_per_batch(args.batch, args.seq, "actual"), sides
 
 
-HEADER = (f"{'objective':<24}{'step':<9}{'tokens/s':>9}{'range':>12}{'ms/step':>9}{'own GFLOP':>10}{'GFLOP/s':>9}"
+HEADER = (f"{'objective':<24}{'step':<9}{'tokens/s':>10}{'range':>17}{'ms/step':>9}{'own GFLOP':>10}{'GFLOP/s':>10}"
           f"{'MFU':>7}{'peak GB':>9}{'vs plain':>10}")
 
 
@@ -309,9 +309,9 @@ def table_rows(name: str, flops: float, sides: list[Side], args, peak: float) ->
     for i, (side, seconds) in enumerate(zip(sides, medians)):
         rates = sorted(tokens / s for s in side.seconds)
         ratio = "" if i else (f"{medians[1] / medians[0]:.2f}x" if len(sides) > 1 else "--")
-        rows.append(f"{(name if i == 0 else ''):<24}{side.label:<9}{tokens / seconds:>9.0f}"
-                    f"{f'{rates[0]:.0f}-{rates[-1]:.0f}':>12}{1000 * seconds / args.steps:>9.0f}"
-                    f"{side.own_flops / 1e9:>10.1f}{flops * args.steps / seconds / 1e9:>9.1f}"
+        rows.append(f"{(name if i == 0 else ''):<24}{side.label:<9}{tokens / seconds:>10.0f}"
+                    f"{f'{rates[0]:.0f}-{rates[-1]:.0f}':>17}{1000 * seconds / args.steps:>9.1f}"
+                    f"{side.own_flops / 1e9:>10.1f}{flops * args.steps / seconds / 1e9:>10.1f}"
                     f"{flops * args.steps / seconds / peak:>7.1%}{side.peak_bytes / 1e9:>9.2f}{ratio:>10}")
     return rows
 

@@ -83,9 +83,12 @@ def pretrain(config: Namespace | dict | list[str]) -> RunResult:
 
 def check_strategy(cfg: Namespace) -> None:
     """One-line errors, before any compute, for a strategy this machine cannot run: DeepSpeed without the
-    package, FSDP without CUDA (torch's FSDP needs an accelerator), or a launch that would run the job
-    several times over (:func:`experiments.ranks.check_launch`)."""
+    package, DeepSpeed or FSDP without CUDA (Lightning's DeepSpeed strategy runs on CUDA GPUs only, torch's
+    FSDP needs an accelerator), or a launch that would run the job several times over
+    (:func:`experiments.ranks.check_launch`)."""
     import importlib.util
+
+    import torch
 
     from experiments.ranks import check_launch, strategy_name
 
@@ -93,12 +96,13 @@ def check_strategy(cfg: Namespace) -> None:
     if "deepspeed" in name and importlib.util.find_spec("deepspeed") is None:
         raise UsageError(f"--trainer.strategy {name} needs DeepSpeed, which is not installed: pip install "
                          "'isoflop[deepspeed]' (on a machine with CUDA), or use --trainer.strategy ddp or fsdp")
-    if "fsdp" in name:
-        import torch
-
-        if str(cfg.trainer.accelerator) == "cpu" or not torch.cuda.is_available():
-            raise UsageError(f"--trainer.strategy {name} needs CUDA devices (torch's FSDP does not run on CPUs): "
-                             "use --trainer.strategy ddp here")
+    without_cuda = str(cfg.trainer.accelerator) == "cpu" or not torch.cuda.is_available()
+    if "deepspeed" in name and without_cuda:
+        raise UsageError(f"--trainer.strategy {name} needs CUDA devices (Lightning's DeepSpeed strategy runs on CUDA "
+                         "GPUs only): use --trainer.strategy ddp here")
+    if "fsdp" in name and without_cuda:
+        raise UsageError(f"--trainer.strategy {name} needs CUDA devices (torch's FSDP does not run on CPUs): "
+                         "use --trainer.strategy ddp here")
     check_launch(cfg.trainer, "pretrain")
 
 

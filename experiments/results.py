@@ -452,12 +452,15 @@ def ladder_markdown(steps: list[tuple[float, list[dict]]], tasks: list[str] | No
                      for r in lines if r["objective"] == name]
             md.append(f"| {name} | " + " | ".join(cells) + " |")
         md.append("")
+        majority = next((e["tasks"][task].get("majority") for e in aggregated[0][1]), None) if aggregated else None
+        medians = {(r["budget"], r["objective"]): r["median"] for r in lines}
         for name in names[1:]:
-            md.append(_crossover_line(steps, budgets, task, names[0], name))
+            md.append(_crossover_line(steps, budgets, task, names[0], name, medians, majority))
     return "\n".join(md) + "\n"
 
 
-def _crossover_line(steps, budgets: list[float], task: str, first: str, name: str) -> str:
+def _crossover_line(steps, budgets: list[float], task: str, first: str, name: str, medians: dict,
+                    majority: float | None) -> str:
     diffs = [paired(task_scores(_group(rows, first), task), task_scores(_group(rows, name), task)) for _, rows in steps]
     point, lo, hi, share = crossover_interval(budgets, diffs)
     if point is None:
@@ -465,7 +468,24 @@ def _crossover_line(steps, budgets: list[float], task: str, first: str, name: st
                 "the bootstrap resamples).")
     interval = f"[{lo:.2e}, {hi:.2e}]" if lo is not None else "[-]"
     return (f"- {name} against {first}: crosses at {point:.2e} FLOPs, 95% interval {interval} (the curves cross in "
-            f"{100 * share:.0f}% of the bootstrap resamples).")
+            f"{100 * share:.0f}% of the bootstrap resamples){_at_chance_near(point, budgets, medians, (first, name), majority)}.")
+
+
+def _at_chance_near(point: float, budgets: list[float], medians: dict, names: tuple[str, str],
+                    majority: float | None) -> str:
+    """Words for a crossover next to a budget where both objectives score at the majority-class baseline
+    (within :data:`AT_CHANCE` points): the order of two chance-level scores is noise, not a change in
+    which objective learns the task."""
+    if majority is None:
+        return ""
+    around = [b for b, nxt in zip(budgets, budgets[1:]) if b <= point <= nxt]
+    around = sorted({around[0], budgets[budgets.index(around[0]) + 1]}) if around else [point]
+    for b in around:
+        scores = [medians.get((b, n)) for n in names]
+        if all(m is not None and abs(m - majority) <= AT_CHANCE for m in scores):
+            return (f"; at {b:.2e} FLOPs both are within {AT_CHANCE:g} points of the majority baseline ({majority:.1f}), "
+                    "so this crossing involves chance-level scores, not a change in which objective learns the task")
+    return ""
 
 
 def _group(rows: list[dict], name: str) -> list[dict]:

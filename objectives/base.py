@@ -6,6 +6,7 @@ counting, tokenizer bookkeeping, FLOPs bookkeeping and checkpoint metadata. An o
 from __future__ import annotations
 
 import abc
+import contextlib
 import tempfile
 from collections.abc import Hashable
 from pathlib import Path
@@ -110,9 +111,16 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         """Build the networks, once. Lightning calls this under the strategy's initialisation context, so
         FSDP shards layers as they are built and large models can start on the meta device. Code that
         uses an objective without a Trainer (tests, benchmarks) calls it first; loading a checkpoint
-        (``load_from_checkpoint``) calls it too. FLOPs need no networks."""
+        (``load_from_checkpoint``) calls it too. FLOPs need no networks.
+
+        The initial weights are drawn on the CPU under every strategy, then moved: Lightning builds them
+        on the GPU under one device or DDP (the GPU's random generator) but on the CPU under FSDP, so one
+        seed would otherwise start FSDP runs from other weights than DDP runs, and GPU runs from other
+        weights than CPU runs. A meta-device context (shapes only, no memory) is kept."""
         if not self._networks_built:
-            self.build_networks()
+            meta = torch.get_default_device().type == "meta"
+            with contextlib.nullcontext() if meta else torch.device("cpu"):
+                self.build_networks()
             self._networks_built = True
 
     @abc.abstractmethod
@@ -283,9 +291,19 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
                                    hp.warmup_fraction)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip the global gradient norm at ``max_grad_norm`` (ELECTRA's 1.0), or at the Trainer's
+        ``gradient_clip_val`` when one is given. Under FSDP the norm must sum every rank's shard, which only
+        the root FSDP module's ``clip_grad_norm_`` does (a plain ``clip_grad_norm_`` would clip each shard
+        by its own norm, and Lightning's FSDP precision plugin refuses it), so it clips there."""
         clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+        if not clip:
+            return
+        algorithm = gradient_clip_algorithm or "norm"
+        root = sharded_root(self.trainer.strategy)
+        if root is not None and algorithm == "norm":
+            root.clip_grad_norm_(clip)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=algorithm)
 
     # -- checkpoints and export -----------------------------------------------------------------------
 
@@ -316,6 +334,17 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
     @abc.abstractmethod
     def export(self, out_dir: str | Path) -> None:
         """Write Hugging Face ``save_pretrained`` directories (model and tokenizer) to ``out_dir``."""
+
+
+def sharded_root(strategy) -> torch.nn.Module | None:
+    """The root ``FullyShardedDataParallel`` module of an FSDP strategy (Lightning keeps it as
+    ``strategy.model``), or None under any other strategy."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = getattr(strategy, "model", None)
+    return model if isinstance(model, FullyShardedDataParallel) else None
 
 
 def masked_lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

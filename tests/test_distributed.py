@@ -326,3 +326,78 @@ def test_sweep_takes_trainer_and_data_options_for_every_run(monkeypatch, capsys)
     assert main(["sweep", "generator-size", "--model.init_args.size", "small"]) == 2
     assert "unrecognized arguments: --model.init_args.size; isoflop sweep takes --trainer.* and --data.*" in \
         capsys.readouterr().err
+
+
+def test_clipping_under_fsdp_goes_through_the_root_module(monkeypatch):
+    """Under FSDP each rank holds a shard of the gradient, so the global norm must be clipped by the root
+    FSDP module (which sums the shards' norms); under any other strategy the objective clips its whole
+    gradient itself. FSDP cannot run here (it needs CUDA); the GPU check runs it for real."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import Precision
+
+    import objectives.base as base
+    from experiments.bench import random_batch
+    from objectives import ReplacedTokenDetection
+
+    torch.manual_seed(0)
+    model = ReplacedTokenDetection(size="tiny", vocab_size=64, max_position_embeddings=16, max_grad_norm=0.5)
+    model.configure_model()
+    model.mask_token_id.fill_(4)
+    model.compute(random_batch(2, 16, 64, torch.device("cpu")), None)["loss"].backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    before = torch.nn.utils.get_total_norm([p.grad for p in params])
+    assert before > 0.5
+    model._trainer = SimpleNamespace(strategy=SimpleNamespace(model=model), precision_plugin=Precision(),
+                                     gradient_clip_val=None, gradient_clip_algorithm=None)
+    assert base.sharded_root(model._trainer.strategy) is None
+
+    calls = []
+    monkeypatch.setattr(base, "sharded_root", lambda strategy: SimpleNamespace(clip_grad_norm_=calls.append))
+    model.configure_gradient_clipping(None)
+    assert calls == [0.5]  # FSDP's root clipped; nothing else touched the gradients
+    assert torch.equal(torch.nn.utils.get_total_norm([p.grad for p in params]), before)
+
+    monkeypatch.undo()
+    model.configure_gradient_clipping(SimpleNamespace(param_groups=[{"params": params}]))
+    assert torch.nn.utils.get_total_norm([p.grad for p in params]) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_networks_are_built_on_the_cpu_or_on_meta(monkeypatch):
+    """Whatever device context the strategy builds the networks under (the GPU under one device or DDP, none
+    under FSDP), the initial weights are drawn on the CPU, so one seed gives one draw under every strategy
+    (checked on a GPU: FSDP and one device start from the same weights); a meta context still builds
+    shapes only, with no memory."""
+    from objectives import ReplacedTokenDetection
+
+    def build():
+        torch.manual_seed(0)
+        model = ReplacedTokenDetection(size="tiny", vocab_size=64, max_position_embeddings=16)
+        model.configure_model()
+        return model
+
+    with torch.device("meta"):
+        assert {p.device.type for p in build().parameters()} == {"meta"}
+    reference = build().state_dict()
+    seen = []
+    real = torch.get_default_device
+    monkeypatch.setattr(torch, "get_default_device", lambda: seen.append(real()) or torch.device("cuda"))
+    drawn = build().state_dict()  # a context the CPU machine cannot make: the draw is still the CPU's
+    assert seen and drawn.keys() == reference.keys() and all(torch.equal(drawn[k], reference[k]) for k in drawn)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_deepspeed_installed_but_no_gpu_fails_before_compute(tmp_path, capsys, monkeypatch):
+    """With DeepSpeed installed (pretended here) but no CUDA device, Lightning would stop with a traceback
+    once the data is built; isoflop says it in one line first, and writes nothing."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name, *a))
+    argv = ["pretrain", "--config", "tiny", "--wandb", "false", "--run_dir", str(tmp_path / "run"),
+            "--trainer.strategy", "deepspeed_stage_2"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "isoflop pretrain: error: --trainer.strategy deepspeed_stage_2 needs CUDA devices (Lightning's DeepSpeed "
+        "strategy runs on CUDA GPUs only): use --trainer.strategy ddp here")
+    assert not (tmp_path / "run").exists()

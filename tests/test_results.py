@@ -93,3 +93,20 @@ def test_the_table_says_whether_a_masked_lm_left_the_unigram_plateau():
     text = markdown(aggregate([row("MaskedLM", 0, [50.0], on), row("ELECTRA", 0, [50.0], off)]), ["docpair"], 1e12, None)
     assert "- MaskedLM: the masked LM is still on the unigram plateau" in text and "(loss 5.950 against" in text
     assert "- ELECTRA: the generator has left the unigram plateau (loss 4.300 against a unigram level of 6.220" in text
+
+
+def test_a_crossover_between_chance_level_scores_says_so():
+    from experiments.results import ladder_markdown
+
+    def rungs(budget, a, b):
+        return (budget, [row("MaskedLM", s, a[s]) for s in range(2)] + [row("ELECTRA", s, b[s]) for s in range(2)])
+
+    # docpair's majority baseline is 50.0: ELECTRA leads clearly at 1e12, both sit at chance at 1e13
+    steps = [rungs(1e12, [[50, 51, 50], [51, 50, 50]], [[56, 57, 58], [57, 58, 56]]),
+             rungs(1e13, [[51, 51, 52], [52, 51, 51]], [[50, 49, 50], [49, 50, 50]])]
+    text = ladder_markdown(steps, ["docpair"])
+    assert "- ELECTRA against MaskedLM: crosses at" in text
+    assert "at 1.00e+13 FLOPs both are within 2 points of the majority baseline (50.0), so this crossing involves " \
+           "chance-level scores" in text
+    steps[1] = rungs(1e13, [[51, 51, 52], [52, 51, 51]], [[40, 41, 42], [41, 42, 40]])  # ELECTRA falls below chance
+    assert "chance-level" not in ladder_markdown(steps, ["docpair"])
