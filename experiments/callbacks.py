@@ -97,10 +97,13 @@ class FlopsBudget(Callback):
         if trainer.world_size > 1:
             self._check_shape(trainer, B, L)
         self.total += pl_module.step_flops(B, L, self.convention) * trainer.world_size
-        pl_module.log("train/flops", self.total, on_step=True, on_epoch=False, reduce_fx="max")
         stepped = trainer.global_step != self._step_before  # not in the middle of an accumulation
         if self.budget is not None and stepped and self.total >= self.budget:
             trainer.should_stop = True
+        from objectives.base import logs_this_step
+
+        if logs_this_step(trainer):  # the steps the loggers write (self.log costs the host time)
+            pl_module.log("train/flops", self.total, on_step=True, on_epoch=False, reduce_fx="max")
 
     @staticmethod
     def _check_shape(trainer, B: int, L: int) -> None:
@@ -259,8 +262,8 @@ class NonFiniteGuard(Callback):
 
     Checked in ``on_before_optimizer_step``, after the backward pass and before the weights change,
     so a bad step never reaches the weights nor a checkpoint. Deciding there costs one host-device
-    sync per step (one small tensor of every loss component the step logged and the total gradient
-    norm is read back), as AMP's GradScaler pays for its own overflow test. With fp16 mixed
+    sync per step (one small tensor of every loss and metric of the step, the objective's
+    ``step_metrics``, and the total gradient norm is read back), as AMP's GradScaler pays for its own overflow test. With fp16 mixed
     precision the gradient check is the GradScaler's (it skips overflowing steps by design).
 
     A non-finite step raises :class:`~experiments.errors.NonFiniteError` naming the step (1-based, the
@@ -285,7 +288,8 @@ class NonFiniteGuard(Callback):
         self.skipped = int(state.get("skipped", 0))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        names, values = _logged_this_step(trainer)
+        logged = {f"train/{k}": v for k, v in getattr(pl_module, "step_metrics", {}).items() if v.is_floating_point()}
+        names, values = list(logged), list(logged.values())
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if grads and getattr(trainer.precision_plugin, "scaler", None) is None:
             names.append("gradient norm")
@@ -332,20 +336,6 @@ def _replicated_gradients(strategy) -> bool:
     from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
     return isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy)
-
-
-def _logged_this_step(trainer) -> tuple[list[str], list]:
-    """The values ``training_step`` logged in this step, by name (Lightning keeps them in its result
-    collection until they are logged after the step; read from its documented-by-use attributes)."""
-    names, values = [], []
-    results = getattr(trainer, "_results", None)
-    for metric in (results.values() if results is not None else ()):
-        meta, cache = getattr(metric, "meta", None), getattr(metric, "_forward_cache", None)
-        if meta is not None and meta.fx == "training_step" and isinstance(cache, torch.Tensor) \
-                and cache.is_floating_point():
-            names.append(meta.name)
-            values.append(cache)
-    return names, values
 
 
 def _kept(trainer) -> str:

@@ -17,7 +17,7 @@ def tiny(cls=MaskedLM):
 
 def trainer(tmp_path, budget, callbacks=(), **kwargs):
     counter = FlopsBudget(budget)
-    return counter, L.Trainer(max_steps=kwargs.pop("max_steps", -1), max_epochs=-1, logger=False,
+    return counter, L.Trainer(max_steps=kwargs.pop("max_steps", -1), max_epochs=-1, logger=kwargs.pop("logger", False),
                               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                               callbacks=[counter, *callbacks], default_root_dir=tmp_path,
                               enable_checkpointing=bool(callbacks), **kwargs)
@@ -72,3 +72,24 @@ def test_flops_command(capsys):
     assert main(["flops", "--preset", "bert-small", "--steps", "1450000", "--batch", "128", "--seq", "128"]) == 0
     out = capsys.readouterr().out
     assert "convention actual" in out and out.strip().endswith("1.550e+18")
+
+
+def test_metrics_are_logged_on_log_steps_and_at_the_budget_stop(tiny_data, tmp_path):
+    """Training metrics reach the logger every ``log_every_n_steps`` and at the step a budget stops on
+    (which is no multiple of it), as when every step logged; the other steps spend no host time on
+    ``self.log``."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    L.seed_everything(0)
+    model = tiny(ReplacedTokenDetection)
+    budget = 6.5 * model.step_flops(16, TINY_SEQ)  # stops after step 7
+    counter, t = trainer(tmp_path, budget, logger=CSVLogger(tmp_path, name="csv", version=""), log_every_n_steps=3)
+    t.fit(model, tiny_data)
+    assert t.global_step == 7
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    assert [int(r["step"]) for r in rows] == [2, 5, 6]  # 0-based: steps 3 and 6, and the last
+    assert float(rows[-1]["train/flops"]) == pytest.approx(counter.total)
+    assert all(r["train/disc_loss"] and r["train/tokens"] for r in rows)
