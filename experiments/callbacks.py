@@ -263,8 +263,9 @@ class NonFiniteGuard(Callback):
     Checked in ``on_before_optimizer_step``, after the backward pass and before the weights change,
     so a bad step never reaches the weights nor a checkpoint. Deciding there costs one host-device
     sync per step (one small tensor of every loss and metric of the step, the objective's
-    ``step_metrics``, and the total gradient norm is read back), as AMP's GradScaler pays for its own overflow test. With fp16 mixed
-    precision the gradient check is the GradScaler's (it skips overflowing steps by design).
+    ``step_metrics``, and the total gradient norm is read back), as AMP's GradScaler pays for its own
+    overflow test. With fp16 mixed precision the gradient check is the GradScaler's (it skips
+    overflowing steps by design).
 
     A non-finite step raises :class:`~experiments.errors.NonFiniteError` naming the step (1-based, the
     step that was about to be taken) and the components; the last good checkpoint stays as it was. With
