@@ -6,11 +6,12 @@ paper's choice, saved as a Hugging Face ``ElectraTokenizerFast`` so exports load
 supports fewer pieces, the rest is filled with ``[unusedN]`` tokens, as in BERT's own vocabulary,
 so the encoder's embedding matrix and the tokenizer always agree.
 
-Reproducibility: the corpus is byte-identical for a Python version, but the `tokenizers` trainer
-breaks ties between equally frequent merges in an order that varies between processes, so two
-trainings can differ in a few pieces. Every run that uses one cache shares the one trained
-tokenizer (all objectives of a comparison do); to pin it across machines, pass its directory
-(``<cache>/tokenizers/<hash>``) as ``tokenizer``.
+Reproducibility: the vocabulary is a function of the corpus alone. The `tokenizers` library's own
+WordPiece trainer breaks ties between equally frequent merges in hash-map order, which changes from
+process to process (two trainings on one corpus differed in 6 of 8,192 pieces, and since pieces are
+numbered in sorted order, most ids shifted); so the merges are learned here, with ties broken by the
+pieces themselves, on the library's normalisation and pre-tokenisation. A cache still saves the
+training: every run on one cache shares the trained tokenizer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -27,33 +29,86 @@ from datamodules.cache import build_once
 
 # Fixed ids 0..4 for the special tokens of trained tokenizers.
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-TOKENIZER_VERSION = "wordpiece-2"
+TOKENIZER_VERSION = "wordpiece-3"  # 3: merges learned deterministically (learn_merges)
 
 
 def train_wordpiece(
     texts: Iterable[str], vocab_size: int, lowercase: bool = True, length: int | None = None
 ) -> ElectraTokenizerFast:
-    """Train a BERT-style WordPiece tokenizer with exactly ``vocab_size`` tokens."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """Train a BERT-style WordPiece tokenizer with exactly ``vocab_size`` tokens: BERT's normalisation
+    and pre-tokenisation (the ``tokenizers`` library's), word counts, then :func:`learn_merges`.
+    ``length`` (the number of texts) is accepted for the callers' progress reporting; unused."""
+    from tokenizers import normalizers, pre_tokenizers
 
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=True, min_frequency=2
-    )
-    tok.train_from_iterator(texts, trainer=trainer, length=length)
-    # The trainer numbers pieces in hash-map order, which changes from process to process: number
-    # them canonically (specials, then sorted). Its merges can also break count ties differently
-    # from one process to the next (a handful of pieces out of thousands), so a trained tokenizer is
-    # reproducible through its cache, not through retraining: every run on one cache shares it.
-    pieces = sorted(set(tok.get_vocab()) - set(SPECIAL_TOKENS))
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    pieces = sorted(learn_merges(counts, vocab_size - len(SPECIAL_TOKENS)))
+    # Canonical numbering: specials, then the pieces sorted; padded to the exact size asked for.
     vocab = {piece: i for i, piece in enumerate(SPECIAL_TOKENS + pieces)}
-    for i in range(vocab_size - len(vocab)):  # pad to the exact size asked for
+    for i in range(vocab_size - len(vocab)):
         vocab[f"[unused{i}]"] = len(vocab)
     return ElectraTokenizerFast(vocab=vocab, do_lower_case=lowercase, strip_accents=lowercase)
+
+
+def learn_merges(counts: dict[str, int], size: int, min_frequency: int = 2, prefix: str = "##") -> set[str]:
+    """WordPiece's vocabulary as BERT's and the ``tokenizers`` library's trainers learn it (byte-pair
+    merges over words, non-initial pieces marked with ``prefix``), deterministically: every character
+    of the corpus (``c`` word-initially, ``##c`` inside a word) is a piece, then the most frequent
+    adjacent pair of pieces is merged, over and over, until there are ``size`` pieces or no pair occurs
+    ``min_frequency`` times. Ties go to the pair that sorts first, so the result depends on the word
+    counts only, never on hash or thread order."""
+    import heapq
+
+    words = [[w[0]] + [prefix + c for c in w[1:]] for w in counts]
+    freq = list(counts.values())
+    vocab = {piece for word in words for piece in word}
+    pairs: dict[tuple[str, str], int] = {}
+    where: dict[tuple[str, str], set[int]] = {}
+    for i, word in enumerate(words):
+        for pair in zip(word, word[1:]):
+            pairs[pair] = pairs.get(pair, 0) + freq[i]
+            where.setdefault(pair, set()).add(i)
+    heap = [(-n, a, b) for (a, b), n in pairs.items()]
+    heapq.heapify(heap)
+    while len(vocab) < size and heap:
+        n, a, b = heapq.heappop(heap)
+        if pairs.get((a, b), 0) != -n:
+            continue  # a stale entry: the pair's count changed since (its current entry is in the heap)
+        if -n < min_frequency:
+            break
+        merged = a + b[len(prefix):]
+        vocab.add(merged)
+        changed = set()
+        for i in sorted(where.pop((a, b))):
+            old = words[i]
+            new, j = [], 0
+            while j < len(old):
+                if j + 1 < len(old) and old[j] == a and old[j + 1] == b:
+                    new.append(merged)
+                    j += 2
+                else:
+                    new.append(old[j])
+                    j += 1
+            if len(new) == len(old):
+                continue
+            for pair in zip(old, old[1:]):
+                pairs[pair] -= freq[i]
+                changed.add(pair)
+            for pair in zip(new, new[1:]):
+                pairs[pair] = pairs.get(pair, 0) + freq[i]
+                where.setdefault(pair, set()).add(i)
+                changed.add(pair)
+            words[i] = new
+        pairs.pop((a, b), None)
+        for pair in sorted(changed):
+            if pairs.get(pair, 0) > 0:
+                heapq.heappush(heap, (-pairs[pair], *pair))
+    return vocab
 
 
 def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -1,5 +1,8 @@
 """The shared pre-training datamodule: packing, caching, determinism and bad input."""
 
+import json
+import os
+
 import pytest
 import torch
 
@@ -134,3 +137,31 @@ def test_unigram_reference_level_of_text(tiny_data):
     plug_in = -sum(c * math.log(c / sum(counts.values())) for c in counts.values()) / sum(counts.values())
     print(f"unigram level {level:.3f} nats, plug-in validation entropy {plug_in:.3f}, log V {math.log(1024):.3f}")
     assert plug_in <= level < math.log(1024)  # a cross-entropy is at least the entropy
+
+
+def test_wordpiece_merges_are_learned_deterministically():
+    """Characters (``##`` inside words) first, then the most frequent pair; ties go to the pair that sorts
+    first; nothing merges below the minimum frequency."""
+    from datamodules.tokenizer import learn_merges
+
+    assert learn_merges({"ab": 2, "cd": 2}, size=5) == {"a", "##b", "c", "##d", "ab"}  # the tie: ("a", "##b") first
+    assert learn_merges({"ab": 2, "cd": 3}, size=5) == {"a", "##b", "c", "##d", "cd"}  # the more frequent
+    assert learn_merges({"abc": 3}, size=10) == {"a", "##b", "##c", "##bc", "abc"}  # ("##b", "##c") sorts first
+    assert learn_merges({"ab": 1}, size=10) == {"a", "##b"}  # below min_frequency 2
+
+
+def test_a_trained_tokenizer_is_the_same_in_every_process(tmp_path):
+    """Two trainings in processes with different string-hash seeds give the same vocabulary (the
+    ``tokenizers`` library's own trainer did not: its ties follow hash-map order)."""
+    import subprocess
+    import sys
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(f"the {w}s of {w}ing and {w}er, {w}ed by {v}" for w in ("walk", "talk", "stalk", "chalk")
+                              for v in ("mode", "code", "node", "rode")))
+    script = ("import sys, json; from datamodules.tokenizer import train_wordpiece; "
+              "lines = open(sys.argv[1]).read().splitlines(); "
+              "print(json.dumps(train_wordpiece(lines, 120).get_vocab(), sort_keys=True))")
+    outputs = [subprocess.run([sys.executable, "-c", script, str(text)], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    assert outputs[0] == outputs[1] and len(json.loads(outputs[0])) == 120
