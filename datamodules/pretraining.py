@@ -392,8 +392,7 @@ class PretrainingDataModule(L.LightningDataModule):
                 yield from (t for t in train_docs[start:start + 1000][column] if t)
 
         self._tokenizer = cached_wordpiece(
-            texts, {"source": source_fp, "documents": len(train_docs)}, self.cache_dir, hp.vocab_size,
-            hp.lowercase, length=len(train_docs),
+            texts, {"source": source_fp, "documents": len(train_docs)}, self.cache_dir, hp.vocab_size, hp.lowercase,
         )
 
     def _stream_tokenizer(self) -> None:
@@ -409,8 +408,7 @@ class PretrainingDataModule(L.LightningDataModule):
         key = {"source": source.fingerprint(), "streaming": {"sample": hp.sample_documents,
                                                              "holdout_every": self.holdout_every,
                                                              "max_documents": hp.max_documents}}
-        self._tokenizer = cached_wordpiece(texts, key, self.cache_dir, hp.vocab_size, hp.lowercase,
-                                           length=hp.sample_documents)
+        self._tokenizer = cached_wordpiece(texts, key, self.cache_dir, hp.vocab_size, hp.lowercase)
 
     def _stream_source(self):
         """The stream's source, opened once here to find whether it has a validation split (else every

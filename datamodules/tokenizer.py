@@ -32,12 +32,9 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TOKENIZER_VERSION = "wordpiece-3"  # 3: merges learned deterministically (learn_merges)
 
 
-def train_wordpiece(
-    texts: Iterable[str], vocab_size: int, lowercase: bool = True, length: int | None = None
-) -> ElectraTokenizerFast:
+def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> ElectraTokenizerFast:
     """Train a BERT-style WordPiece tokenizer with exactly ``vocab_size`` tokens: BERT's normalisation
-    and pre-tokenisation (the ``tokenizers`` library's), word counts, then :func:`learn_merges`.
-    ``length`` (the number of texts) is accepted for the callers' progress reporting; unused."""
+    and pre-tokenisation (the ``tokenizers`` library's), word counts, then :func:`learn_merges`."""
     from tokenizers import normalizers, pre_tokenizers
 
     if vocab_size <= len(SPECIAL_TOKENS):
@@ -84,7 +81,7 @@ def learn_merges(counts: dict[str, int], size: int, min_frequency: int = 2, pref
         merged = a + b[len(prefix):]
         vocab.add(merged)
         changed = set()
-        for i in sorted(where.pop((a, b))):
+        for i in where.pop((a, b)):  # the order of words and of pushes changes nothing: counts add up
             old = words[i]
             new, j = [], 0
             while j < len(old):
@@ -105,7 +102,7 @@ def learn_merges(counts: dict[str, int], size: int, min_frequency: int = 2, pref
                 changed.add(pair)
             words[i] = new
         pairs.pop((a, b), None)
-        for pair in sorted(changed):
+        for pair in changed:
             if pairs.get(pair, 0) > 0:
                 heapq.heappush(heap, (-pairs[pair], *pair))
     return vocab
@@ -138,7 +135,6 @@ def cached_wordpiece(
     cache_dir: str | os.PathLike,
     vocab_size: int,
     lowercase: bool = True,
-    length: int | None = None,
 ) -> PreTrainedTokenizerBase:
     """Train once per (corpus, settings) and reuse: the tokenizer lives in ``cache_dir/tokenizers/<hash>``.
 
@@ -148,7 +144,7 @@ def cached_wordpiece(
     path = Path(cache_dir) / "tokenizers" / hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def build(tmp: Path) -> None:
-        train_wordpiece(texts(), vocab_size, lowercase, length).save_pretrained(tmp)
+        train_wordpiece(texts(), vocab_size, lowercase).save_pretrained(tmp)
         (tmp / "isoflop_tokenizer.json").write_text(blob)
 
     build_once(path, build, done="isoflop_tokenizer.json")

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from experiments.errors import NonFiniteError, Preempted, RunError
+from objectives.base import logs_this_step
 
 # What stops training at a step boundary (SIGUSR1: SLURM's warning before the end of a job's time).
 TRAINING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
@@ -100,8 +101,6 @@ class FlopsBudget(Callback):
         stepped = trainer.global_step != self._step_before  # not in the middle of an accumulation
         if self.budget is not None and stepped and self.total >= self.budget:
             trainer.should_stop = True
-        from objectives.base import logs_this_step
-
         if logs_this_step(trainer):  # the steps the loggers write (self.log costs the host time)
             pl_module.log("train/flops", self.total, on_step=True, on_epoch=False, reduce_fx="max")
 

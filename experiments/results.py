@@ -452,10 +452,9 @@ def ladder_markdown(steps: list[tuple[float, list[dict]]], tasks: list[str] | No
                      for r in lines if r["objective"] == name]
             md.append(f"| {name} | " + " | ".join(cells) + " |")
         md.append("")
-        majority = next((e["tasks"][task].get("majority") for e in aggregated[0][1]), None) if aggregated else None
         medians = {(r["budget"], r["objective"]): r["median"] for r in lines}
         for name in names[1:]:
-            md.append(_crossover_line(steps, budgets, task, names[0], name, medians, majority))
+            md.append(_crossover_line(steps, budgets, task, names[0], name, medians, _majority(aggregated, task)))
     return "\n".join(md) + "\n"
 
 
@@ -478,14 +477,18 @@ def _at_chance_near(point: float, budgets: list[float], medians: dict, names: tu
     which objective learns the task."""
     if majority is None:
         return ""
-    around = [b for b, nxt in zip(budgets, budgets[1:]) if b <= point <= nxt]
-    around = sorted({around[0], budgets[budgets.index(around[0]) + 1]}) if around else [point]
+    around = next(((b, nxt) for b, nxt in zip(budgets, budgets[1:]) if b <= point <= nxt), (point,))
     for b in around:
         scores = [medians.get((b, n)) for n in names]
         if all(m is not None and abs(m - majority) <= AT_CHANCE for m in scores):
             return (f"; at {b:.2e} FLOPs both are within {AT_CHANCE:g} points of the majority baseline ({majority:.1f}), "
                     "so this crossing involves chance-level scores, not a change in which objective learns the task")
     return ""
+
+
+def _majority(aggregated: list[tuple[float, list[dict]]], task: str) -> float | None:
+    """The task's majority-class baseline, from a ladder's aggregated entries (None for the average)."""
+    return next((e["tasks"][task].get("majority") for e in aggregated[0][1]), None) if aggregated else None
 
 
 def _group(rows: list[dict], name: str) -> list[dict]:
@@ -507,7 +510,7 @@ def plot_ladder(steps: list[tuple[float, list[dict]]], tasks: list[str] | None =
             ax.errorbar([r["flops"] for r in mine], [r["median"] for r in mine],
                         yerr=[[r["median"] - r["lo"] for r in mine], [r["hi"] - r["median"] for r in mine]],
                         marker="o", capsize=3, label=name)
-        majority = next((e["tasks"][task].get("majority") for e in aggregated[0][1]), None) if aggregated else None
+        majority = _majority(aggregated, task)
         if majority is not None:
             ax.axhline(majority, color="black", linestyle="--", linewidth=0.8, label="majority class")
         ax.set(xscale="log", xlabel="training FLOPs", ylabel="score (median, 95% CI)", title=task)
