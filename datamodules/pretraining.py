@@ -540,7 +540,7 @@ class PretrainingDataModule(L.LightningDataModule):
 
     def _train_collate(self, examples):
         # Training batches are always max_seq_length long: every rank's batch has one shape, so the FLOPs
-        # of a step are known on every rank without asking the others (experiments.callbacks.FlopsBudget).
+        # of a step are known on every rank without asking the others (experiments.run.callbacks.FlopsBudget).
         return collate(examples, self.tokenizer.pad_token_id, length=self.hparams.max_seq_length)
 
     def resume_at(self, state: dict) -> None:

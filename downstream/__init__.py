@@ -4,7 +4,7 @@ Every pre-trained encoder is judged here the same way, whatever objective produc
 :mod:`downstream.tasks` says what each task is (pure Python), :mod:`downstream.glue` and
 :mod:`downstream.offline` load the raw splits, :mod:`downstream.data` tokenises and batches them,
 :mod:`downstream.classifier` fine-tunes the encoder. ``isoflop finetune``
-(:mod:`experiments.finetune`) runs them over tasks and seeds.
+(:mod:`experiments.finetuning.finetune`) runs them over tasks and seeds.
 
 The names below are loaded on first use, so that ``import downstream.tasks`` (task names on a
 command line) does not pull in torch, transformers or datasets.

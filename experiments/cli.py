@@ -31,7 +31,7 @@ from experiments import errors
 
 def pretrain(argv: list[str]) -> int:
     from experiments.config import parse
-    from experiments.pretrain import pretrain as run
+    from experiments.run.pretrain import pretrain as run
 
     result = run(parse(argv))
     print(f"[pretrain] {result.steps} steps, {result.tokens} tokens, {result.flops:.3e} FLOPs; "
@@ -44,7 +44,7 @@ def export(argv: list[str]) -> int:
     parser.add_argument("checkpoint", help="a Lightning checkpoint written by isoflop pretrain")
     parser.add_argument("out_dir", help="output directory (save_pretrained format, model and tokenizer)")
     args = parser.parse_args(argv)
-    from experiments.export import export_checkpoint
+    from experiments.run.export import export_checkpoint
 
     for line in export_checkpoint(args.checkpoint, args.out_dir):
         print(line)
@@ -63,7 +63,7 @@ def flops(argv: list[str]) -> int:
     from experiments import presets
 
     presets.load(args.preset)  # a missing preset or bad YAML fails here, before the objectives are imported
-    from experiments.budget import preset_config, report
+    from experiments.run.budget import preset_config, report
 
     limit = preset_config(args.preset).model.init_args.max_position_embeddings
     if args.seq > limit:
@@ -74,25 +74,25 @@ def flops(argv: list[str]) -> int:
 
 
 def finetune(argv: list[str]) -> int:
-    from experiments.finetune import main as finetune_main
+    from experiments.finetuning.finetune import main as finetune_main
 
     return finetune_main(argv)
 
 
 def compare(argv: list[str]) -> int:
-    from experiments.compare import main as compare_main
+    from experiments.comparison.compare import main as compare_main
 
     return compare_main(argv)
 
 
 def sweep(argv: list[str]) -> int:
-    from experiments.sweep import main as sweep_main
+    from experiments.comparison.sweep import main as sweep_main
 
     return sweep_main(argv)
 
 
 def bench(argv: list[str]) -> int:
-    from experiments.bench import main as bench_main
+    from experiments.measure.bench import main as bench_main
 
     return bench_main(argv)
 

@@ -80,7 +80,7 @@ RUN_OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "reschedule": (bool, False, "Resume with a changed max_steps or flops_budget: the learning rate decays linearly "
                                 "from its value at the resume point to 0 at the new end (else such a resume is refused)."),
     "peak_flops": (float | None, None, "Peak FLOP/s of one device, for train/mfu (default: the vendor table of known "
-                                       "GPUs, else a measured matmul; see experiments.throughput)."),
+                                       "GPUs, else a measured matmul; see experiments.run.throughput)."),
     "compile": (bool, False, "torch.compile the objective's Hugging Face backbones before the first step."),
 }
 

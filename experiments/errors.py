@@ -163,7 +163,7 @@ def handled_signals() -> list[int]:
 def signals_raise() -> Iterator[None]:
     """While the block runs, SIGTERM, SIGINT and SIGUSR1 raise :class:`Preempted` wherever the command
     is (data building, validation, fine-tuning). Pre-training replaces these handlers while it trains
-    (:class:`experiments.callbacks.Preemption`), to stop at a step boundary with a checkpoint instead."""
+    (:class:`experiments.run.callbacks.Preemption`), to stop at a step boundary with a checkpoint instead."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

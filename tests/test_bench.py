@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from experiments.bench import plain_flops, random_batch
+from experiments.measure.bench import plain_flops, random_batch
 from experiments.cli import main
 from objectives import MaskedLM, ReplacedTokenDetection
 

@@ -5,7 +5,7 @@ import lightning as L
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from experiments.callbacks import FlopsBudget
+from experiments.run.callbacks import FlopsBudget
 from experiments.cli import main
 from objectives import MaskedLM, ReplacedTokenDetection
 from tests.conftest import TINY_SEQ, TINY_VOCAB

@@ -65,8 +65,8 @@ def test_rerun_skips_finished_runs(compare_dir, monkeypatch, capsys):
     def fail(*args, **kwargs):
         raise AssertionError("a finished run was run again")
 
-    monkeypatch.setattr("experiments.pretrain.pretrain", fail)
-    monkeypatch.setattr("experiments.finetune.finetune", fail)
+    monkeypatch.setattr("experiments.run.pretrain.pretrain", fail)
+    monkeypatch.setattr("experiments.finetuning.finetune.finetune", fail)
     before = (compare_dir / "results.csv").read_text()
     assert main(["compare", "--out_dir", str(compare_dir), "--budget_steps", "12", "--seeds", "2", *TINY]) == 0
     assert "pre-training done, skipped" in capsys.readouterr().out
@@ -104,7 +104,7 @@ def test_bad_objective_or_task_fails_before_compute(tmp_path, capsys):
 
 
 def test_sweep_expansion():
-    from experiments.sweep import expand
+    from experiments.comparison.sweep import expand
 
     runs = expand({"objective": ["objectives.MaskedLM", "objectives.ReplacedTokenDetection"],
                    "generator_hidden_fraction": [0.25, 0.5]})
@@ -162,7 +162,7 @@ def test_pretrain_seeds_and_budgets_make_a_ladder(ladder_dir):
     and plot put the budgets side by side."""
     from safetensors.torch import load_file
 
-    from experiments.results import load_ladder
+    from experiments.comparison.results import load_ladder
 
     settings = json.loads((ladder_dir / "ladder.json").read_text())["budgets"]
     assert [s["budget_flops"] for s in settings] == sorted(s["budget_flops"] for s in settings)

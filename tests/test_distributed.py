@@ -285,9 +285,9 @@ def test_a_sharded_checkpoint_exports_what_its_full_checkpoint_does(one_process,
 def test_resuming_on_another_world_size(tmp_path, cache_dir):
     """The same global batch split otherwise (2 x 8 instead of 1 x 16) is the same run: same directory
     name, accepted on resume; another global batch is another run, refused in one line before compute."""
-    from experiments import rundir
+    from experiments.run import rundir
     from experiments.config import dump, parse
-    from experiments.pretrain import run_dir_of
+    from experiments.run.pretrain import run_dir_of
 
     def config(*extra: str):
         return parse(["--config", "tiny", "--wandb", "false", *extra])
@@ -310,7 +310,7 @@ def test_resuming_on_another_world_size(tmp_path, cache_dir):
 def test_sweep_takes_trainer_and_data_options_for_every_run(monkeypatch, capsys):
     """``isoflop sweep GRID --trainer.* --data.*`` lays the options over the grid's pre-training settings of every
     run; any other option is refused in one line."""
-    import experiments.compare
+    import experiments.comparison.compare
 
     seen = {}
 
@@ -319,7 +319,7 @@ def test_sweep_takes_trainer_and_data_options_for_every_run(monkeypatch, capsys)
                     runs=len(kwargs["runs"]))
         return []
 
-    monkeypatch.setattr(experiments.compare, "compare", fake_compare)
+    monkeypatch.setattr(experiments.comparison.compare, "compare", fake_compare)
     assert main(["sweep", "generator-size", "--trainer.devices", "2", "--trainer.strategy", "ddp",
                  "--data.batch_size", "4"]) == 0
     assert str(seen["devices"]) == "2" and seen["strategy"] == "ddp" and seen["batch"] == 4 and seen["runs"] >= 3
@@ -337,7 +337,7 @@ def test_clipping_under_fsdp_goes_through_the_root_module(monkeypatch):
     from lightning.pytorch.plugins.precision import Precision
 
     import objectives.base as base
-    from experiments.bench import random_batch
+    from experiments.measure.bench import random_batch
     from objectives import ReplacedTokenDetection
 
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ from downstream.offline import (
     sentences,
     task_dir,
 )
-from experiments import finetune as ft
+from experiments.finetuning import finetune as ft
 
 
 @pytest.fixture(autouse=True, scope="module")

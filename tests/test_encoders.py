@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForMaskedLM
 
-from experiments.bench import random_batch
+from experiments.measure.bench import random_batch
 from objectives import MaskedLM, ReplacedTokenDetection, discover
 from objectives.deberta import DebertaV2ForReplacedTokenDetection
 from objectives.encoder import FAMILIES, family
@@ -132,7 +132,7 @@ def test_masked_lm_export_round_trip(tiny_data, tmp_path, encoder):
 def test_finetune_an_exported_deberta_discriminator(tiny_data, tmp_path, cache_dir, one_thread):
     """The export fine-tunes through the same harness as any encoder: the backbone loads, no weight is
     missing, and a short run on docpkg lands above the majority class."""
-    from experiments import finetune as ft
+    from experiments.finetuning import finetune as ft
 
     torch.manual_seed(0)
     model = tiny(embedding_sharing="gdes")
@@ -156,7 +156,7 @@ CHAIN = ["--config", "tiny", "--data.dataset", "synthetic:chain", "--data.vocab_
 
 def run_on_chain(tmp_path, name: str, steps: int, *extra: str) -> dict[str, float]:
     from experiments.config import parse
-    from experiments.pretrain import pretrain
+    from experiments.run.pretrain import pretrain
 
     result = pretrain(parse([*CHAIN, "--run_dir", str(tmp_path / name), "--trainer.max_steps", str(steps),
                              "--trainer.val_check_interval", str(steps), *extra]))

@@ -26,7 +26,7 @@ from transformers import (
 from downstream.classifier import SequenceClassification, task_metrics
 from downstream.data import TaskDataModule
 from downstream.tasks import get_task
-from experiments import finetune as ft
+from experiments.finetuning import finetune as ft
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import ElectraConfig, ElectraModel
 
 import objectives.flops as flops
-from experiments.budget import flops_table, preset_config, resolve_budget, step_flops
+from experiments.run.budget import flops_table, preset_config, resolve_budget, step_flops
 from objectives.encoder import EncoderShape
 from objectives.flops import (CONVENTIONS, disc_head_flops, encoder_flops, mlm_head_flops, predicted_positions,
                               train_multiplier)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from experiments.bench import random_batch
+from experiments.measure.bench import random_batch
 from objectives import discover
 from objectives.encoder import FAMILIES
 from objectives.flops import CONVENTIONS

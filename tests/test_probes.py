@@ -1,12 +1,12 @@
 """The criterion an offline task must meet to be in the suite that measures pre-training: an encoder
 pre-trained longer beats a random-initialised one of the same shape and tokenizer by a clear margin.
 Asserted here on docpkg-probe (the frozen-encoder probe of docpkg); the figures of every task are in
-the documentation's Downstream page, from ``python -m experiments.studies.probes``."""
+the documentation's Downstream page, from ``python -m experiments.measure.probes``."""
 
 from __future__ import annotations
 
 from downstream.tasks import OFFLINE_SUITE, get_task, resolve_tasks
-from experiments.studies.probes import encoder_dir, finetune_scores
+from experiments.measure.probes import encoder_dir, finetune_scores
 
 
 def test_the_offline_suite_is_the_probe_and_docpair():

@@ -38,7 +38,7 @@ ENV = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1
 
 def rows(run_dir: Path) -> list[dict]:
     """The CSV log's rows, less the throughput columns (wall-clock measurements, which no two runs share)."""
-    from experiments.throughput import KEYS
+    from experiments.run.throughput import KEYS
 
     with (run_dir / "csv" / "metrics.csv").open() as f:
         return [{k: v for k, v in r.items() if k not in KEYS} for r in csv.DictReader(f)]
@@ -159,7 +159,7 @@ class DiskFull(OSError):
 def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, cache_dir, one_thread, monkeypatch, capsys):
     """A full disk in the middle of saving: the run fails with exit 1 and one line; last.ckpt and the
     metrics are as they were (the metrics only grew), and no temporary file is left."""
-    import experiments.checkpoints as checkpoints
+    import experiments.run.checkpoints as checkpoints
 
     run_dir = tmp_path / "run"
     argv = command(8, run_dir, PAUSE)
@@ -187,8 +187,8 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, cache
 
 def test_atomic_checkpoint_io_and_csv_writer_roll_back(tmp_path, monkeypatch):
     """Unit level: an exception in the middle of a checkpoint, an appended CSV row or a CSV rewrite."""
-    from experiments.checkpoints import AtomicCheckpointIO
-    from experiments.loggers import _AppendingWriter
+    from experiments.run.checkpoints import AtomicCheckpointIO
+    from experiments.run.loggers import _AppendingWriter
 
     io_ = AtomicCheckpointIO()
     path = tmp_path / "ck" / "last.ckpt"
@@ -258,7 +258,7 @@ def test_a_changed_length_is_rescheduled_on_request(tmp_path, cache_dir, one_thr
 
 
 def test_linear_decay_from_the_resume_point():
-    from experiments.resume import _linear_to_zero
+    from experiments.run.resume import _linear_to_zero
 
     schedule = _linear_to_zero(0.5, start=6, end=10)
     assert [schedule(s) for s in (6, 7, 8, 10, 11)] == [0.5, 0.375, 0.25, 0.0, 0.0]
@@ -280,7 +280,7 @@ def test_sampler_splits_ranks_and_resumes_mid_epoch():
 
 def test_default_run_directory_is_the_configuration(monkeypatch):
     from experiments.config import parse
-    from experiments.pretrain import run_dir_of
+    from experiments.run.pretrain import run_dir_of
 
     monkeypatch.delenv("ISOFLOP_RUN_DIR", raising=False)
     name = run_dir_of(parse(["--config", "tiny"]))

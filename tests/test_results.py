@@ -3,7 +3,7 @@ fine-tuning seeds, paired differences, and the discriminator diagnostics in word
 
 import pytest
 
-from experiments.results import aggregate, bootstrap_median, markdown, median, paired, prior_only
+from experiments.comparison.results import aggregate, bootstrap_median, markdown, median, paired, prior_only
 
 
 def row(name, seed, scores, val=None, group=None):
@@ -55,7 +55,7 @@ def test_prior_only_and_what_the_table_says():
 
 
 def test_crossover_interpolates_in_log_budget():
-    from experiments.results import crossover
+    from experiments.comparison.results import crossover
 
     assert crossover([1e12, 1e13], [-2.0, 2.0]) == pytest.approx(10 ** 12.5)
     assert crossover([1e12, 1e13, 1e14], [-3.0, -1.0, 1.0]) == pytest.approx(10 ** 13.5)
@@ -63,7 +63,7 @@ def test_crossover_interpolates_in_log_budget():
 
 
 def test_ladder_table_reports_a_crossover_with_its_interval():
-    from experiments.results import ladder_markdown
+    from experiments.comparison.results import ladder_markdown
 
     def rungs(budget, a, b):
         return (budget, [row("MaskedLM", s, a[s]) for s in range(2)] + [row("ELECTRA", s, b[s]) for s in range(2)])
@@ -96,7 +96,7 @@ def test_the_table_says_whether_a_masked_lm_left_the_unigram_plateau():
 
 
 def test_a_crossover_between_chance_level_scores_says_so():
-    from experiments.results import ladder_markdown
+    from experiments.comparison.results import ladder_markdown
 
     def rungs(budget, a, b):
         return (budget, [row("MaskedLM", s, a[s]) for s in range(2)] + [row("ELECTRA", s, b[s]) for s in range(2)])

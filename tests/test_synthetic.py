@@ -76,7 +76,7 @@ def test_bad_specs_are_one_line_errors(spec, message):
 
 def test_a_run_logs_the_floors_next_to_its_losses(tmp_path, cache_dir, one_thread):
     from experiments.config import parse
-    from experiments.pretrain import pretrain
+    from experiments.run.pretrain import pretrain
 
     result = pretrain(parse(["--config", "tiny", "--data.dataset", "synthetic:chain", "--data.vocab_size", "512",
                              "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--run_dir",

@@ -1,4 +1,4 @@
-"""Throughput logging (``experiments.throughput``): the peak table and where each peak comes from,
+"""Throughput logging (``experiments.run.throughput``): the peak table and where each peak comes from,
 MFU, the logged keys of a real run, the opt-in compile, and fused AdamW under bf16-mixed."""
 
 import csv
@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-from experiments import throughput
+from experiments.run import throughput
 from experiments.cli import main
 from objectives import MaskedLM, ReplacedTokenDetection
 from objectives.optim import fused_adamw
@@ -91,7 +91,7 @@ def test_compile_networks_compiles_each_backbone_once_in_place(one_thread):
     keys = list(model.state_dict())
     assert throughput.compile_networks(model, backend="eager") == ["generator.electra"]  # "all": one backbone
     assert list(model.state_dict()) == keys  # names, checkpoints and exports are unchanged
-    from experiments.bench import random_batch
+    from experiments.measure.bench import random_batch
 
     model.mask_token_id.fill_(4)
     loss = model.compute(random_batch(2, TINY_SEQ, TINY_VOCAB, torch.device("cpu")), None)["loss"]

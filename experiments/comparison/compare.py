@@ -1,7 +1,7 @@
 """``isoflop compare``: pre-train several objectives to the same FLOPs budget, then judge them downstream.
 
 For each objective, on the same data, tokenizer and seed: pre-train until the budget is spent
-(:func:`experiments.pretrain.pretrain` with a FLOPs budget), export it, fine-tune it on the downstream
+(:func:`experiments.run.pretrain.pretrain` with a FLOPs budget), export it, fine-tune it on the downstream
 tasks over several seeds, and collect everything into one directory::
 
     OUT/results.csv, OUT/results.md    one row per objective: steps, tokens, FLOPs, final validation
@@ -15,12 +15,12 @@ Every run starts from one pre-training configuration (``--config``, default ``de
 the objective's settings that the shared configuration names carry over. Every run's configuration,
 the budget and the tasks are checked before the first pre-training starts. A rerun skips what is
 finished (a pre-training, an export, a fine-tuning results table) and resumes an interrupted
-pre-training from its last checkpoint, exactly (:mod:`experiments.rundir`): a comparison stopped by a
+pre-training from its last checkpoint, exactly (:mod:`experiments.run.rundir`): a comparison stopped by a
 signal is continued by running the same command again. With no arguments it compares MLM and ELECTRA
 at the tiny size on the embedded corpus and its offline downstream tasks: minutes on a CPU.
 
 On several processes (``--trainer.devices``, ``--trainer.num_nodes``, ``--trainer.strategy``; a plain
-command, ``torchrun`` or ``srun``) the ranks are started once (:mod:`experiments.ranks`) and every rank
+command, ``torchrun`` or ``srun``) the ranks are started once (:mod:`experiments.run.ranks`) and every rank
 takes part in every pre-training run; rank 0 exports each run behind a barrier, and once the last
 pre-training is done the other ranks leave and rank 0 fine-tunes, tabulates and plots, once.
 """
@@ -35,7 +35,7 @@ from jsonargparse import Namespace
 
 from datamodules.cache import write_atomic
 from experiments.errors import RunError, UsageError
-from experiments.results import summary_of, validation_curve, write_plots, write_tables
+from experiments.comparison.results import summary_of, validation_curve, write_plots, write_tables
 
 DEFAULT_OBJECTIVES = ["objectives.MaskedLM", "objectives.ReplacedTokenDetection"]
 
@@ -150,7 +150,7 @@ def compare(
         The rows of the comparison (of the last budget of a ladder); ``[]`` on every rank but rank 0.
     """
     from downstream.tasks import resolve_tasks
-    from experiments import ranks
+    from experiments.run import ranks
 
     out = Path(out_dir)
     task_names = resolve_tasks(tasks)  # every check before any compute
@@ -184,7 +184,7 @@ def plan_rungs(base: Namespace, specs: list[RunSpec], out: Path, budget: str | N
         return [rung]
     if budget is not None:
         raise UsageError("give --budget or --budgets, not both")
-    from experiments.budget import resolve_budget
+    from experiments.run.budget import resolve_budget
 
     values = [b.strip() for b in str(budgets).split(",") if b.strip()]
     flops = sorted({resolve_budget(b, convention) for b in values})
@@ -227,7 +227,7 @@ def finish(rung: Rung, finetune_args: dict, reference: tuple[str, float] | None)
 
 def write_ladder(ladder: list[tuple[Rung, list[dict]]], out: Path) -> None:
     """OUT/ladder.md, OUT/ladder.png and OUT/ladder.json (the budgets' directories, for the notebook)."""
-    from experiments.results import ladder_markdown, plot_ladder, save_figure
+    from experiments.comparison.results import ladder_markdown, plot_ladder, save_figure
 
     steps = [(rung.budget, rows) for rung, rows in ladder]
     write_atomic(out / "ladder.md", ladder_markdown(steps))
@@ -245,7 +245,7 @@ PAPER_REFERENCE = ("ELECTRA-Small at 1/16 of its schedule", "electra-small:62500
 
 def paper_reference(convention: str) -> tuple[str, float] | None:
     """(name, FLOPs) of :data:`PAPER_REFERENCE` in the comparison's convention."""
-    from experiments.budget import resolve_budget
+    from experiments.run.budget import resolve_budget
 
     try:
         return PAPER_REFERENCE[0], resolve_budget(PAPER_REFERENCE[1], convention)
@@ -274,10 +274,10 @@ def check_budget(configs: list[tuple[RunSpec, Namespace]], budget: str | None, b
     """The comparison's budget in FLOPs (set in every run's configuration), after checking that every
     run's configuration is sound (``preflight``), that the budget buys at least one step of every run,
     and that a run directory left by an earlier invocation holds the same run (``rundir.plan``)."""
-    from experiments import rundir
-    from experiments.budget import resolve_budget, step_flops
+    from experiments.run import rundir
+    from experiments.run.budget import resolve_budget, step_flops
     from experiments.config import dump
-    from experiments.pretrain import preflight
+    from experiments.run.pretrain import preflight
 
     if budget_steps < 1:
         raise UsageError(f"--budget_steps must be at least 1, got {budget_steps}")
@@ -298,12 +298,12 @@ def check_budget(configs: list[tuple[RunSpec, Namespace]], budget: str | None, b
 
 def pretrain_once(run: RunSpec, cfg: Namespace, world) -> dict:
     """Pre-train (every rank) and export (rank 0) a run, unless a previous invocation did; an interrupted
-    one resumes from its last checkpoint (:func:`experiments.pretrain.pretrain` does, finding it in the
+    one resumes from its last checkpoint (:func:`experiments.run.pretrain.pretrain` does, finding it in the
     run's directory). Rank 0's view of the run directory decides for every rank."""
-    from experiments import rundir
+    from experiments.run import rundir
     from experiments.config import dump
-    from experiments.export import export_checkpoint
-    from experiments.pretrain import RunResult, pretrain
+    from experiments.run.export import export_checkpoint
+    from experiments.run.pretrain import RunResult, pretrain
 
     run_dir, export_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "export"
     done = world.broadcast(rundir.plan(run_dir, dump(cfg), None, cfg.reschedule).finished if world.is_zero else None)
@@ -329,7 +329,7 @@ def _say(world, text: str) -> None:
 
 def finetune_once(run: RunSpec, cfg: Namespace, finetune_args: dict) -> dict:
     """Fine-tune a run's export on the tasks, unless a previous invocation did; the results per task."""
-    from experiments.finetune import average, finetune
+    from experiments.finetuning.finetune import average, finetune
 
     ft_dir = Path(cfg.run_dir) / "finetune"
     if (ft_dir / "results.json").exists():

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 
 from experiments import errors, presets
-from experiments.compare import RunSpec
+from experiments.comparison.compare import RunSpec
 from experiments.config import accepted_args
 
 SWEEP_KEYS = ("config", "pretrain", "compare", "grid", "baselines")
@@ -79,7 +79,7 @@ def load(grid_file: str) -> dict:
 def sweep(grid_file: str, out_dir: str | None = None, overrides: list[str] | None = None) -> list[dict]:
     """Run a sweep file: every run at one FLOPs budget, in one results table. ``overrides``: ``--trainer.*``
     and ``--data.*`` command-line options laid over the grid's pre-training settings."""
-    from experiments.compare import compare
+    from experiments.comparison.compare import compare
     from experiments.config import parse, parse_args, parser
 
     spec = load(grid_file)

@@ -8,8 +8,8 @@ random-initialised one of the same shape and tokenizer), fine-tunes every encode
 over three seeds exactly as ``isoflop compare`` does, and writes the table ``rtd/downstream.rst``
 includes (``rtd/probes_table.rst``)::
 
-    python -m experiments.studies.probes                 # about an hour on one core
-    python -m experiments.studies.probes --steps 0 600   # fewer pre-training lengths
+    python -m experiments.measure.probes                 # about an hour on one core
+    python -m experiments.measure.probes --steps 0 600   # fewer pre-training lengths
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def encoder_dir(out: Path, encoder: str, steps: int, config: str = "default", ex
     """An exported MaskedLM of ``config`` (a preset) and the encoder family after ``steps`` pre-training
     steps (0: random init)."""
     from experiments.config import parse
-    from experiments.export import export_checkpoint
-    from experiments.pretrain import pretrain
+    from experiments.run.export import export_checkpoint
+    from experiments.run.pretrain import pretrain
 
     export = out / f"{encoder}-{steps}" / "export"
     if (export / "config.json").exists():
@@ -62,8 +62,8 @@ def random_init(cfg, export: Path) -> Path:
 
 def finetune_scores(export: Path, task: str, out: Path, seeds: int = 3, **options) -> list[float]:
     """Fine-tuning seeds of ``export`` on ``task``, as compare runs them at the tiny size."""
-    from experiments.compare import FINETUNE_LEARNING_RATE
-    from experiments.finetune import finetune
+    from experiments.comparison.compare import FINETUNE_LEARNING_RATE
+    from experiments.finetuning.finetune import finetune
 
     results = finetune(str(export), tasks=task, seeds=seeds, out_dir=str(out),
                        learning_rate=FINETUNE_LEARNING_RATE["tiny"], wandb=False, **options)
@@ -85,7 +85,7 @@ def rst_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.studies.probes", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.measure.probes", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, nargs="*", default=[0, 600, 2000], help="pre-training lengths (0: random)")
     parser.add_argument("--encoders", nargs="*", default=list(ENCODERS), choices=ENCODERS)
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS)

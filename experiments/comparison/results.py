@@ -35,7 +35,7 @@ DOCS_PAGE = "rtd/objectives.rst, 'Reading the discriminator's metrics' (the docu
 
 
 def summary_of(result: dict) -> dict:
-    """The columns of a run in the results table, from its saved result (experiments.pretrain.RunResult)."""
+    """The columns of a run in the results table, from its saved result (experiments.run.pretrain.RunResult)."""
     val = dict(result.get("val") or {})
     return {"steps": result["steps"], "tokens": result["tokens"], "flops": result["flops"],
             "val_loss": val.get("val/loss", result.get("val_loss")), "val": val}

@@ -79,7 +79,7 @@ class ResumeState(Callback):
             if len(states) == trainer.world_size:
                 _restore(pl_module, states[trainer.global_rank])
             # On another number of ranks there is no state to give each: the training draws do not need one
-            # (experiments.callbacks.StepSeeds seeds every batch from its step), the rest starts afresh.
+            # (experiments.run.callbacks.StepSeeds seeds every batch from its step), the rest starts afresh.
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.consumed += 1

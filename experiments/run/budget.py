@@ -30,9 +30,9 @@ def meta_objective(config: Namespace):
 
 def batches_per_step(config: Namespace) -> int:
     """Per-rank batches in one optimiser step over every rank: processes (devices x nodes,
-    :func:`experiments.ranks.processes`) x accumulation (what :class:`~experiments.callbacks.FlopsBudget`
+    :func:`experiments.run.ranks.processes`) x accumulation (what :class:`~experiments.run.callbacks.FlopsBudget`
     counts)."""
-    from experiments.ranks import processes
+    from experiments.run.ranks import processes
 
     accumulate = config.trainer.accumulate_grad_batches
     return processes(config.trainer) * (accumulate if isinstance(accumulate, int) and accumulate > 0 else 1)

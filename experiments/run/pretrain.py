@@ -5,11 +5,11 @@ a dict); :func:`pretrain` runs it. The command line, ``isoflop compare`` and ``i
 through these two functions, so a comparison's runs are configured exactly as single runs are::
 
     from experiments.config import parse
-    from experiments.pretrain import pretrain
+    from experiments.run.pretrain import pretrain
     result = pretrain(parse(["--config", "tiny", "--model", "objectives.ReplacedTokenDetection"]))
 
 Rerunning a configuration continues it: an unfinished run resumes from its last checkpoint, a finished
-one returns its saved result (:mod:`experiments.rundir`). Every mistake in a configuration fails in
+one returns its saved result (:mod:`experiments.run.rundir`). Every mistake in a configuration fails in
 :func:`preflight`, before any data is built (:mod:`experiments.errors`).
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from jsonargparse import Namespace
 
-from experiments import rundir
+from experiments.run import rundir
 from experiments.config import dump, objective_name, parse, parser
 from experiments.errors import UsageError
 
@@ -69,7 +69,7 @@ def pretrain(config: Namespace | dict | list[str]) -> RunResult:
     """Pre-train one objective as ``config`` says (see :func:`experiments.config.parse`); return what the run did.
 
     Bad settings fail before any data is built or any step is taken (:func:`preflight`). A run whose
-    directory holds ``checkpoints/last.ckpt`` resumes from it (exactly: :mod:`experiments.resume`); a
+    directory holds ``checkpoints/last.ckpt`` resumes from it (exactly: :mod:`experiments.run.resume`); a
     finished one (``result.json``) returns its result without training. A signal stops training at the
     next step boundary with a checkpoint and raises :class:`~experiments.errors.Preempted`."""
     cfg = config if isinstance(config, Namespace) else parse(config)
@@ -85,12 +85,12 @@ def check_strategy(cfg: Namespace) -> None:
     """One-line errors, before any compute, for a strategy this machine cannot run: DeepSpeed without the
     package, DeepSpeed or FSDP without CUDA (Lightning's DeepSpeed strategy runs on CUDA GPUs only, torch's
     FSDP needs an accelerator), or a launch that would run the job several times over
-    (:func:`experiments.ranks.check_launch`)."""
+    (:func:`experiments.run.ranks.check_launch`)."""
     import importlib.util
 
     import torch
 
-    from experiments.ranks import check_launch, strategy_name
+    from experiments.run.ranks import check_launch, strategy_name
 
     name = strategy_name(cfg.trainer.strategy)
     if "deepspeed" in name and importlib.util.find_spec("deepspeed") is None:
@@ -110,8 +110,8 @@ def preflight(cfg: Namespace) -> float | None:
     """Every check of a configuration that needs no data and no compute (``isoflop compare`` runs it on
     each of its runs before the first pre-training); returns the FLOPs budget, if any."""
     from datamodules.pretraining import PretrainingDataModule
-    from experiments.budget import meta_objective, resolve_budget, step_flops
-    from experiments.checkpoints import check_checkpoint_file
+    from experiments.run.budget import meta_objective, resolve_budget, step_flops
+    from experiments.run.checkpoints import check_checkpoint_file
     from objectives.flops import check_convention
 
     if cfg.checkpoint_every < 1:
@@ -158,8 +158,8 @@ def _option_prefix(prefix: str, names) -> Iterator[None]:
 
 
 def _pretrain(cfg: Namespace, run_dir: Path) -> RunResult:
-    from experiments.callbacks import say
-    from experiments.ranks import current
+    from experiments.run.callbacks import say
+    from experiments.run.ranks import current
 
     budget = preflight(cfg)
     dumped = dump(cfg)
@@ -191,7 +191,7 @@ def _train(cfg: Namespace, run_dir: Path, budget: float | None, checkpoint: Path
            state: dict) -> RunResult:
     import lightning as L
 
-    from experiments.loggers import finish_loggers
+    from experiments.run.loggers import finish_loggers
 
     L.seed_everything(cfg.seed_everything, workers=True, verbose=False)
     init = parser().instantiate(cfg)
@@ -223,12 +223,12 @@ def _trainer(cfg: Namespace, trainer_args: Namespace, run_dir: Path, budget: flo
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.plugins.io import CheckpointIO
 
-    from experiments.callbacks import DataFloors, FlopsBudget, NonFiniteGuard, Preemption, RunSummary, StepSeeds
-    from experiments.checkpoints import AtomicCheckpointIO
-    from experiments.loggers import make_loggers
-    from experiments.ranks import strategy_name
-    from experiments.resume import ResumeState, ScheduleKeeper
-    from experiments.throughput import performance_callbacks
+    from experiments.run.callbacks import DataFloors, FlopsBudget, NonFiniteGuard, Preemption, RunSummary, StepSeeds
+    from experiments.run.checkpoints import AtomicCheckpointIO
+    from experiments.run.loggers import make_loggers
+    from experiments.run.ranks import strategy_name
+    from experiments.run.resume import ResumeState, ScheduleKeeper
+    from experiments.run.throughput import performance_callbacks
 
     kwargs = dict(trainer_args)
     if kwargs.get("logger") in (None, True):

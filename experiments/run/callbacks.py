@@ -186,7 +186,7 @@ class Preemption(Callback):
 
     While training, this callback's handlers replace the process's: a signal is only recorded, and
     after the next optimiser step the checkpoint is written (everything the next step depends on, see
-    :mod:`experiments.resume`) and training stops, before the following step, by raising
+    :mod:`experiments.run.resume`) and training stops, before the following step, by raising
     :class:`~experiments.errors.Preempted`. (Lightning's own SIGTERM path would end the process with
     exit code 0 and no checkpoint, so a scheduler would not requeue it.) The stop comes after any
     validation due at that step, as in the uninterrupted run, so the resumed run logs the same rows.
@@ -224,7 +224,7 @@ class Preemption(Callback):
         if self.received is None:
             self.received = signum
             # The ranks Lightning started (for this fit, or for the whole comparison): they stop at the same step.
-            from experiments.ranks import current
+            from experiments.run.ranks import current
 
             for proc in getattr(self._launcher, "procs", None) or current().procs:
                 if proc.poll() is None:

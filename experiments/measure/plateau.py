@@ -4,11 +4,11 @@ Small encoders first sit on a plateau where the masked-LM loss is the unigram en
 token frequencies and ignore context), and a discriminator learns only its label prior (it answers
 "original" everywhere). This study runs tiny configurations on the known-answer testbed
 (``--data.dataset synthetic:chain``: 256 symbols, 4 successors each, so the floors are known exactly)
-through :func:`experiments.pretrain.pretrain`, one factor at a time around a base configuration, and
+through :func:`experiments.run.pretrain.pretrain`, one factor at a time around a base configuration, and
 writes the table ``rtd/plateau.rst`` includes::
 
-    python -m experiments.studies.plateau                     # every configuration (about an hour on one core)
-    python -m experiments.studies.plateau --only rtd-deberta  # some of them
+    python -m experiments.measure.plateau                     # every configuration (about an hour on one core)
+    python -m experiments.measure.plateau --only rtd-deberta  # some of them
 
 Each row: the configuration, its steps, the CPU minutes the run took (process time, so the load of
 other processes does not count), the validation MLM loss (the generator's for RTD) beside the unigram
@@ -84,7 +84,7 @@ COLUMNS = ["name", "what", "steps", "cpu_min", "mlm_loss", "unigram", "bayes", "
 def run(name: str, out_dir: Path) -> dict:
     """One configuration, trained to its steps; its row of the table."""
     from experiments.config import parse
-    from experiments.pretrain import pretrain
+    from experiments.run.pretrain import pretrain
 
     what, steps, args = CONFIGS[name]
     cfg = parse([*BASE, *args, "--run_dir", str(out_dir / name), "--trainer.max_steps", str(steps),
@@ -118,7 +118,7 @@ def rst_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.studies.plateau", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.measure.plateau", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", default=list(CONFIGS), help="configurations to run (default: all)")
     parser.add_argument("--out_dir", default="runs/plateau", help="where the runs go")
     parser.add_argument("--table", default="rtd/plateau_table.rst", help="the table to write")

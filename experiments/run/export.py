@@ -3,7 +3,7 @@
 The checkpoint carries the objective's class path and its tokenizer (see
 ``PretrainingObjective.on_save_checkpoint``), so export needs nothing but the file. A sharded checkpoint
 (FSDP's ``state_dict_type="sharded"``, a directory of shards; or a DeepSpeed directory) is consolidated
-into full tensors on the way (:func:`experiments.checkpoints.consolidate`), so the export is the same
+into full tensors on the way (:func:`experiments.run.checkpoints.consolidate`), so the export is the same
 Hugging Face directories as that of the same weights saved as one file.
 """
 
@@ -20,7 +20,7 @@ def load_objective(checkpoint: str | os.PathLike):
     """The objective saved in a checkpoint, on the CPU, in eval mode. One-line errors for a missing,
     truncated or foreign file, and for weights that are NaN or infinite (a diverged run's): those are
     refused, never exported."""
-    from experiments.checkpoints import consolidate, first_nonfinite
+    from experiments.run.checkpoints import consolidate, first_nonfinite
     from objectives import resolve
 
     path = Path(checkpoint)

@@ -7,12 +7,12 @@ not change what it trains (:data:`RUN_CONTROL`). In the directory:
 
 - ``run.json``: the configuration the run was started with (its identity and its length);
 - ``checkpoints/last.ckpt``: where an unfinished run resumes from;
-- ``result.json``: written once the run has finished (:class:`experiments.pretrain.RunResult`); a rerun
+- ``result.json``: written once the run has finished (:class:`experiments.run.pretrain.RunResult`); a rerun
   then reports it and trains nothing.
 
 A directory started with another configuration is refused, naming the settings that differ. A changed
 length (``trainer.max_steps``, ``trainer.max_epochs``, ``flops_budget``) is refused too, unless
-``--reschedule true`` (see :class:`experiments.resume.ScheduleKeeper`).
+``--reschedule true`` (see :class:`experiments.run.resume.ScheduleKeeper`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.cache import write_atomic
-from experiments.checkpoints import check_checkpoint_file, checkpoint_kind
+from experiments.run.checkpoints import check_checkpoint_file, checkpoint_kind
 from experiments.errors import UsageError
 
 # Settings that say how a run is run, not what it trains: left out of its name and identity.
@@ -61,7 +61,7 @@ def _digest(flat: dict[str, Any]) -> str:
 
 
 def _processes(flat: dict[str, Any]) -> int:
-    from experiments.ranks import count_processes
+    from experiments.run.ranks import count_processes
 
     return count_processes(flat.get("trainer.devices", "auto"), flat.get("trainer.num_nodes", 1),
                            flat.get("trainer.accelerator", "auto"))
@@ -92,7 +92,7 @@ def identity(dumped: dict) -> dict[str, Any]:
 def layout(dumped: dict) -> dict[str, Any]:
     """How a run's global batch is split: recorded in ``run.json``, checked when a run resumes."""
     flat = flatten(dumped)
-    from experiments.ranks import strategy_name
+    from experiments.run.ranks import strategy_name
 
     return {"processes": _processes(flat), "batch_size": flat.get("data.batch_size"),
             "strategy": strategy_name(dumped.get("trainer", {}).get("strategy", "auto"))}

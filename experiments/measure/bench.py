@@ -17,7 +17,7 @@ Rounds are interleaved (isoflop, plain, isoflop, plain, ...) after warm-up, so m
 both sides; each side's figure is the median over rounds. GFLOP/s counts the *objective's* analytic
 training FLOPs (``actual`` convention) for both sides, so the ratio of GFLOP/s, like that of tokens/s,
 is a speed ratio; each side's own matmul FLOPs per step are printed too. MFU divides by the device's
-peak (:func:`experiments.throughput.peak_flops`). Speed is measured here, not in tests.
+peak (:func:`experiments.run.throughput.peak_flops`). Speed is measured here, not in tests.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _reset_peak(device: torch.device) -> None:
-    from experiments.throughput import reset_peak_rss
+    from experiments.run.throughput import reset_peak_rss
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -241,7 +241,7 @@ def _reset_peak(device: torch.device) -> None:
 
 
 def _peak_bytes(device: torch.device) -> int:
-    from experiments.throughput import peak_rss_bytes
+    from experiments.run.throughput import peak_rss_bytes
 
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
 
@@ -261,7 +261,7 @@ def time_round(side: Side, steps: int, device: torch.device) -> None:
 def build_sides(name: str, args, device: torch.device, dtype: torch.dtype | None) -> tuple[object, list[Side]]:
     """The objective at the asked size on a random batch, and its sides: isoflop's step, and the plain
     loop where there is one (both compiled with ``--compile``)."""
-    from experiments.throughput import compile_networks
+    from experiments.run.throughput import compile_networks
     from objectives import resolve
 
     torch.manual_seed(0)
@@ -384,7 +384,7 @@ def _objectives(names: list[str] | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.throughput import peak_flops
+    from experiments.run.throughput import peak_flops
 
     args = parse_args(argv)
     device, names = _device(args.device), _objectives(args.objectives)

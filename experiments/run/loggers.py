@@ -52,7 +52,7 @@ def quiet() -> None:
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
-    # Resuming: the data position is restored by isoflop's own sampler and callback (experiments.resume),
+    # Resuming: the data position is restored by isoflop's own sampler and callback (experiments.run.resume),
     # which Lightning cannot see; and a resumed run's checkpoint directory holds its checkpoints, of course.
     warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -158,7 +158,7 @@ class AppendingCSVLogger(CSVLogger):
     """Lightning's CSVLogger, continuing ``metrics.csv`` across resumes instead of truncating it
     (:class:`_AppendingWriter`). Rows logged after a run's last checkpoint by a leg that then crashed
     are logged again by the resumed leg; readers keep the last row of each step
-    (:func:`experiments.results.validation_curve` does)."""
+    (:func:`experiments.comparison.results.validation_curve` does)."""
 
     @property
     @rank_zero_experiment

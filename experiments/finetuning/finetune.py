@@ -32,7 +32,7 @@ from datamodules.cache import write_atomic
 from downstream.classifier import SequenceClassification, check_encoder
 from downstream.data import TaskDataModule
 from downstream.tasks import TaskSpec, resolve_tasks
-from experiments.loggers import finish_loggers, make_loggers
+from experiments.run.loggers import finish_loggers, make_loggers
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Fine-tuning: an encoder judged on downstream tasks over several seeds, the ELECTRA way."""

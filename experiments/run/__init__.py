@@ -1,0 +1,2 @@
+"""One pre-training run: prepared once (configuration, checks, budget, run directory), trained by
+Lightning with isoflop's callbacks, checkpointed, resumed exactly, exported."""
