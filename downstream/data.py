@@ -22,7 +22,7 @@ from downstream.offline import load_offline_task
 from downstream.tasks import get_task
 
 
-# (encoder, max_length) pairs already warned about truncation in this process.
+# (encoder, max_seq_length) pairs already warned about truncation in this process.
 _TRUNCATION_WARNED: set[tuple[str, int]] = set()
 
 
@@ -41,7 +41,7 @@ class TaskDataModule(L.LightningDataModule):
         task: str = "sst2",
         data_dir: str | None = None,
         data_files: dict[str, str] | None = None,
-        max_length: int = 128,
+        max_seq_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         both_orders: bool = True,
@@ -58,7 +58,7 @@ class TaskDataModule(L.LightningDataModule):
                 (or ``dev``; MNLI ``validation_matched``/``validation_mismatched``); tsv, csv, json, jsonl or
                 parquet. None loads ``nyu-mll/glue`` from the Hugging Face hub.
             data_files: Explicit files per split (``{"train": ..., "validation": ...}``); overrides ``data_dir``.
-            max_length: Truncate inputs (both segments together) to this many tokens.
+            max_seq_length: Truncate inputs (both segments together) to this many tokens.
             batch_size: Training batch size (per device).
             eval_batch_size: Dev batch size; defaults to ``batch_size``.
             both_orders: Add each training pair in swapped order too, for the symmetric tasks (MRPC, STS-B), as ELECTRA does.
@@ -73,7 +73,7 @@ class TaskDataModule(L.LightningDataModule):
         self.encoder = encoder
         self.data_dir = data_dir
         self.data_files = dict(data_files) if data_files else None
-        self.max_length = max_length
+        self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.both_orders = both_orders
@@ -147,26 +147,26 @@ class TaskDataModule(L.LightningDataModule):
         config = AutoConfig.from_pretrained(self.encoder)
         # Segment ids only where the encoder has segment embeddings (BERT/ELECTRA: 2; RoBERTa: 1).
         with_types = getattr(config, "type_vocab_size", 1) > 1 and len(spec.text_columns) == 2
-        max_length = self.max_length
+        max_seq_length = self.max_seq_length
         positions = getattr(config, "max_position_embeddings", None)
-        if positions is not None and positions < max_length:
+        if positions is not None and positions < max_seq_length:
             # A small pre-training preset may have fewer positions than GLUE's usual 128. Said once per
             # encoder and length: compare fine-tunes every task and seed of an encoder in one process.
-            if (self.encoder, max_length) not in _TRUNCATION_WARNED:
-                _TRUNCATION_WARNED.add((self.encoder, max_length))
-                warnings.warn(f"max_length {max_length} > the encoder's {positions} positions; truncating to {positions}")
-            max_length = positions
+            if (self.encoder, max_seq_length) not in _TRUNCATION_WARNED:
+                _TRUNCATION_WARNED.add((self.encoder, max_seq_length))
+                warnings.warn(f"max_seq_length {max_seq_length} > the encoder's {positions} positions; truncating to {positions}")
+            max_seq_length = positions
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
             texts = [batch[c] for c in spec.text_columns]
-            enc = tokenizer(*texts, truncation=True, max_length=max_length, return_token_type_ids=with_types)
+            enc = tokenizer(*texts, truncation=True, max_length=max_seq_length, return_token_type_ids=with_types)
             keep = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
             keep["labels"] = [y * spec.label_scale for y in batch["label"]] if spec.is_regression else batch["label"]
             return keep
 
         # An explicit fingerprint (the closure cannot be hashed) lets datasets reuse cached maps. No
         # progress bar: dev sets take a fraction of a second, and every task, split and encoder has one.
-        key = f"{ds._fingerprint}|{tokenizer_hash(tokenizer)}|{max_length}|{with_types}|{spec.name}|{split}"
+        key = f"{ds._fingerprint}|{tokenizer_hash(tokenizer)}|{max_seq_length}|{with_types}|{spec.name}|{split}"
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()
         try:

@@ -155,13 +155,13 @@ def get_task(name: str) -> TaskSpec:
 
 
 def resolve_tasks(tasks: list[str] | str) -> list[str]:
-    """Task names from ``glue``, ``offline``, a name, a comma list, or a list of any of these.
+    """Task names from ``glue``, ``offline``, a name, or a list of any of these.
 
     ``glue`` is every GLUE task but WNLI (name ``wnli`` to run it too), as GLUE's average leaves it
     out. Unknown names raise a ValueError that lists the valid ones.
     """
     items = [tasks] if isinstance(tasks, str) else list(tasks)
-    names = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+    names = [str(item).strip() for item in items if str(item).strip()]
     known = all_tasks()
     out: list[str] = []
     for name in names:

@@ -10,9 +10,9 @@ Exit codes of every ``isoflop`` command:
   the job did not finish, so it is requeued instead of counted as done.
 
 The message is one line, ``isoflop <command>: error: ...``; ``--debug`` anywhere on the command line
-or ``ISOFLOP_DEBUG=1`` re-raises instead, with the traceback. Exceptions that are not listed here
-(programming errors) keep their traceback. This module is pure Python: the command line uses it
-before torch is imported.
+or ``ISOFLOP_DEBUG=1`` re-raises instead, with the traceback. An exception not listed here is a bug in
+isoflop: it too is one line (exit code 1), naming the exception and saying to rerun with ``--debug`` for
+the traceback. This module is pure Python: the command line uses it before torch is imported.
 """
 
 from __future__ import annotations
@@ -72,17 +72,23 @@ _USAGE_NAMES = ("MisconfigurationException",)  # Lightning's, matched by name: t
 _RUN_NAMES = ("DistError", "DistBackendError", "DistNetworkError", "DistStoreError")
 
 
-def exit_code(err: BaseException) -> int | None:
-    """The exit code of an error the command reports in one line; None for one it re-raises."""
+def exit_code(err: BaseException) -> int:
+    """The exit code of an error the command reports in one line (1 for a bug: an exception isoflop does not
+    expect)."""
     if isinstance(err, Preempted):
         return err.exit_code
     if isinstance(err, KeyboardInterrupt):
         return 128 + signal.SIGINT
     if isinstance(err, _USAGE) or any(c.__name__ in _USAGE_NAMES for c in type(err).__mro__):
         return 2
-    if isinstance(err, (RunError, OSError)) or lost_rank(err):
-        return 1
-    return None
+    return 1
+
+
+def expected(err: BaseException) -> bool:
+    """Whether isoflop knows ``err`` (a usage error, a runtime failure, a signal, a lost rank), as opposed
+    to a bug."""
+    return (isinstance(err, (Preempted, KeyboardInterrupt, RunError, OSError) + _USAGE) or lost_rank(err)
+            or any(c.__name__ in _USAGE_NAMES for c in type(err).__mro__))
 
 
 def lost_rank(err: BaseException) -> bool:
@@ -109,6 +115,9 @@ def report(command: str, err: BaseException) -> str:
     if isinstance(err, KeyboardInterrupt):
         return f"{prefix}: interrupted (SIGINT)"
     text = one_line(err) or type(err).__name__
+    if not expected(err):
+        return (f"{prefix}: error: internal error, a bug in isoflop ({type(err).__name__}: {text[:300]}): rerun with "
+                "--debug for the traceback, and report it")
     if lost_rank(err):
         text = f"lost another rank of the job (it failed or was stopped: see its own error): {text[:300]}"
     if isinstance(err, OSError) and not isinstance(err, _USAGE) and err.filename and str(err.filename) not in text:
@@ -134,13 +143,6 @@ def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
     """Whether ``--debug`` is on the command line (anywhere) or ``ISOFLOP_DEBUG`` is set; ``argv`` without it."""
     env = os.environ.get("ISOFLOP_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     return env or "--debug" in argv, [a for a in argv if a != "--debug"]
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises :class:`UsageError` (one line, exit 2) instead of printing usage and exiting."""
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _raise_preempted(signum, frame) -> None:
@@ -175,14 +177,3 @@ def signals_raise() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-
-
-def positive_int(text: str) -> int:
-    """An argparse ``type`` for a count of at least 1 (its error becomes the one-line usage message)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value

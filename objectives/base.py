@@ -107,6 +107,7 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         # This training step's losses and metrics (detached), for callbacks: the non-finite check reads
         # them every step; they are logged on the steps the loggers write (on_train_batch_end).
         self.step_metrics: dict[str, Tensor] = {}
+        self._step_at_batch_start = 0  # trainer.global_step when this batch's training_step ran
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -252,10 +253,11 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         metrics = self.compute(batch, None)
         metrics.pop(DETECTION, None)
         tokens = batch["attention_mask"].sum()
-        if self._trainer is not None and self.trainer.world_size > 1:
+        if _world_size(self) > 1:
             tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum")  # count over the global batch
         self.tokens_seen += tokens
         self.step_metrics = {k: v.detach() for k, v in metrics.items()}
+        self._step_at_batch_start = self.global_step  # before the optimiser step, which runs after this
         return metrics["loss"]
 
     def on_train_batch_end(self, outputs, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -263,8 +265,11 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         step that stops training), not on the others: Lightning's ``self.log`` costs the host about
         0.75 ms a key (measured on this project's CPU), some 10 ms a step for a dozen keys, which a GPU
         step of ELECTRA-Small (tens of ms, launch-bound) would otherwise wait for. Runs after the
-        callbacks' ``on_train_batch_end``, so a budget's stop is known."""
-        if not self.step_metrics or not logs_this_step(self.trainer):
+        callbacks' ``on_train_batch_end``, so a budget's stop is known. A micro-batch inside gradient
+        accumulation logs nothing: the optimiser step counter has not moved since ``training_step``
+        (recorded there: the step runs after it), and Lightning writes no row for it."""
+        stepped = self.global_step != self._step_at_batch_start
+        if not self.step_metrics or not logs_this_step(self.trainer, stepped):
             return
         self.log_dict({f"train/{k}": v for k, v in self.step_metrics.items()}, on_step=True, on_epoch=False,
                       batch_size=batch["input_ids"].shape[0])
@@ -349,12 +354,32 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         """Write Hugging Face ``save_pretrained`` directories (model and tokenizer) to ``out_dir``."""
 
 
-def logs_this_step(trainer) -> bool:
-    """Whether the loggers write this training step's metrics: Lightning's own test (every
-    ``log_every_n_steps`` optimiser steps, and the step after which training stops); True where a
-    Lightning version lacks it (logging every step, as before)."""
-    connector = getattr(trainer, "_logger_connector", None)
-    return bool(getattr(connector, "should_update_logs", True))
+def logs_this_step(trainer, stepped: bool) -> bool:
+    """Whether Lightning's loggers write this training batch's metrics, decided from the Trainer's public
+    state in ``on_train_batch_end`` (the last hook before Lightning writes). ``stepped``: the batch ended
+    with an optimiser step (``trainer.global_step`` moved during it), not inside gradient accumulation.
+
+    Lightning writes a row after a batch that stepped, when the step just taken is a multiple of
+    ``log_every_n_steps`` (0: never) or training stops after it (``trainer.should_stop``), and on every
+    step under ``fast_dev_run``. It counts the steps as batches that stepped, a private counter
+    incremented after the batch's hooks, so one behind ``global_step`` here: ``global_step`` is that
+    count plus one. (Lightning restores its counter one up from a checkpoint saved at the end of a
+    batch, as isoflop's are, so the two agree after a resume too.)
+    """
+    if not stepped:
+        return False
+    if trainer.fast_dev_run:
+        return True
+    every = trainer.log_every_n_steps
+    return bool(every) and (trainer.global_step % every == 0 or bool(trainer.should_stop))
+
+
+def _world_size(module: L.LightningModule) -> int:
+    """The processes of the Trainer ``module`` is attached to, 1 when it is used without one (a benchmark)."""
+    try:
+        return module.trainer.world_size
+    except RuntimeError:  # Lightning's "is not attached to a `Trainer`"
+        return 1
 
 
 def sharded_root(strategy) -> torch.nn.Module | None:

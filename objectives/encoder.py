@@ -80,6 +80,7 @@ class EncoderFamily:
         generator_fraction: per size, the paper's generator (hidden fraction, layers fraction).
         mask_prob: per size, the paper's share of masked tokens.
         learning_rate: per size, the paper's peak pre-training learning rate.
+        finetune_learning_rate: per size, the peak fine-tuning learning rate of the family's own recipe.
     """
 
     name: str
@@ -87,6 +88,21 @@ class EncoderFamily:
     generator_fraction: dict[str, tuple[float, float]]
     mask_prob: dict[str, float]
     learning_rate: dict[str, float]
+    finetune_learning_rate: dict[str, float]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for table in ("generator_fraction", "mask_prob", "learning_rate", "finetune_learning_rate"):
+            missing = set(cls.sizes) - set(getattr(cls, table))
+            if missing:  # every size of every family has every setting: caught at import, not mid-comparison
+                raise TypeError(f"{cls.__name__}.{table} lacks the size(s) {', '.join(sorted(missing))}")
+
+    def size_of(self, hidden_size: int, num_layers: int) -> str | None:
+        """The named size with this hidden width and depth (how an exported encoder is recognised), or None."""
+        for name, shape in self.sizes.items():
+            if (shape.hidden_size, shape.num_layers) == (hidden_size, num_layers):
+                return name
+        return None
 
     def config(self, shape: EncoderShape, vocab_size: int, max_position_embeddings: int, dropout: float,
                pad_token_id: int = 0):
@@ -129,6 +145,9 @@ class ElectraFamily(EncoderFamily):
     generator_fraction = {"tiny": (0.25, 1.0), "small": (0.25, 1.0), "base": (1 / 3, 1.0), "large": (0.25, 1.0)}
     mask_prob = {"tiny": 0.15, "small": 0.15, "base": 0.15, "large": 0.25}
     learning_rate = {"tiny": 2e-3, "small": 5e-4, "base": 2e-4, "large": 2e-4}  # tiny: a CPU wants a larger step
+    # Fine-tuning (paper Table 7): 3e-4 Small, 1e-4 Base, 5e-5 Large; tiny encoders need a larger step to move
+    # in a few hundred updates.
+    finetune_learning_rate = {"tiny": 2e-3, "small": 3e-4, "base": 1e-4, "large": 5e-5}
 
     def config(self, shape, vocab_size, max_position_embeddings, dropout, pad_token_id=0):
         from transformers import ElectraConfig
@@ -139,9 +158,8 @@ class ElectraFamily(EncoderFamily):
             intermediate_size=shape.intermediate_size, hidden_act="gelu", hidden_dropout_prob=dropout,
             attention_probs_dropout_prob=dropout, max_position_embeddings=max_position_embeddings,
             type_vocab_size=2, initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=pad_token_id,
+            attn_implementation="sdpa",  # fused kernels on GPU, and what transformers picks for ELECTRA anyway
         )
-        # SDPA attention: fused kernels on GPU, and what transformers picks for ELECTRA anyway.
-        config._attn_implementation = "sdpa"
         return config
 
     def masked_lm(self, config):
@@ -183,6 +201,9 @@ class DebertaV2Family(EncoderFamily):
     mask_prob = dict.fromkeys(sizes, 0.15)
     # Official experiments/language_model/rtd.sh: 3e-4 (xsmall), 1e-4 (base, large); small as base.
     learning_rate = {"tiny": 2e-3, "xsmall": 3e-4, "small": 1e-4, "base": 1e-4, "large": 1e-4}
+    # Fine-tuning on MNLI, official experiments/glue/mnli.sh: 4.5e-5 (v3-xsmall, v3-small), 1.5e-5 (v3-base),
+    # 7e-6 (v3-large); tiny as ELECTRA's.
+    finetune_learning_rate = {"tiny": 2e-3, "xsmall": 4.5e-5, "small": 4.5e-5, "base": 1.5e-5, "large": 7e-6}
 
     def config(self, shape, vocab_size, max_position_embeddings, dropout, pad_token_id=0):
         from transformers import DebertaV2Config

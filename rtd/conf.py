@@ -33,7 +33,7 @@ extensions = [
     "sphinx.ext.mathjax",
 ]
 
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_include"]  # fragments included by pages, not pages themselves
 root_doc = "index"
 
 # -- autodoc ----------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ from experiments.measure.bench import plain_flops, random_batch
 from experiments.cli import main
 from objectives import MaskedLM, ReplacedTokenDetection
 
-TINY = ["--size", "tiny", "--batch", "2", "--seq", "16", "--vocab", "64", "--steps", "1", "--rounds", "1"]
+TINY = ["--size", "tiny", "--batch_size", "2", "--max_seq_length", "16", "--vocab_size", "64", "--steps_per_round", "1",
+        "--rounds", "1"]
 
 
 def test_bench_prints_ratios_and_columns(capsys, one_thread):
-    assert main(["bench", *TINY, "--objectives", "MaskedLM", "ReplacedTokenDetection", "--peak_flops", "1e12"]) == 0
+    assert main(["bench", *TINY, "--objectives", "[MaskedLM, ReplacedTokenDetection]", "--peak_flops", "1e12"]) == 0
     out = capsys.readouterr().out
     for column in ("tokens/s", "range", "ms/step", "own GFLOP", "GFLOP/s", "MFU", "peak GB", "vs plain"):
         assert column in out
@@ -31,25 +32,23 @@ def test_objectives_without_a_plain_loop_print_dashes(capsys, one_thread):
     assert row.split()[-1] == "--"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch", "0"], "argument --batch: must be at least 1, got 0"),
-    (["--seq", "4"], "argument --seq: must be at least 8"),
-    (["--size", "huge"], "argument --size: invalid choice: 'huge'"),
-    (["--objectives", "Nope"], "argument --objectives: unknown objective 'Nope'; available: objectives."),
-    (["--device", "tpu9"], "argument --device:"),
-    (["--peak_flops", "-3"], "argument --peak_flops: must be positive"),
-    (["--steps", "x"], "argument --steps: 'x' is not an integer"),
+@pytest.mark.parametrize("args, option", [
+    (["--batch_size", "0"], "--batch_size"), (["--max_seq_length", "4"], "--max_seq_length"), (["--size", "huge"], "--size"),
+    (["--objectives", "Nope"], "--objectives"), (["--objectives", "MaskedLM,Nope"], "--objectives"),
+    (["--device", "tpu9"], "--device"), (["--peak_flops", "-3"], "--peak_flops"),
+    (["--steps_per_round", "x"], "--steps_per_round"), (["--precision", "16-mixed"], "--precision"),
 ])
-def test_argument_errors_are_one_line(args, message, capsys):
+def test_argument_errors_are_one_line(args, option, capsys):
+    """Exit 2 and one line that names the option, before any model is built."""
     assert main(["bench", *args]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("isoflop bench: error: ") and message in err
+    assert err.count("\n") == 1 and err.startswith("isoflop bench: error: ") and option in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_usage_error(capsys):
     assert main(["bench", "--device", "cuda"]) == 2
-    assert "torch sees no CUDA device" in capsys.readouterr().err
+    assert "--device" in capsys.readouterr().err
 
 
 def test_plain_loops_do_more_arithmetic():

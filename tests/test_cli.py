@@ -128,13 +128,75 @@ def test_export_missing_checkpoint(tmp_path, capsys):
     assert "checkpoint" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["flops", "--preset", "tiny", "--steps", "0", "--batch", "1", "--seq", "8"],
-                                  ["nope"], ["flops", "--preset", "nope", "--steps", "1", "--batch", "1", "--seq", "8"]])
-def test_help_and_argument_errors_import_nothing_heavy(argv):
-    """``isoflop --help`` and argument errors answer without torch, Lightning, transformers or datasets."""
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["nope"]])
+def test_help_version_and_unknown_commands_import_nothing_heavy(argv):
+    """``isoflop --help``, ``--version`` and an unknown command answer without torch, Lightning, transformers
+    or datasets."""
     code = ("import sys; from experiments.cli import main\n"
             "try: main(sys.argv[1:])\nexcept SystemExit: pass\n"
             "heavy = [m for m in ('torch', 'lightning', 'transformers', 'datasets') if m in sys.modules]\n"
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60).stdout
     assert "HEAVY []" in out, out
+
+
+def test_top_level_help_and_version_are_plain_text(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert not any(mark in text for mark in ("``", ":class:", ":func:", ":mod:", "experiments."))
+    for command in ("pretrain", "compare", "sweep", "finetune", "export", "flops", "bench"):
+        assert f"\n  {command} " in text
+    assert main(["--version"]) == 0
+    from importlib.metadata import version
+
+    assert capsys.readouterr().out.split() == ["isoflop", version("isoflop")]
+
+
+def test_trainer_help_shows_isoflops_defaults_and_no_forced_options(capsys):
+    """Lightning's docstrings say "Default: 2" where isoflop's default is 0; the help shows isoflop's, in plain
+    text, and the options isoflop sets itself are not offered."""
+    assert run(["pretrain", "--help"]) == 0
+    text = capsys.readouterr().out
+    block = text[text.index("\n  --trainer.num_sanity_val_steps NUM") + 1:]
+    block = block[:block.index("\n  --", 1)]
+    assert "default: 0" in block and "Default: ``2``" not in block and "2``" not in block
+    assert ":paramref:" not in text and ":class:" not in text
+    assert "--trainer.use_distributed_sampler" not in text and "--trainer.default_root_dir" not in text
+    assert run(["pretrain", "--trainer.use_distributed_sampler", "true"]) == 2
+
+
+def test_a_bug_is_one_line_with_a_hint_and_debug_shows_the_traceback(monkeypatch, capsys):
+    """An exception isoflop does not expect is a bug: one line, exit 1, and a hint to rerun with --debug."""
+    from experiments import cli
+
+    def broken(argv):
+        raise KeyError("xsmall")
+
+    monkeypatch.setitem(cli.COMMANDS, "compare", broken)
+    assert main(["compare"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "KeyError" in err and "--debug" in err
+    with pytest.raises(KeyError):
+        main(["compare", "--debug"])
+
+
+def test_whole_numbers_in_scientific_notation_are_counts():
+    from experiments.config import parse, plain_numbers
+
+    assert plain_numbers(["--trainer.max_steps", "1e3", "--budget=1.5e15", "--model.init_args.learning_rate", "2e-4",
+                          "--data.max_documents", "2.5e0"]) == \
+        ["--trainer.max_steps", "1000", "--budget=1500000000000000", "--model.init_args.learning_rate", "2e-4",
+         "--data.max_documents", "2.5e0"]
+    assert parse(["--config", "tiny", "--trainer.max_steps", "1e3"]).trainer.max_steps == 1000
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["compare", "--model", "objectives.Electra15"], "--objectives"),
+    (["compare", "--model=objectives.Electra15"], "--objectives"),
+    (["compare", "--objectives", "objectives.MaskedLM,objectives.Electra15"], "[objectives.MaskedLM, objectives.Electra15]"),
+    (["finetune", "--encoder", "x", "--tasks", "mrpc,rte"], "[mrpc, rte]"),
+])
+def test_compare_model_is_refused_and_lists_are_written_one_way(argv, option, capsys):
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and option in err

@@ -16,8 +16,8 @@ TINY = ["--config", "tiny", "--data.batch_size", "8", "--data.max_documents", "1
 @pytest.fixture(scope="module")
 def compare_dir(tmp_path_factory, cache_dir, one_thread):
     out = tmp_path_factory.mktemp("compare")
-    args = ["compare", "--out_dir", str(out), "--budget_steps", "12", "--seeds", "2", "--finetune_epochs", "1",
-            "--finetune_max_train_examples", "48", *TINY]
+    args = ["compare", "--out_dir", str(out), "--budget_steps", "12", "--finetune.seeds", "2", "--finetune.epochs", "1",
+            "--finetune.max_train_examples", "48", *TINY]
     assert main(args) == 0
     return out
 
@@ -66,9 +66,9 @@ def test_rerun_skips_finished_runs(compare_dir, monkeypatch, capsys):
         raise AssertionError("a finished run was run again")
 
     monkeypatch.setattr("experiments.run.pretrain.pretrain", fail)
-    monkeypatch.setattr("experiments.finetuning.finetune.finetune", fail)
+    monkeypatch.setattr("experiments.finetuning.finetune._run_one", fail)
     before = (compare_dir / "results.csv").read_text()
-    assert main(["compare", "--out_dir", str(compare_dir), "--budget_steps", "12", "--seeds", "2", *TINY]) == 0
+    assert main(["compare", "--out_dir", str(compare_dir), "--budget_steps", "12", "--finetune.seeds", "2", *TINY]) == 0
     assert "pre-training done, skipped" in capsys.readouterr().out
     assert (compare_dir / "results.csv").read_text() == before
 
@@ -98,7 +98,7 @@ def test_notebook_runs_headless(compare_dir):
 def test_bad_objective_or_task_fails_before_compute(tmp_path, capsys):
     assert main(["compare", "--objectives", '["objectives.Nope"]', "--out_dir", str(tmp_path / "a"), *TINY]) == 2
     assert "unknown objective 'objectives.Nope'; available: objectives." in capsys.readouterr().err
-    assert main(["compare", "--tasks", "mrcp", "--out_dir", str(tmp_path / "b"), *TINY]) == 2
+    assert main(["compare", "--finetune.tasks", "mrcp", "--out_dir", str(tmp_path / "b"), *TINY]) == 2
     assert "unknown task 'mrcp'" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -131,8 +131,8 @@ def test_a_signal_stops_compare_and_the_same_command_resumes_exactly(compare_dir
     from tests.test_reliability import max_difference, stop_at
 
     out = tmp_path / "compare"
-    args = ["compare", "--out_dir", str(out), "--budget_steps", "12", "--seeds", "2", "--finetune_epochs", "1",
-            "--finetune_max_train_examples", "48", *TINY, "--trainer.callbacks+=tests.helpers.PauseAtStep"]
+    args = ["compare", "--out_dir", str(out), "--budget_steps", "12", "--finetune.seeds", "2", "--finetune.epochs", "1",
+            "--finetune.max_train_examples", "48", *TINY, "--trainer.callbacks+=tests.helpers.PauseAtStep"]
     stopped = stop_at(args, 5, signal.SIGTERM, cache_dir, tmp_path)
     assert stopped.returncode == 143, stopped.stderr
     assert stopped.stderr.strip().splitlines()[-1] == (
@@ -150,8 +150,8 @@ def test_a_signal_stops_compare_and_the_same_command_resumes_exactly(compare_dir
 def ladder_dir(tmp_path_factory, cache_dir, one_thread):
     """A ladder of two budgets, each objective pre-trained with two seeds, two fine-tuning seeds each."""
     out = tmp_path_factory.mktemp("ladder")
-    args = ["compare", "--out_dir", str(out), "--budgets", "tiny:4,tiny:2", "--pretrain_seeds", "2", "--seeds", "2",
-            "--tasks", "docpkg-probe", "--finetune_epochs", "1", "--finetune_max_train_examples", "32", *TINY]
+    args = ["compare", "--out_dir", str(out), "--budgets", "[tiny:4, tiny:2]", "--pretrain_seeds", "2", "--finetune.seeds", "2",
+            "--finetune.tasks", "docpkg-probe", "--finetune.epochs", "1", "--finetune.max_train_examples", "32", *TINY]
     assert main(args) == 0
     return out
 

@@ -169,8 +169,8 @@ def test_a_run_resumes_on_another_world_size(sixteen, tmp_path, cache_dir, monke
                                                                    result(sixteen / "run")["flops"])
 
 
-COMPARE = ["compare", "--budget_steps", "3", "--seeds", "1", "--tasks", "docpair", "--finetune_epochs", "1",
-           "--finetune_max_train_examples", "16", "--config", "tiny", "--data.max_documents", "200",
+COMPARE = ["compare", "--budget_steps", "3", "--finetune.seeds", "1", "--finetune.tasks", "docpair", "--finetune.epochs", "1",
+           "--finetune.max_train_examples", "16", "--config", "tiny", "--data.max_documents", "200",
            "--data.max_val_examples", "8", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
            "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false", "--wandb", "false"]
 
@@ -285,19 +285,16 @@ def test_a_sharded_checkpoint_exports_what_its_full_checkpoint_does(one_process,
 def test_resuming_on_another_world_size(tmp_path, cache_dir):
     """The same global batch split otherwise (2 x 8 instead of 1 x 16) is the same run: same directory
     name, accepted on resume; another global batch is another run, refused in one line before compute."""
-    from experiments.run import rundir
     from experiments.config import dump, parse
-    from experiments.run.pretrain import run_dir_of
+    from experiments.run import rundir
+    from experiments.run.prepare import prepare
 
     def config(*extra: str):
         return parse(["--config", "tiny", "--wandb", "false", *extra])
 
     one, two = config("--data.batch_size", "16"), config(*TWO_CPUS, "--data.batch_size", "8")
     os.environ.pop("ISOFLOP_RUN_DIR", None)
-    name = run_dir_of(one)
-    os.environ.pop("ISOFLOP_RUN_DIR", None)
-    assert run_dir_of(two) == name
-    os.environ.pop("ISOFLOP_RUN_DIR", None)
+    assert prepare(two).run_dir == prepare(one).run_dir
     run_dir = tmp_path / "run"
     rundir.write_run_info(run_dir, dump(one))
     assert rundir.plan(run_dir, dump(two), None, False).finished is None

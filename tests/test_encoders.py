@@ -139,7 +139,7 @@ def test_finetune_an_exported_deberta_discriminator(tiny_data, tmp_path, cache_d
     model.attach_tokenizer(tiny_data.tokenizer)
     model.export(tmp_path / "export")
     results = ft.finetune(str(tmp_path / "export"), tasks="docpkg", seeds=1, out_dir=str(tmp_path / "ft"),
-                          cache_dir=str(cache_dir), max_steps=150, epochs=20, max_length=48, batch_size=32,
+                          cache_dir=str(cache_dir), max_steps=150, epochs=20, max_seq_length=48, batch_size=32,
                           learning_rate=2e-3, layerwise_lr_decay=1.0, wandb=False)
     assert results["docpkg"].median > 100 / 10 + 10  # ten balanced classes: majority about 12
 

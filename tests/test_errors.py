@@ -28,9 +28,9 @@ CASES = [
     ("not-an-int", P + ["--data.batch_size", "abc"], 2, "--data.batch_size: expected int"),
     ("batch-size-0", P + ["--data.batch_size", "0"], 2, "--data.batch_size must be at least 1"),
     ("checkpoint-every-0", P + ["--checkpoint_every", "0"], 2, "--checkpoint_every must be at least 1"),
-    ("budget-below-one-step", P + ["--flops_budget", "1"], 2, "--flops_budget 1 (1.000e+00 FLOPs) is less than one"),
-    ("budget-not-a-number", P + ["--flops_budget", "lots"], 2, "'lots'"),
-    ("budget-unknown-preset", P + ["--flops_budget", "nope:10"], 2, "preset 'nope' not found"),
+    ("budget-below-one-step", P + ["--budget", "1"], 2, "--budget 1.000e+00 FLOPs is less than one training step"),
+    ("budget-not-a-number", P + ["--budget", "lots"], 2, "--budget lots"),
+    ("budget-unknown-preset", P + ["--budget", "nope:10"], 2, "preset 'nope' not found"),
     ("unknown-preset", ["pretrain", "--config", "nope"], 2, "preset 'nope' not found"),
     ("yaml-typo", ["pretrain", "--config", "{ws}/typo.yaml"], 2, "'sise'; did you mean size? (see isoflop pretrain --help)"),
     ("yaml-broken", ["pretrain", "--config", "{ws}/broken.yaml"], 2, "broken.yaml line"),
@@ -67,14 +67,12 @@ CASES = [
     ("export-nan", ["export", "{ws}/nan.ckpt", "{ws}/out"], 2, "non-finite weights (model."),
     ("export-foreign", ["export", "{ws}/foreign.ckpt", "{ws}/out"], 2, "not an isoflop checkpoint"),
     ("export-nonempty", ["export", "{ws}/okrun/checkpoints/last.ckpt", "{ws}/export"], 2, "export' exists and is not empty"),
-    ("export-no-args", ["export"], 2, "the following arguments are required: checkpoint, out_dir"),
-    ("flops-negative", ["flops", "--preset", "tiny", "--steps", "-10", "--batch", "0", "--seq", "8"], 2,
-     "argument --steps: must be at least 1, got -10"),
-    ("flops-seq", ["flops", "--preset", "tiny", "--steps", "10", "--batch", "1", "--seq", "100000"], 2,
-     "--seq 100000 exceeds the preset's max_position_embeddings 64"),
-    ("flops-preset", ["flops", "--preset", "nope", "--steps", "1", "--batch", "1", "--seq", "8"], 2, "preset 'nope'"),
-    ("flops-convention", ["flops", "--preset", "tiny", "--steps", "1", "--batch", "1", "--seq", "8", "--convention",
-                          "x"], 2, "argument --convention: invalid choice"),
+    ("export-no-args", ["export"], 2, "checkpoint"),
+    ("flops-no-length", ["flops", "--config", "tiny", "--trainer.max_steps", "-1"], 2, "--trainer.max_steps"),
+    ("flops-batch", ["flops", "--config", "tiny", "--data.batch_size", "0"], 2, "--data.batch_size"),
+    ("flops-seq", ["flops", "--config", "tiny", "--data.max_seq_length", "100000"], 2, "max_seq_length 100000 exceeds"),
+    ("flops-preset", ["flops", "--config", "nope"], 2, "preset 'nope'"),
+    ("flops-convention", ["flops", "--config", "tiny", "--flops_convention", "x"], 2, "--flops_convention"),
     ("finetune-local-typo", ["finetune", "--encoder", "runs/nope", "--tasks", "offline"], 2,
      "encoder directory 'runs/nope' not found"),
     ("finetune-glue-offline", ["finetune", "--encoder", "{ws}/export", "--tasks", "mrpc"], 2,
@@ -85,23 +83,26 @@ CASES = [
     ("finetune-option-typo", ["finetune", "--encodr", "x"], 2, "--encodr"),
     ("finetune-data-dir", ["finetune", "--encoder", "{ws}/export", "--tasks", "mrpc", "--data_dir", "{ws}/nope"], 2,
      "nope' is not a directory"),
-    ("compare-task-typo", C + ["--tasks", "mrcp"], 2, "unknown task 'mrcp'"),
+    ("compare-task-typo", C + ["--finetune.tasks", "mrcp"], 2, "unknown task 'mrcp'"),
     ("compare-objective", C + ["--objectives", "[objectives.Nope]"], 2, "unknown objective 'objectives.Nope'"),
-    ("compare-budget", C + ["--budget", "1"], 2, "--budget 1 (1.000e+00 FLOPs) is less than one training step"),
+    ("compare-budget", C + ["--budget", "1"], 2, "--budget 1.000e+00 FLOPs is less than one training step"),
     ("compare-batch", C + ["--data.batch_size", "0"], 2, "--data.batch_size must be at least 1"),
-    ("compare-glue-offline", C + ["--tasks", "mrpc"], 2, "--data_dir"),
-    ("compare-seeds", C + ["--seeds", "0"], 2, "--seeds must be at least 1"),
+    ("compare-glue-offline", C + ["--finetune.tasks", "mrpc"], 2, "data_dir"),
+    ("compare-seeds", C + ["--finetune.seeds", "0"], 2, "--finetune.seeds must be at least 1"),
     ("compare-option-typo", C + ["--budget_stepz", "3"], 2, "did you mean --budget_steps"),
     ("compare-pretrain-seeds", C + ["--pretrain_seeds", "0"], 2, "--pretrain_seeds must be at least 1"),
     ("compare-one-rung", C + ["--budgets", "1e13"], 2, "--budgets needs at least two different budgets"),
-    ("compare-budget-and-budgets", C + ["--budget", "1e13", "--budgets", "1e13,3e13"], 2, "give --budget or --budgets"),
-    ("compare-bad-rung", C + ["--budgets", "1e13,lots"], 2, "bad FLOPs budget 'lots'"),
-    ("compare-small-rung", C + ["--budgets", "1,1e13"], 2, "--budgets item 1.0 (1.000e+00 FLOPs) is less than one training step"),
+    ("compare-budget-and-budgets", C + ["--budget", "1e13", "--budgets", "[1e13, 3e13]"], 2, "give --budget or --budgets"),
+    ("compare-comma-list", C + ["--budgets", "1e13,3e13"], 2, "[1e13, 3e13]"),
+    ("compare-bad-rung", C + ["--budgets", "[1e13, lots]"], 2, "--budgets item lots"),
+    ("compare-small-rung", C + ["--budgets", "[1, 1e13]"], 2, "--budgets item 1.000e+00 FLOPs is less than one training step"),
+    ("compare-model", C + ["--model", "objectives.Electra15"], 2, "--objectives"),
     ("sweep-unknown", ["sweep", "nope"], 2, "sweep 'nope' not found"),
     ("sweep-part", ["sweep", "{ws}/part.yaml"], 2, "unknown part(s) grids"),
     ("sweep-grid-key", ["sweep", "{ws}/key.yaml"], 2, "no objective of the grid takes 'mask_rate'"),
     ("sweep-bad-run", ["sweep", "{ws}/batch.yaml", "--out_dir", "{ws}/sw"], 2, "--data.batch_size must be at least 1"),
-    ("sweep-no-args", ["sweep"], 2, "the following arguments are required: grid_file"),
+    ("sweep-no-args", ["sweep"], 2, "grid_file"),
+    ("sweep-bad-override", ["sweep", "generator-size", "--dry_run", "true", "--data.batch_size", "0"], 2, "--data.batch_size must be at least 1"),
     ("unknown-command", ["pretrian"], 2, "unknown command 'pretrian'"),
 ]
 
@@ -197,7 +198,7 @@ def test_cases_cover_every_command():
 ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.mark.parametrize("argv", [["flops", "--preset", "tiny", "--steps", "-10", "--batch", "0", "--seq", "8"],
+@pytest.mark.parametrize("argv", [["flops", "--config", "tiny", "--data.batch_size", "0"],
                                   ["pretrain", "--config", "tiny", "--trainer.max_stepz", "3"]], ids=["flops", "pretrain"])
 def test_real_process_prints_one_line_and_exits_2(argv, cache_dir):
     """In a real process: the exit status, and nothing else on stderr (no warnings, no usage text)."""
@@ -209,8 +210,8 @@ def test_real_process_prints_one_line_and_exits_2(argv, cache_dir):
 
 def test_debug_shows_the_traceback(monkeypatch):
     """``--debug`` anywhere, or ISOFLOP_DEBUG=1, re-raises the error instead of the one line."""
-    with pytest.raises(ValueError, match="--seq 100000"):
-        main(["flops", "--preset", "tiny", "--steps", "1", "--batch", "1", "--seq", "100000", "--debug"])
+    with pytest.raises(ValueError, match="max_seq_length 100000"):
+        main(["flops", "--config", "tiny", "--data.max_seq_length", "100000", "--debug"])
     monkeypatch.setenv("ISOFLOP_DEBUG", "1")
     with pytest.raises(ValueError, match="--checkpoint_every"):
         main(["pretrain", "--config", "tiny", "--checkpoint_every", "0"])

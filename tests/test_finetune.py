@@ -27,6 +27,7 @@ from downstream.classifier import SequenceClassification, task_metrics
 from downstream.data import TaskDataModule
 from downstream.tasks import get_task
 from experiments.finetuning import finetune as ft
+from experiments.finetuning import scores
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -161,12 +162,12 @@ def test_metrics_match_independent_computation():
 def test_glue_average_is_mean_of_task_medians_without_wnli():
     # ELECTRA-Small (OWT) dev scores from the official release: their GLUE score is 80.36.
     paper = {"cola": 56.8, "sst2": 88.3, "mrpc": 87.4, "stsb": 86.8, "qqp": 88.3, "mnli": 78.9, "qnli": 87.9, "rte": 68.5}
-    results = {t: ft.TaskResult(t, get_task(t).metric, {0: s - 1, 1: s, 2: s + 5}) for t, s in paper.items()}
-    results["wnli"] = ft.TaskResult("wnli", "accuracy", {0: 10.0, 1: 10.0, 2: 10.0})
-    avg = ft.average(results)
+    results = {t: scores.TaskResult(t, get_task(t).metric, {0: s - 1, 1: s, 2: s + 5}) for t, s in paper.items()}
+    results["wnli"] = scores.TaskResult("wnli", "accuracy", {0: 10.0, 1: 10.0, 2: 10.0})
+    avg = scores.average(results)
     assert avg.median == pytest.approx(80.3625)
     assert avg.scores[1] == pytest.approx(80.3625)  # per-seed averages give the spread
-    assert ft.average(results, include_wnli=True).median == pytest.approx((642.9 + 10) / 9)
+    assert scores.average(results, include_wnli=True).median == pytest.approx((642.9 + 10) / 9)
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +311,7 @@ def test_finetune_api_from_save_pretrained_checkpoint(ckpt, tmp_path, monkeypatc
 
     monkeypatch.setattr(ft, "make_loggers", spy)
     out = tmp_path / "out"
-    results = ft.finetune(ckpt, tasks="sst2,mrpc,stsb", seeds=2, out_dir=str(out), data_dir=str(FIXTURES),
+    results = ft.finetune(ckpt, tasks=["sst2", "mrpc", "stsb"], seeds=2, out_dir=str(out), data_dir=str(FIXTURES),
                           max_steps=3, batch_size=8, wandb=False)
     assert list(results) == ["sst2", "mrpc", "stsb"]
     rows = _read_csv(out / "results.csv")
@@ -382,7 +383,7 @@ def no_training(monkeypatch):
 
 def test_unknown_task_lists_valid_ones(ckpt, tmp_path, no_training):
     with pytest.raises(ValueError, match="unknown task 'sst3'") as err:
-        ft.finetune(ckpt, tasks="mrpc,sst3", out_dir=str(tmp_path / "o"), wandb=False)
+        ft.finetune(ckpt, tasks=["mrpc", "sst3"], out_dir=str(tmp_path / "o"), wandb=False)
     message = str(err.value)
     assert all(name in message for name in ("cola", "mnli", "wnli", "docpkg", "docpair", "glue", "offline"))
     assert not (tmp_path / "o").exists()
@@ -416,13 +417,13 @@ def test_local_file_missing_column(ckpt, tmp_path, no_training, capsys):
     (data / "rte").mkdir()
     (data / "rte" / "train.tsv").write_text("sentence1\tlabel\nthe cat sat .\t0\n")
     (data / "rte" / "validation.tsv").write_text("sentence1\tsentence2\tlabel\nthe cat sat .\ta cat sat .\t0\n")
-    args = dict(tasks="sst2,rte", data_dir=str(data), out_dir=str(tmp_path / "o"), wandb=False)
+    args = dict(tasks=["sst2", "rte"], data_dir=str(data), out_dir=str(tmp_path / "o"), wandb=False)
     with pytest.raises(ValueError, match=r"rte/train\.tsv: missing column 'sentence2'"):
         ft.finetune(ckpt, **args)
     assert not (tmp_path / "o").exists()
     # Through the CLI: exit code 2 and one line on stderr.
     from experiments.cli import main as cli_main
 
-    code = cli_main(["finetune", "--encoder", ckpt, "--tasks", "sst2,rte", "--data_dir", str(data), "--wandb", "false"])
+    code = cli_main(["finetune", "--encoder", ckpt, "--tasks", "[sst2, rte]", "--data_dir", str(data), "--wandb", "false"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("isoflop finetune: error:") and "sentence2" in err and "\n" not in err

@@ -100,12 +100,12 @@ def test_both_orders_doubles_symmetric_pair_tasks(ckpt):
 
 
 def test_dynamic_padding_and_truncation(ckpt):
-    dm = TaskDataModule(ckpt, task="mrpc", data_dir=str(FIXTURES), eval_batch_size=3, max_length=12)
+    dm = TaskDataModule(ckpt, task="mrpc", data_dir=str(FIXTURES), eval_batch_size=3, max_seq_length=12)
     dm.setup("fit")
     lengths = [len(x) for x in dm.datasets["validation"]["input_ids"]]
-    assert max(lengths) == 12  # long pairs are truncated to max_length
+    assert max(lengths) == 12  # long pairs are truncated to max_seq_length
     for i, batch in enumerate(dm.val_dataloader()):
-        # Each batch is padded to its own longest example, not to max_length.
+        # Each batch is padded to its own longest example, not to max_seq_length.
         assert batch["input_ids"].shape[1] == max(lengths[3 * i: 3 * i + 3])
         assert (batch["attention_mask"].sum(1) == torch.tensor(lengths[3 * i: 3 * i + 3])).all()
 
@@ -187,7 +187,7 @@ def test_max_length_is_capped_at_the_encoders_positions(tmp_path):
                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=16)
     ElectraForPreTraining(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    dm = TaskDataModule(str(tmp_path), task="mrpc", data_dir=str(FIXTURES), max_length=128)
+    dm = TaskDataModule(str(tmp_path), task="mrpc", data_dir=str(FIXTURES), max_seq_length=128)
     with pytest.warns(UserWarning, match="truncating to 16"):
         dm.setup("fit")
     assert max(len(x) for x in dm.datasets["train"]["input_ids"]) == 16

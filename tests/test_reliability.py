@@ -278,16 +278,13 @@ def test_sampler_splits_ranks_and_resumes_mid_epoch():
     assert list(resumed) != full[2] and sorted(resumed) != sorted(full[2])  # another order (and rank share)
 
 
-def test_default_run_directory_is_the_configuration(monkeypatch):
-    from experiments.config import parse
-    from experiments.run.pretrain import run_dir_of
+def test_default_run_directory_is_the_configuration(monkeypatch, cache_dir):
+    from experiments.run.prepare import prepare
 
     monkeypatch.delenv("ISOFLOP_RUN_DIR", raising=False)
-    name = run_dir_of(parse(["--config", "tiny"]))
-    monkeypatch.delenv("ISOFLOP_RUN_DIR", raising=False)
-    assert run_dir_of(parse(["--config", "tiny", "--wandb", "false", "--trainer.enable_progress_bar", "false"])) == name
-    monkeypatch.delenv("ISOFLOP_RUN_DIR", raising=False)
-    other = run_dir_of(parse(["--config", "tiny", "--trainer.max_steps", "7"]))
+    name = prepare(["--config", "tiny"]).run_dir
+    assert prepare(["--config", "tiny", "--wandb", "false", "--trainer.enable_progress_bar", "false"]).run_dir == name
+    other = prepare(["--config", "tiny", "--trainer.max_steps", "7"]).run_dir
     assert name.parent == other.parent == Path("runs") and name != other
     assert name.name.startswith("maskedlm-tiny-") and len(name.name) == len("maskedlm-tiny-") + 8
 

@@ -2,6 +2,7 @@
 MFU, the logged keys of a real run, the opt-in compile, and fused AdamW under bf16-mixed."""
 
 import csv
+import warnings
 
 import lightning as L
 import pytest
@@ -14,28 +15,56 @@ from objectives.optim import fused_adamw
 from tests.conftest import TINY_SEQ, TINY_VOCAB
 
 
+# torch's name for each device of isoflop's table (torch.cuda.get_device_name), as the tests below give it.
+TORCH_NAMES = {
+    "NVIDIA H100 NVL": "NVIDIA H100 NVL", "NVIDIA GH200": "NVIDIA GH200 480GB", "NVIDIA H200 NVL": "NVIDIA H200 NVL",
+    "NVIDIA H200 SXM": "NVIDIA H200", "NVIDIA A10": "NVIDIA A10", "NVIDIA L40S": "NVIDIA L40S", "NVIDIA L40": "NVIDIA L40",
+    "NVIDIA GeForce RTX 4090": "NVIDIA GeForce RTX 4090", "AMD Instinct MI300X": "AMD Instinct MI300X",
+}
+
+
 def test_every_table_entry_has_a_source_and_dense_figures():
-    assert len(throughput.DEVICE_PEAKS) >= 10
+    assert {peak.name for _, peak in throughput.DEVICE_PEAKS} == set(TORCH_NAMES)
     for pattern, peak in throughput.DEVICE_PEAKS:
         assert peak.source.strip() and peak.name.strip()
         assert peak.bf16 >= peak.tf32 >= peak.fp32 > 1e12, peak.name
         assert throughput.table_peak(peak.name) is peak, f"{peak.name} is shadowed by an earlier pattern"
+        assert throughput.table_peak(TORCH_NAMES[peak.name]) is peak, peak.name
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("NVIDIA H100 80GB HBM3", "NVIDIA H100 SXM5"), ("NVIDIA H100 PCIe", "NVIDIA H100 PCIe"),
-    ("NVIDIA H100 NVL", "NVIDIA H100 NVL"), ("NVIDIA H200", "NVIDIA H200 SXM"), ("NVIDIA GH200 480GB", "NVIDIA GH200"),
-    ("NVIDIA A100-SXM4-80GB", "NVIDIA A100"), ("NVIDIA A100 80GB PCIe", "NVIDIA A100"), ("NVIDIA A10", "NVIDIA A10"),
-    ("NVIDIA L4", "NVIDIA L4"), ("NVIDIA L40S", "NVIDIA L40S"), ("NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 4090"),
-    ("NVIDIA A10G", None), ("Some Future GPU", None),
+    ("NVIDIA H100 NVL", "NVIDIA H100 NVL"), ("NVIDIA H200", "NVIDIA H200 SXM"), ("NVIDIA H200 NVL", "NVIDIA H200 NVL"),
+    ("NVIDIA GH200 480GB", "NVIDIA GH200"), ("NVIDIA A10", "NVIDIA A10"), ("NVIDIA L40S", "NVIDIA L40S"),
+    ("NVIDIA L40", "NVIDIA L40"), ("NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 4090"),
+    ("AMD Instinct MI300X", "AMD Instinct MI300X"),
+    # Lightning's: its figures are right for these
+    ("NVIDIA H100 80GB HBM3", None), ("NVIDIA H100 PCIe", None), ("NVIDIA A100-SXM4-80GB", None),
+    ("NVIDIA A100 80GB PCIe", None), ("NVIDIA L4", None), ("NVIDIA A10G", None), ("Some Future GPU", None),
 ])
 def test_device_names_find_their_entry(name, expected):
     peak = throughput.table_peak(name)
     assert (peak.name if peak else None) == expected
 
 
+def cuda_named(monkeypatch, name, capability=(9, 0)):
+    """Pretend the CUDA device is ``name`` (this machine has none), of compute capability ``capability``."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+
+
+@pytest.mark.parametrize("name", list(TORCH_NAMES))
+def test_the_table_holds_only_what_lightning_gets_wrong_or_lacks(monkeypatch, name):
+    """Each device of isoflop's table is one Lightning's table has no figure for, or another one; and
+    Lightning's warning about a device it does not know is not shown."""
+    cuda_named(monkeypatch, TORCH_NAMES[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would fail the test
+        figure = throughput.lightning_peak(torch.device("cuda", 0), torch.bfloat16)
+    assert figure != throughput.table_peak(name).bf16
+
+
 def test_cuda_peak_comes_from_the_table_by_precision(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    cuda_named(monkeypatch, "NVIDIA H200")
     value, source = throughput.peak_flops("cuda:0", torch.bfloat16)
     assert value == 989.5e12 and "datasheet" in source and "bf16" in source
     monkeypatch.setattr(throughput, "_tf32_allowed", lambda: False)
@@ -43,6 +72,31 @@ def test_cuda_peak_comes_from_the_table_by_precision(monkeypatch):
     monkeypatch.setattr(throughput, "_tf32_allowed", lambda: True)
     value, source = throughput.peak_flops("cuda:0", torch.float32)
     assert value == 494.5e12 and "tf32" in source
+
+
+def test_other_devices_take_lightnings_figure(monkeypatch):
+    """The devices Lightning names rightly: its figures, which are the vendors' dense ones (the H100 SXM's
+    989.4 TFLOP/s bf16, 494.7 TF32, 66.9 float32), the TF32 one as Lightning decides it."""
+    cuda_named(monkeypatch, "NVIDIA H100 80GB HBM3")
+    value, source = throughput.peak_flops("cuda:0", torch.bfloat16)
+    assert value == 989.4e12 and source == "NVIDIA H100 80GB HBM3, bfloat16: Lightning's table (get_available_flops)"
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")
+    assert throughput.peak_flops("cuda:0", torch.float32) == (494.7e12, "NVIDIA H100 80GB HBM3, tf32: Lightning's "
+                                                                         "table (get_available_flops)")
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
+    assert throughput.peak_flops("cuda:0", torch.float32)[0] == 66.9e12
+    cuda_named(monkeypatch, "NVIDIA A100-SXM4-80GB", (8, 0))
+    assert throughput.peak_flops("cuda:0", torch.bfloat16)[0] == 312e12
+
+
+def test_a_device_in_no_table_is_measured_without_lightnings_warning(monkeypatch):
+    cuda_named(monkeypatch, "Some Future GPU")
+    monkeypatch.setattr(throughput, "measured_matmul_flops", lambda device, dtype: 5e14)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value, source = throughput.peak_flops("cuda:0", torch.bfloat16)
+    assert (value, source) == (5e14, "measured: bfloat16 matmul on cuda:0 (Some Future GPU: no table has its bfloat16 "
+                                     "figure)")
 
 
 def test_the_users_peak_wins():
@@ -113,10 +167,32 @@ def test_fused_adamw_on_cpu_and_bf16_mixed_clipping(tmp_path, tiny_data, one_thr
     assert trainer.optimizers[0].defaults["fused"] is True
 
 
+def documented_table(text: str, header: list[str]) -> list[list[str]]:
+    """The rows (lists of cells) of the reStructuredText ``list-table`` in ``text`` whose header row is
+    ``header``: each row starts with ``* -``, each further cell with ``-`` under it."""
+    tables, rows, inside = [], [], False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(".. list-table::"):
+            rows, inside = [], True
+            tables.append(rows)
+        elif inside and stripped.startswith("* - "):
+            rows.append([stripped[4:]])
+        elif inside and stripped.startswith("- ") and rows:
+            rows[-1].append(stripped[2:])
+        elif inside and stripped and not stripped.startswith(":") and not line.startswith("   "):
+            inside = False  # text after the table
+    matching = [t for t in tables if t and t[0] == header]
+    assert len(matching) == 1, f"{len(matching)} tables with the header {header}"
+    return matching[0][1:]
+
+
 def test_the_documented_table_is_the_code_table():
     from pathlib import Path
 
     text = (Path(__file__).parents[1] / "rtd" / "performance.rst").read_text()
-    for _, peak in throughput.DEVICE_PEAKS:
-        row = text[text.index(f"* - {peak.name} ("):]
-        assert row.split("\n", 4)[1:4] == [f"     - {v / 1e12:g}" for v in (peak.bf16, peak.tf32, peak.fp32)], peak.name
+    rows = documented_table(text, ["device (torch's name contains)", "bf16", "tf32", "fp32", "source"])
+    documented = {row[0].split(" (``")[0]: [float(v) for v in row[1:4]] for row in rows}
+    assert documented == {peak.name: [round(v / 1e12, 2) for v in (peak.bf16, peak.tf32, peak.fp32)]
+                          for _, peak in throughput.DEVICE_PEAKS}
+    assert [row[0].split(" (``")[0] for row in rows] == [peak.name for _, peak in throughput.DEVICE_PEAKS]

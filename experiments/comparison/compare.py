@@ -12,12 +12,17 @@ tasks over several seeds, and collect everything into one directory::
 
 Every run starts from one pre-training configuration (``--config``, default ``default``, with any
 ``--trainer.*``, ``--data.*`` and ``--model.init_args.*`` overrides); only the objective changes, and
-the objective's settings that the shared configuration names carry over. Every run's configuration,
-the budget and the tasks are checked before the first pre-training starts. A rerun skips what is
-finished (a pre-training, an export, a fine-tuning results table) and resumes an interrupted
-pre-training from its last checkpoint, exactly (:mod:`experiments.run.rundir`): a comparison stopped by a
-signal is continued by running the same command again. With no arguments it compares MLM and ELECTRA
-at the tiny size on the embedded corpus and its offline downstream tasks: minutes on a CPU.
+the objective's settings that the shared configuration names carry over. Fine-tuning takes the options of
+``isoflop finetune`` as ``--finetune.*`` (``--finetune.tasks``, ``--finetune.seeds`` ...); its learning rate is
+each encoder family's own for the size (:mod:`objectives.encoder`) unless ``--finetune.learning_rate`` says.
+
+Every run is prepared once, before the first pre-training starts (:func:`experiments.run.prepare.check`
+and :meth:`~experiments.run.prepare.CheckedRun.prepare`: configuration, checks, budget, run directory), and
+so are the tasks; ``--dry_run`` stops there and lists what would run. A rerun skips what is finished (a
+pre-training, an export, a fine-tuning results table) and resumes an interrupted pre-training from its
+last checkpoint, exactly: a comparison stopped by a signal is continued by running the same command again.
+With no arguments it compares MLM and ELECTRA at the tiny size on the embedded corpus and its offline
+downstream tasks: minutes on a CPU.
 
 On several processes (``--trainer.devices``, ``--trainer.num_nodes``, ``--trainer.strategy``; a plain
 command, ``torchrun`` or ``srun``) the ranks are started once (:mod:`experiments.run.ranks`) and every rank
@@ -27,6 +32,7 @@ pre-training is done the other ranks leave and rank 0 fine-tunes, tabulates and 
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,17 +40,17 @@ from pathlib import Path
 from jsonargparse import Namespace
 
 from datamodules.cache import write_atomic
-from experiments.errors import RunError, UsageError
 from experiments.comparison.results import summary_of, validation_curve, write_plots, write_tables
+from experiments.errors import RunError, UsageError
+from experiments.run.prepare import CheckedRun, PreparedRun
 
 DEFAULT_OBJECTIVES = ["objectives.MaskedLM", "objectives.ReplacedTokenDetection"]
-
-# Fine-tuning peak learning rate by encoder size: the paper's 3e-4 (Small) and 1e-4 (Base), 5e-5 at
-# Large (as BERT-Large); tiny encoders need a larger step to move in a few hundred updates.
-FINETUNE_LEARNING_RATE = {"tiny": 2e-3, "small": 3e-4, "base": 1e-4, "large": 5e-5}
+# What a comparison fine-tunes on unless told (``isoflop finetune`` alone defaults to GLUE and 10 seeds).
+DEFAULT_FINETUNE = {"tasks": "offline", "seeds": 3}
 
 # The pre-training options a comparison shares (the rest it sets per run: run_dir, budget, resume).
-SHARED_RUN_OPTIONS = ("wandb", "flops_convention", "checkpoint_every", "skip_nonfinite", "reschedule")
+SHARED_RUN_OPTIONS = ("wandb", "flops_convention", "checkpoint_every", "skip_nonfinite", "reschedule", "peak_flops",
+                      "compile")
 
 
 @dataclass
@@ -80,93 +86,90 @@ def with_seeds(runs: list[RunSpec], pretrain_seeds: int) -> list[RunSpec]:
                     r.group or r.name, k) for r in runs for k in range(pretrain_seeds)]
 
 
-def plan(base: Namespace, runs: list[RunSpec], out: Path) -> list[tuple[RunSpec, Namespace]]:
-    """Each run's full configuration, parsed and checked before any compute. A run of seed index ``k``
+def check_runs(base: Namespace, runs: list[RunSpec]) -> list[tuple[RunSpec, CheckedRun]]:
+    """Each run's configuration, parsed and checked once, before any compute. A run of seed index ``k``
     pre-trains with ``seed_everything`` + ``k`` (weights, masks, sampling, dropout and data order)."""
     from experiments.config import parse
+    from experiments.run.prepare import check
     from objectives import resolve
 
     if len({r.name for r in runs}) != len(runs):
-        raise ValueError(f"run names must be unique, got {[r.name for r in runs]}")
-    configs = []
+        raise UsageError(f"run names must be unique, got {[r.name for r in runs]}")
+    checked = []
     for run in runs:
         resolve(run.objective)  # an unknown objective lists the available ones
-        settings = {"model": {"class_path": run.objective, "init_args": run.init_args}, "run_dir": str(out / run.name),
+        settings = {"model": {"class_path": run.objective, "init_args": run.init_args},
                     "seed_everything": int(base.seed_everything or 0) + run.seed}
-        configs.append((run, parse(settings, base=base)))
-    return configs
+        checked.append((run, check(parse(settings, base=base))))
+    return checked
 
 
 @dataclass
 class Rung:
-    """One budget of a comparison (one rung of an isoFLOP ladder): its directory, runs and FLOPs."""
+    """One budget of a comparison (one rung of an isoFLOP ladder): its directory, FLOPs and prepared runs."""
 
     out: Path
-    configs: list[tuple[RunSpec, Namespace]]
-    budget: float = 0.0
+    budget: float
+    runs: list[tuple[RunSpec, PreparedRun]]
     summaries: list[dict] = field(default_factory=list)
 
 
 def compare(
     base: Namespace,
-    objectives: list[str] | None = None,
+    objectives: list[str] | str | None = None,
     budget: str | None = None,
     budget_steps: int = 600,
-    budgets: str | None = None,
+    budgets: list[str | float] | str | None = None,
     pretrain_seeds: int = 1,
-    tasks: str = "offline",
-    seeds: int = 3,
     out_dir: str = "runs/compare",
-    data_dir: str | None = None,
-    finetune_max_train_examples: int | None = None,
-    finetune_epochs: int | None = None,
-    finetune_learning_rate: float | None = None,
+    finetune: dict | None = None,
+    dry_run: bool = False,
     runs: list[RunSpec] | None = None,
 ) -> list[dict]:
     """Pre-train each objective to one FLOPs budget, fine-tune each, and tabulate and plot the results.
 
     Args:
         base: the shared pre-training configuration (:func:`experiments.config.parse`).
-        objectives: objective class paths (or preset names); default MLM and ELECTRA.
+        objectives: objective class paths (or preset names), a list; default MLM and ELECTRA.
         budget: the FLOPs budget: a number or PRESET:STEPS. Default: what the most expensive objective
             per step takes for ``budget_steps`` steps (every other objective then takes more steps).
         budget_steps: steps of the most expensive objective that make the default budget.
-        budgets: an isoFLOP ladder instead of one budget: a comma list of budgets (each a number or
-            PRESET:STEPS, e.g. ``1e13,3e13,1e14``). The whole comparison runs at each, in
+        budgets: an isoFLOP ladder instead of one budget: a list of budgets (each a number or
+            PRESET:STEPS, e.g. ``[1e13, 3e13, 1e14]``). The whole comparison runs at each, in
             ``OUT/budget-<FLOPs>/``; ``OUT/ladder.md`` and ``OUT/ladder.png`` put each objective's
             downstream score and own validation loss against FLOPs, with the crossover budgets.
         pretrain_seeds: pre-training seeds per objective (the fine-tuning seeds are nested in each);
             the statistics pool them, resampling pre-training seeds first.
-        tasks: downstream tasks: ``offline`` (no network), ``glue``, a task name or a comma list.
-        seeds: fine-tuning seeds per task and pre-trained encoder (the median is reported).
         out_dir: output directory; a rerun skips finished runs and resumes interrupted ones.
-        data_dir: local GLUE files, for ``tasks=glue`` without network.
-        finetune_max_train_examples: cap on fine-tuning examples per task (quick runs).
-        finetune_epochs: fine-tuning epochs for every task (default: each task's own).
-        finetune_learning_rate: fine-tuning peak learning rate; default by size (tiny 2e-3, small 3e-4,
-            base 1e-4, large 5e-5).
+        finetune: the fine-tuning's options, those of :func:`experiments.finetuning.finetune.finetune` but
+            the encoder and its output directory (default: the offline tasks, 3 seeds).
+        dry_run: prepare every run (every check, the budget, the run directories) and list them; train nothing.
 
     Returns:
-        The rows of the comparison (of the last budget of a ladder); ``[]`` on every rank but rank 0.
+        The rows of the comparison (of the last budget of a ladder); ``[]`` on every rank but rank 0, and
+        for a dry run.
     """
-    from downstream.tasks import resolve_tasks
+    from experiments.config import as_list
     from experiments.run import ranks
 
     out = Path(out_dir)
-    task_names = resolve_tasks(tasks)  # every check before any compute
-    check_tasks(task_names, data_dir, seeds)
+    finetune_args = {**DEFAULT_FINETUNE, **(finetune or {})}
+    check_finetune(finetune_args)  # every check before any compute
     ranks.check_launch(base.trainer, "compare")
-    specs = with_seeds(runs or [spec_for(o) for o in objectives or DEFAULT_OBJECTIVES], pretrain_seeds)
-    rungs = plan_rungs(base, specs, out, budget, budget_steps, budgets)
+    specs = with_seeds(runs or [spec_for(o) for o in as_list(objectives, "--objectives") or DEFAULT_OBJECTIVES],
+                       pretrain_seeds)
+    rungs = plan_rungs(base, check_runs(base, specs), out, budget, budget_steps, budgets)
+    if dry_run:
+        print_plan(rungs, base.flops_convention)
+        return []
     with ranks.started(base.trainer) as world:  # every rank, for every pre-training run
         for rung in rungs:
             if world.is_zero:
-                write_settings(rung, base.flops_convention, task_names, seeds, pretrain_seeds)
-            rung.summaries = [pretrain_once(run, cfg, world) for run, cfg in rung.configs]
+                write_settings(rung, base.flops_convention, finetune_args, pretrain_seeds)
+            rung.summaries = [pretrain_once(spec, run, world) for spec, run in rung.runs]
     if not world.is_zero:
         return []  # the other ranks leave; rank 0 fine-tunes, tabulates and plots, once
-    finetune_args = dict(tasks=task_names, seeds=seeds, data_dir=data_dir, max_train_examples=finetune_max_train_examples,
-                         epochs=finetune_epochs, learning_rate=finetune_learning_rate, wandb=base.wandb)
+    finetune_args["wandb"] = base.wandb
     reference = paper_reference(base.flops_convention)
     ladder = [(rung, finish(rung, finetune_args, reference)) for rung in rungs]
     if budgets is not None:
@@ -174,39 +177,59 @@ def compare(
     return ladder[-1][1]
 
 
-def plan_rungs(base: Namespace, specs: list[RunSpec], out: Path, budget: str | None, budget_steps: int,
-               budgets: str | None) -> list[Rung]:
-    """Every budget's runs, each configuration checked and its budget set, before any compute."""
-    convention, group = base.flops_convention, f"compare-{out.resolve().name}"
-    if budgets is None:
-        rung = Rung(out, plan(base, specs, out))
-        rung.budget = check_budget(rung.configs, budget, budget_steps, convention, group)
-        return [rung]
-    if budget is not None:
-        raise UsageError("give --budget or --budgets, not both")
+def plan_rungs(base: Namespace, checked: list[tuple[RunSpec, CheckedRun]], out: Path, budget: str | None,
+               budget_steps: int, budgets: list[str | float] | str | None) -> list[Rung]:
+    """Every budget's runs, prepared (budget and run directory set and decided) before any compute."""
+    from experiments.config import as_list
     from experiments.run.budget import resolve_budget
 
-    values = [b.strip() for b in str(budgets).split(",") if b.strip()]
-    flops = sorted({resolve_budget(b, convention) for b in values})
-    if len(flops) < 2:
-        raise UsageError(f"--budgets needs at least two different budgets (a comma list), got {budgets!r}")
+    convention, group = base.flops_convention, f"compare-{out.resolve().name}"
+    if budget_steps < 1:
+        raise UsageError(f"--budget_steps must be at least 1, got {budget_steps}")
+    if budgets is None:
+        value = resolve_budget(budget, convention) if budget is not None \
+            else max(run.step_flops for _, run in checked) * budget_steps
+        return [_rung(checked, out, value, group, "--budget")]
+    if budget is not None:
+        raise UsageError("give --budget or --budgets, not both")
+    values = sorted({resolve_budget(b, convention, "--budgets item") for b in as_list(budgets, "--budgets")})
+    if len(values) < 2:
+        raise UsageError(f"--budgets needs at least two different budgets (a list: '[1e12, 3e12]'), got {budgets!r}")
     rungs = []
-    for value in flops:
+    for value in values:
         rung_out = out / f"budget-{value:.3g}".replace("+", "")
-        rung = Rung(rung_out, plan(base, specs, rung_out))
-        rung.budget = check_budget(rung.configs, repr(value), budget_steps, convention, f"{group}-{rung_out.name}",
-                                   option="--budgets item")
-        rungs.append(rung)
+        rungs.append(_rung(checked, rung_out, value, f"{group}-{rung_out.name}", "--budgets item"))
     return rungs
 
 
-def write_settings(rung: Rung, convention: str, task_names: list[str], seeds: int, pretrain_seeds: int) -> None:
+def _rung(checked: list[tuple[RunSpec, CheckedRun]], out: Path, budget: float, group: str, option: str) -> Rung:
+    return Rung(out, budget, [(spec, run.prepare(budget, out / spec.name, wandb_group=group, option=option))
+                              for spec, run in checked])
+
+
+def print_plan(rungs: list[Rung], convention: str) -> None:
+    """What a comparison would run (``--dry_run``): each budget, and each run's steps, directory and state."""
+    for rung in rungs:
+        print(f"[compare] budget {rung.budget:.3e} FLOPs ({convention}) in {rung.out}")
+        for spec, run in rung.runs:
+            state = "finished" if run.plan.finished else f"resume from {run.plan.checkpoint}" if run.plan.checkpoint \
+                else "new"
+            settings = f" {spec.init_args}" if spec.init_args else ""
+            steps = -(-rung.budget // run.step_flops)
+            print(f"  {spec.name}: {spec.objective}{settings}, {steps:.0f} steps of {run.step_flops:.3e} FLOPs, "
+                  f"{run.run_dir} ({state})", flush=True)
+
+
+def write_settings(rung: Rung, convention: str, finetune_args: dict, pretrain_seeds: int) -> None:
     """OUT/compare.json: what the comparison at this budget runs (the notebook reads it back)."""
+    from downstream.tasks import resolve_tasks
+
     rung.out.mkdir(parents=True, exist_ok=True)
     write_atomic(rung.out / "compare.json", json.dumps({
-        "runs": [r.__dict__ for r, _ in rung.configs], "budget_flops": rung.budget, "flops_convention": convention,
-        "tasks": task_names, "seeds": seeds, "pretrain_seeds": pretrain_seeds}, indent=2) + "\n")
-    names = ", ".join(dict.fromkeys(r.group or r.name for r, _ in rung.configs))
+        "runs": [r.__dict__ for r, _ in rung.runs], "budget_flops": rung.budget, "flops_convention": convention,
+        "tasks": resolve_tasks(finetune_args["tasks"]), "seeds": finetune_args["seeds"],
+        "pretrain_seeds": pretrain_seeds}, indent=2) + "\n")
+    names = ", ".join(dict.fromkeys(r.group or r.name for r, _ in rung.runs))
     print(f"[compare] budget {rung.budget:.3e} FLOPs ({convention}) for {names}"
           + (f", {pretrain_seeds} pre-training seeds each" if pretrain_seeds > 1 else ""), flush=True)
 
@@ -214,10 +237,10 @@ def write_settings(rung: Rung, convention: str, task_names: list[str], seeds: in
 def finish(rung: Rung, finetune_args: dict, reference: tuple[str, float] | None) -> list[dict]:
     """Fine-tune every run of a budget, then write its table and plots (rank 0 only)."""
     rows = []
-    for (run, cfg), summary in zip(rung.configs, rung.summaries):
-        results = finetune_once(run, cfg, finetune_args)
-        rows.append({"name": run.name, "objective": run.objective, "group": run.group or run.name, "seed": run.seed,
-                     **summary, "curve": validation_curve(Path(cfg.run_dir)), "tasks": results})
+    for (spec, run), summary in zip(rung.runs, rung.summaries):
+        results = finetune_once(spec, run, finetune_args)
+        rows.append({"name": spec.name, "objective": spec.objective, "group": spec.group or spec.name,
+                     "seed": spec.seed, **summary, "curve": validation_curve(run.run_dir), "tasks": results})
     write_tables(rows, rung.out, rung.budget, reference)
     write_plots(rows, rung.out)
     print(f"[compare] results in {rung.out}: results.md, results.csv, val_loss_vs_flops.png, downstream.png",
@@ -253,91 +276,57 @@ def paper_reference(convention: str) -> tuple[str, float] | None:
         return None
 
 
-def check_tasks(task_names: list[str], data_dir: str | None, seeds: int) -> None:
-    """Every downstream task's data can be had, before any pre-training: local GLUE files under
-    ``data_dir``, or the hub (offline, a one-line error says to use ``--data_dir``)."""
+def check_finetune(args: dict) -> None:
+    """The fine-tuning's options before any pre-training: its tasks exist, and every task's data can be had
+    (local GLUE files under ``data_dir``, or the hub: offline, a one-line error says to use ``data_dir``)."""
     from downstream.glue import find_local_files, load_hub_task
-    from downstream.tasks import get_task
+    from downstream.tasks import get_task, resolve_tasks
+    from experiments.config import as_list
+    from experiments.finetuning.finetune import finetune
 
-    if seeds < 1:
-        raise UsageError(f"--seeds must be at least 1, got {seeds}")
-    for name in task_names:
+    unknown = set(args) - set(inspect.signature(finetune).parameters) - {"wandb"}
+    if unknown:
+        raise UsageError(f"unknown fine-tuning option(s) {', '.join(sorted(unknown))}: see isoflop finetune --help")
+    if isinstance(args["seeds"], int) and args["seeds"] < 1:
+        raise UsageError(f"--finetune.seeds must be at least 1, got {args['seeds']}")
+    for name in resolve_tasks(as_list(args["tasks"], "--finetune.tasks")):
         spec = get_task(name)
-        if spec.group == "glue" and data_dir:
-            find_local_files(spec, data_dir)
+        if spec.group == "glue" and args.get("data_dir"):
+            find_local_files(spec, args["data_dir"])
         elif spec.group == "glue":
             load_hub_task(spec)  # from the hub's cache, or downloaded now rather than after the pre-training
 
 
-def check_budget(configs: list[tuple[RunSpec, Namespace]], budget: str | None, budget_steps: int, convention: str,
-                 group: str, option: str = "--budget") -> float:
-    """The comparison's budget in FLOPs (set in every run's configuration), after checking that every
-    run's configuration is sound (``preflight``), that the budget buys at least one step of every run,
-    and that a run directory left by an earlier invocation holds the same run (``rundir.plan``)."""
-    from experiments.run import rundir
-    from experiments.run.budget import resolve_budget, step_flops
-    from experiments.config import dump
-    from experiments.run.pretrain import preflight
-
-    if budget_steps < 1:
-        raise UsageError(f"--budget_steps must be at least 1, got {budget_steps}")
-    for _, cfg in configs:
-        cfg.flops_budget, cfg.wandb_group = None, group
-        preflight(cfg)
-    steps = {run.name: step_flops(cfg, convention) for run, cfg in configs}
-    budget_flops = max(steps.values()) * budget_steps if budget is None else resolve_budget(budget, convention)
-    for name, one_step in steps.items():
-        if budget_flops < one_step:
-            raise UsageError(f"{option} {budget} ({budget_flops:.3e} FLOPs) is less than one training step of {name} "
-                             f"({one_step:.3e} FLOPs, {convention} convention)")
-    for _, cfg in configs:
-        cfg.flops_budget = repr(budget_flops)
-        rundir.plan(Path(cfg.run_dir), dump(cfg), None, cfg.reschedule)
-    return budget_flops
-
-
-def pretrain_once(run: RunSpec, cfg: Namespace, world) -> dict:
+def pretrain_once(spec: RunSpec, run: PreparedRun, world) -> dict:
     """Pre-train (every rank) and export (rank 0) a run, unless a previous invocation did; an interrupted
-    one resumes from its last checkpoint (:func:`experiments.run.pretrain.pretrain` does, finding it in the
-    run's directory). Rank 0's view of the run directory decides for every rank."""
-    from experiments.run import rundir
-    from experiments.config import dump
+    one resumes from its last checkpoint. Rank 0's view of the run directory decides for every rank."""
     from experiments.run.export import export_checkpoint
     from experiments.run.pretrain import RunResult, pretrain
 
-    run_dir, export_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "export"
-    done = world.broadcast(rundir.plan(run_dir, dump(cfg), None, cfg.reschedule).finished if world.is_zero else None)
-    if done is not None:
-        _say(world, f"[compare] {run.name}: pre-training done, skipped")
-        result = RunResult.from_json(done)
-    else:
-        _say(world, f"[compare] {run.name}: pre-training")
-        result = pretrain(cfg)
-        if not result.finished:
-            raise RunError(f"pre-training of {run.name} stopped before its budget (see {run_dir})")
+    finished = world.broadcast(run.plan.finished)  # rank 0's view of the run directory decides
+    if world.is_zero:
+        print(f"[compare] {spec.name}: " + ("pre-training done, skipped" if finished else "pre-training"), flush=True)
+    result = RunResult.from_json(finished) if finished is not None else pretrain(run, world)
+    if not result.finished:
+        raise RunError(f"pre-training of {spec.name} stopped before its budget (see {run.run_dir})")
+    export_dir = run.run_dir / "export"
     if world.is_zero and not (export_dir / "config.json").exists():
-        for line in export_checkpoint(run_dir / "checkpoints" / "last.ckpt", export_dir, overwrite=True):
+        for line in export_checkpoint(run.run_dir / "checkpoints" / "last.ckpt", export_dir, overwrite=True):
             print(f"[compare] {line}", flush=True)
-    world.barrier(f"the export of {run.name}")
+    world.barrier(f"the export of {spec.name}")
     return summary_of(result.to_json())
 
 
-def _say(world, text: str) -> None:
-    if world.is_zero:
-        print(text, flush=True)
-
-
-def finetune_once(run: RunSpec, cfg: Namespace, finetune_args: dict) -> dict:
+def finetune_once(spec: RunSpec, run: PreparedRun, finetune_args: dict) -> dict:
     """Fine-tune a run's export on the tasks, unless a previous invocation did; the results per task."""
-    from experiments.finetuning.finetune import average, finetune
+    from experiments.finetuning.finetune import finetune
+    from experiments.finetuning.scores import average
 
-    ft_dir = Path(cfg.run_dir) / "finetune"
+    ft_dir = run.run_dir / "finetune"
     if (ft_dir / "results.json").exists():
-        print(f"[compare] {run.name}: fine-tuning done, skipped", flush=True)
+        print(f"[compare] {spec.name}: fine-tuning done, skipped", flush=True)
         return json.loads((ft_dir / "results.json").read_text())
-    args = dict(finetune_args)
-    args["learning_rate"] = args["learning_rate"] or FINETUNE_LEARNING_RATE[cfg.model.init_args.size]
-    task_results = finetune(str(Path(cfg.run_dir) / "export"), out_dir=str(ft_dir), **args)
+    task_results = finetune(str(run.run_dir / "export"), out_dir=str(ft_dir), **finetune_args)
     avg = average(task_results)
     results = {name: {"metric": r.metric, "median": r.median, "min": r.min, "max": r.max, "std": r.std,
                       "scores": list(r.scores.values())}
@@ -348,25 +337,38 @@ def finetune_once(run: RunSpec, cfg: Namespace, finetune_args: dict) -> dict:
 
 def build_parser():
     """``isoflop compare``'s options: the shared pre-training configuration (``--config``, ``--trainer.*``,
-    ``--model.*``, ``--data.*``, as ``isoflop pretrain``) and the comparison's own."""
+    ``--model.init_args.*``, ``--data.*``, as ``isoflop pretrain``), the comparison's own, and the
+    fine-tuning's as ``--finetune.*`` (those of ``isoflop finetune``)."""
     from experiments.config import build_parser as pretrain_parser
+    from experiments.finetuning.finetune import finetune
 
-    parser = pretrain_parser(prog="isoflop compare", run_options=SHARED_RUN_OPTIONS)
-    parser.description = (__doc__ or "").split("\n\n")[0]
-    parser.add_function_arguments(compare, skip={"base", "runs"}, as_group=False)
+    parser = pretrain_parser(prog="isoflop compare", run_options=SHARED_RUN_OPTIONS,
+                             description=(__doc__ or "").split("\n\n")[0])
+    parser.add_function_arguments(compare, skip={"base", "runs", "finetune", "dry_run"}, as_group=False)
+    add_dry_run(parser)
+    parser.add_function_arguments(finetune, "finetune", skip={"encoder", "out_dir", "wandb"})
+    parser.set_defaults({f"finetune.{k}": v for k, v in DEFAULT_FINETUNE.items()})
     return parser
+
+
+def add_dry_run(parser) -> None:
+    """``--dry_run`` (or ``--dry_run true``): every check and plan of the real run, then the list of runs."""
+    parser.add_argument("--dry_run", type=bool, default=False, nargs="?", const=True,
+                        help="Check and plan every run as the real command does, list them, and train nothing.")
 
 
 def main(argv: list[str]) -> int:
     """Entry point of ``isoflop compare``."""
-    import inspect
+    from experiments.config import parse, parse_args, with_default_preset
 
-    from experiments.config import DEFAULT_PRESET, parse, parse_args
-
-    if not any(a.split("=", 1)[0] == "--config" for a in argv):
-        argv = ["--config", DEFAULT_PRESET, *argv]
-    args = parse_args(build_parser(), argv).as_dict()
-    own = {k: args[k] for k in inspect.signature(compare).parameters if k not in ("base", "runs")}
+    given = [a for a in argv if a.split("=", 1)[0] == "--model"]
+    if given:
+        value = argv[argv.index(given[0]) + 1] if given[0] == "--model" and argv.index(given[0]) + 1 < len(argv) \
+            else given[0].partition("=")[2]
+        raise UsageError(f"--model {value}: isoflop compare takes the objectives it compares from --objectives "
+                         f"(e.g. --objectives '[objectives.MaskedLM, {value}]'); --model.init_args.* sets what they share")
+    args = parse_args(build_parser(), with_default_preset(argv)).as_dict()
+    own = {k: args[k] for k in inspect.signature(compare).parameters if k not in ("base", "runs", "finetune")}
     shared = {k: args[k] for k in ("seed_everything", "trainer", "model", "data", *SHARED_RUN_OPTIONS)}
-    compare(parse(shared), **own)
+    compare(parse(shared), finetune=args["finetune"], **own)
     return 0

@@ -5,8 +5,9 @@ A grid file (``experiments/configs/sweeps/<name>.yaml`` or any path) has up to f
     config: default          # the pre-training preset every run starts from
     pretrain:                # settings laid over it for every run (as in a preset: trainer, data, model)
       data: {batch_size: 16}
-    compare:                 # arguments of `isoflop compare` (budget, budget_steps, tasks, seeds, ...)
+    compare:                 # options of `isoflop compare` (budget, budget_steps, budgets, finetune, ...)
       budget_steps: 600
+      finetune: {tasks: offline, seeds: 3}
     grid:                    # the cartesian product of these lists; `objective` is required
       objective: [objectives.ReplacedTokenDetection, objectives.Electra15]
       generator_hidden_fraction: [0.25, 0.5]
@@ -16,7 +17,8 @@ Each grid point is one run; a setting an objective does not take is dropped for 
 mix objectives), and identical runs are merged. All runs share one budget and land in one results
 table, exactly as ``isoflop compare``. ``--trainer.*`` and ``--data.*`` options on the command line are
 laid over the grid's ``pretrain`` settings for every run (devices, nodes, strategy: ``isoflop sweep
-generator-size --trainer.devices 8 --trainer.strategy ddp --data.batch_size 16``).
+generator-size --trainer.devices 8 --trainer.strategy ddp --data.batch_size 16``). ``--dry_run`` checks and
+plans every run exactly as the real sweep does (a bad override or grid fails the same way) and lists them.
 """
 
 from __future__ import annotations
@@ -76,11 +78,12 @@ def load(grid_file: str) -> dict:
     return spec
 
 
-def sweep(grid_file: str, out_dir: str | None = None, overrides: list[str] | None = None) -> list[dict]:
-    """Run a sweep file: every run at one FLOPs budget, in one results table. ``overrides``: ``--trainer.*``
-    and ``--data.*`` command-line options laid over the grid's pre-training settings."""
+def sweep(grid_file: str, out_dir: str | None = None, overrides: dict | None = None, dry_run: bool = False) -> list[dict]:
+    """Run a sweep file: every run at one FLOPs budget, in one results table. ``overrides``: ``trainer`` and
+    ``data`` settings laid over the grid's pre-training settings (the command line's ``--trainer.*`` and
+    ``--data.*``). ``dry_run``: every check and plan of the real run, and the list of runs; nothing trains."""
     from experiments.comparison.compare import compare
-    from experiments.config import parse, parse_args, parser
+    from experiments.config import parse
 
     spec = load(grid_file)
     runs = expand(spec["grid"], spec.get("baselines"))
@@ -88,27 +91,39 @@ def sweep(grid_file: str, out_dir: str | None = None, overrides: list[str] | Non
     if spec.get("pretrain"):
         base = parse(spec["pretrain"], base=base)
     if overrides:
-        wrong = [a for a in overrides if a.startswith("--") and not a.startswith(("--trainer.", "--data."))]
-        if wrong:
-            raise errors.UsageError(f"unrecognized arguments: {wrong[0]}; isoflop sweep takes --trainer.* and --data.* "
-                                    "options besides its own (see isoflop sweep --help)")
-        base = parse_args(parser(), overrides, namespace=base.clone())
+        base = parse(overrides, base=base)
     options = dict(spec.get("compare") or {})
+    unknown = set(options) - COMPARE_KEYS
+    if unknown:
+        raise errors.UsageError(f"sweep {grid_file!r}: unknown compare option(s) {', '.join(sorted(unknown))}; "
+                                f"a sweep's compare part takes {', '.join(sorted(COMPARE_KEYS))}")
     options["out_dir"] = out_dir or options.get("out_dir") or f"runs/sweep-{presets.find(grid_file, presets.SWEEP_DIR).stem}"
-    return compare(base, runs=runs, **options)
+    return compare(base, runs=runs, dry_run=dry_run, **options)
+
+
+# What a sweep file's ``compare:`` part may set: isoflop compare's options but the objectives (the grid's).
+COMPARE_KEYS = {"budget", "budget_steps", "budgets", "pretrain_seeds", "out_dir", "finetune"}
+
+
+def build_parser():
+    """``isoflop sweep``'s options: the grid file, the output directory, ``--dry_run``, and the
+    ``--trainer.*`` and ``--data.*`` options of ``isoflop pretrain``, laid over every run of the grid."""
+    from experiments.comparison.compare import add_dry_run
+    from experiments.config import add_run_groups, new_parser
+
+    parser = new_parser("isoflop sweep", "Run an ablation grid at equal FLOPs.")
+    parser.add_argument("grid_file", type=str, help="A sweep YAML file or a name in experiments/configs/sweeps.")
+    parser.add_argument("--out_dir", type=str | None, default=None, help="Output directory (default runs/sweep-<name>).")
+    add_dry_run(parser)
+    add_run_groups(parser, ("trainer", "data"))
+    return parser
 
 
 def main(argv: list[str]) -> int:
-    parser = errors.ArgumentParser(prog="isoflop sweep", description="Run an ablation grid at equal FLOPs.")
-    parser.add_argument("grid_file", help="a sweep YAML file or a name in experiments/configs/sweeps")
-    parser.add_argument("--out_dir", default=None, help="output directory (default runs/sweep-<name>)")
-    parser.add_argument("--dry_run", action="store_true", help="list the runs and exit")
-    parser.epilog = "Any --trainer.* or --data.* option of isoflop pretrain applies to every run of the grid."
-    args, overrides = parser.parse_known_args(argv)
-    if args.dry_run:
-        spec = load(args.grid_file)
-        for run in expand(spec["grid"], spec.get("baselines")):
-            print(run.name, run.objective, run.init_args)
-        return 0
-    sweep(args.grid_file, args.out_dir, overrides)
+    """Entry point of ``isoflop sweep``."""
+    from experiments.config import parse_args
+
+    given = parse_args(build_parser(), argv, defaults=False).as_dict()  # only what the command line says
+    overrides = {k: given[k] for k in ("trainer", "data") if given.get(k)}
+    sweep(given["grid_file"], given.get("out_dir"), overrides, bool(given.get("dry_run")))
     return 0

@@ -16,13 +16,9 @@ logger (plus a wandb run, grouped by encoder and task). Scores are in GLUE point
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import statistics
 import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,51 +28,8 @@ from datamodules.cache import write_atomic
 from downstream.classifier import SequenceClassification, check_encoder
 from downstream.data import TaskDataModule
 from downstream.tasks import TaskSpec, resolve_tasks
+from experiments.finetuning.scores import TaskResult, write_results
 from experiments.run.loggers import finish_loggers, make_loggers
-
-
-@dataclass
-class TaskResult:
-    """The scores of one task over seeds, in GLUE points (x100).
-
-    Attributes:
-        task: Task name, or ``average`` for the mean over tasks.
-        metric: Headline metric name (``accuracy``, ``mcc``, ``spearman`` ...).
-        scores: Headline score per seed.
-        others: Every other metric (``f1``, ``pearson``, ``accuracy_mismatched`` ...) per seed.
-        median_override: Reported instead of the median of ``scores`` (the average row: the mean
-            of the task medians, which is not the median of the per-seed averages).
-    """
-
-    task: str
-    metric: str
-    scores: dict[int, float] = field(default_factory=dict)
-    others: dict[str, dict[int, float]] = field(default_factory=dict)
-    median_override: float | None = None
-
-    @property
-    def median(self) -> float:
-        if self.median_override is not None:
-            return self.median_override
-        return statistics.median(self.scores.values())
-
-    @property
-    def min(self) -> float:
-        return min(self.scores.values())
-
-    @property
-    def max(self) -> float:
-        return max(self.scores.values())
-
-    @property
-    def std(self) -> float:
-        """Sample standard deviation over seeds (0 for a single seed)."""
-        values = list(self.scores.values())
-        return statistics.stdev(values) if len(values) > 1 else 0.0
-
-    @property
-    def n_seeds(self) -> int:
-        return len(self.scores)
 
 
 def encoder_tag(encoder: str) -> str:
@@ -86,79 +39,14 @@ def encoder_tag(encoder: str) -> str:
     return "-".join(p.strip("/\\") for p in parts if p.strip("/\\")) or "encoder"
 
 
-def average(results: dict[str, TaskResult], include_wnli: bool = False) -> TaskResult | None:
-    """The paper's average: mean over tasks of each task's median headline score (WNLI excluded).
-
-    Its ``scores`` are per-seed averages over tasks (for the spread); its median is the mean of
-    the task medians, which is what GLUE tables report.
-    """
-    tasks = [r for name, r in results.items() if include_wnli or name != "wnli"]
-    if not tasks:
-        return None
-    seeds = set.intersection(*(set(r.scores) for r in tasks))
-    per_seed = {s: statistics.fmean(r.scores[s] for r in tasks) for s in sorted(seeds)}
-    return TaskResult(
-        "average", "mean of task medians", per_seed, median_override=statistics.fmean(r.median for r in tasks)
-    )
-
-
-def write_results(results: dict[str, TaskResult], out_dir: str | Path, header: str = "") -> None:
-    """``results.csv`` and ``results.md`` (tasks, then the ``average`` row) and ``metrics.csv`` in ``out_dir``.
-
-    Each file is written whole and renamed into place (:func:`datamodules.cache.write_atomic`):
-    they are rewritten after every task, and a crash or kill mid-write must not leave a truncated
-    table where the previous, complete one was.
-    """
-    out = Path(out_dir)
-    rows = list(results.values())
-    avg = average(results)
-    if avg is not None:
-        rows.append(avg)
-    seeds = sorted({s for r in rows for s in r.scores})
-    columns = ["task", "metric", "median", "min", "max", "std", "n_seeds", *[f"seed_{s}" for s in seeds]]
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(columns)
-    for r in rows:
-        per_seed = [f"{r.scores[s]:.4f}" if s in r.scores else "" for s in seeds]
-        stats = [f"{v:.4f}" for v in (r.median, r.min, r.max, r.std)]
-        writer.writerow([r.task, r.metric, *stats, r.n_seeds, *per_seed])
-    write_atomic(out / "results.csv", table.getvalue())
-
-    lines = [header, ""] if header else []
-    lines += [
-        "| task | metric | median | min | max | std | seeds | per-seed scores |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        per_seed = " ".join(f"{r.scores[s]:.1f}" for s in sorted(r.scores))
-        lines.append(
-            f"| {r.task} | {r.metric} | {r.median:.2f} | {r.min:.2f} | {r.max:.2f} | {r.std:.2f} | {r.n_seeds} | {per_seed} |"
-        )
-    others = [(r.task, name, statistics.median(v.values())) for r in results.values() for name, v in r.others.items()]
-    if others:
-        lines += ["", "Other metrics (median over seeds):", "", "| task | metric | median |", "|---|---|---:|"]
-        lines += [f"| {task} | {name} | {value:.2f} |" for task, name, value in others]
-    write_atomic(out / "results.md", "\n".join(lines) + "\n")
-
-    # Every metric of every run, long format, for later analysis.
-    long = io.StringIO()
-    writer = csv.writer(long)
-    writer.writerow(["task", "seed", "metric", "value"])
-    for r in results.values():
-        for name, per_seed in {r.metric: r.scores, **r.others}.items():
-            writer.writerows([r.task, seed, name, f"{value:.4f}"] for seed, value in sorted(per_seed.items()))
-    write_atomic(out / "metrics.csv", long.getvalue())
-
-
 # Where finetune()'s parameters go: every task's datamodule, every run's training, and the record
 # (config.json, and each run's logged config; tasks and seeds as resolved).
-_DATA_OPTIONS = ("data_dir", "cache_dir", "max_length", "batch_size", "both_orders", "max_train_examples",
+_DATA_OPTIONS = ("data_dir", "cache_dir", "max_seq_length", "batch_size", "both_orders", "max_train_examples",
                  "max_eval_examples", "num_workers")
 _RUN_OPTIONS = ("max_steps", "learning_rate", "layerwise_lr_decay", "weight_decay", "warmup_fraction", "accelerator",
                 "devices", "precision", "wandb", "progress_bar")
 _RECORDED = ("encoder", "tasks", "seeds", "data_dir", "epochs", "max_steps", "max_train_examples", "max_eval_examples",
-             "batch_size", "max_length", "learning_rate", "layerwise_lr_decay", "weight_decay", "warmup_fraction",
+             "batch_size", "max_seq_length", "learning_rate", "layerwise_lr_decay", "weight_decay", "warmup_fraction",
              "both_orders", "precision")
 
 
@@ -174,8 +62,8 @@ def finetune(
     max_train_examples: int | None = None,
     max_eval_examples: int | None = None,
     batch_size: int = 32,
-    max_length: int = 128,
-    learning_rate: float = 1e-4,
+    max_seq_length: int = 128,
+    learning_rate: float | None = None,
     layerwise_lr_decay: float = 0.8,
     weight_decay: float = 0.01,
     warmup_fraction: float = 0.1,
@@ -191,7 +79,8 @@ def finetune(
 
     Args:
         encoder: Checkpoint directory with its tokenizer (``isoflop export`` output or any ``save_pretrained`` dir).
-        tasks: ``glue`` (all GLUE tasks but WNLI), ``offline`` (the suite that measures pre-training: docpkg-probe, docpair), a task name, or a comma list.
+        tasks: ``glue`` (all GLUE tasks but WNLI), ``offline`` (the suite that measures pre-training: docpkg-probe,
+            docpair), a task name, or a list of these (``[mrpc, rte]``).
         seeds: Number of fine-tuning seeds (0..n-1), or an explicit list of seeds.
         out_dir: Output directory; default ``runs/finetune/<encoder's last two path parts>``.
         data_dir: Local GLUE files (``<data_dir>/<task>/train.tsv``, ``validation.tsv``, hub column names);
@@ -203,8 +92,11 @@ def finetune(
         max_train_examples: Use only this many training examples per task (a fixed subset); for quick runs.
         max_eval_examples: Use only this many examples per dev split (a fixed subset); for quick runs.
         batch_size: Training batch size.
-        max_length: Maximum tokens per example (both sentences together).
-        learning_rate: Peak learning rate (head); ELECTRA: 1e-4 Base, 3e-4 Small.
+        max_seq_length: Maximum tokens per example (both sentences together).
+        learning_rate: Peak learning rate (of the head); default: the encoder family's own for the encoder's
+            size (ELECTRA paper Table 7: 3e-4 Small, 1e-4 Base, 5e-5 Large; DeBERTa-v3's MNLI recipe: 4.5e-5
+            xsmall and small, 1.5e-5 base, 7e-6 large; see objectives.encoder), 1e-4 for an encoder of
+            another shape.
         layerwise_lr_decay: Learning-rate factor per layer of distance from the head (ELECTRA: 0.8).
         weight_decay: AdamW weight decay (not on biases and LayerNorm).
         warmup_fraction: Fraction of steps with linear warmup (then linear decay to 0).
@@ -221,12 +113,12 @@ def finetune(
     """
     options = dict(locals())  # the parameters by name, dealt out below with the tuples above
     # Every check (task names, seeds, encoder, data files and columns) before any training compute.
-    names = resolve_tasks(tasks)
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ValueError("seeds must be a positive count or a non-empty list")
+    names, seed_list = resolve_tasks(tasks), _seed_list(seeds)
     modules = _prepare_tasks(encoder, names, **{k: options[k] for k in _DATA_OPTIONS})
     out = Path(out_dir) if out_dir else Path("runs") / "finetune" / encoder_tag(encoder)
+    if learning_rate is None:
+        options["learning_rate"], why = family_learning_rate(encoder)
+        print(f"[finetune] learning rate {options['learning_rate']:g} ({why})", flush=True)
     settings = {**{k: options[k] for k in _RECORDED}, "tasks": names, "seeds": seed_list}
     write_atomic(out / "config.json", json.dumps(settings, indent=2) + "\n")
     run = {k: options[k] for k in _RUN_OPTIONS}
@@ -236,6 +128,29 @@ def finetune(
         # After every task, so a crash keeps what is done.
         write_results(results, out, f"Fine-tuning `{encoder}` (median over seeds, GLUE points)")
     return results
+
+
+def _seed_list(seeds: int | list[int]) -> list[int]:
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError("seeds must be a positive count or a non-empty list")
+    return seed_list
+
+
+def family_learning_rate(encoder: str) -> tuple[float, str]:
+    """The fine-tuning learning rate of an encoder's family for its size (``objectives.encoder``), recognised
+    from its ``config.json`` (model type, hidden width and depth), and why; 1e-4 for another shape."""
+    from objectives.encoder import FAMILIES
+
+    try:
+        config = json.loads((Path(encoder).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return 1e-4, "the encoder has no readable config.json: the ELECTRA paper's Base rate"
+    family = FAMILIES.get(str(config.get("model_type", "")).replace("_", "-"))
+    size = family.size_of(config.get("hidden_size"), config.get("num_hidden_layers")) if family else None
+    if size is None:
+        return 1e-4, f"no isoflop size has this {config.get('model_type')} encoder's shape: the ELECTRA paper's Base rate"
+    return family.finetune_learning_rate[size], f"{family.name} {size}'s fine-tuning rate"
 
 
 def _prepare_tasks(encoder: str, names: list[str], **data_options: Any) -> dict[str, TaskDataModule]:
@@ -324,23 +239,26 @@ def _run_one(
     return metrics
 
 
+def build_parser():
+    """``isoflop finetune``'s options: :func:`finetune`'s arguments, and ``--config`` for a YAML file of them."""
+    from jsonargparse import ActionConfigFile
+
+    from experiments.config import new_parser
+
+    parser = new_parser("isoflop finetune", (finetune.__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
+    parser.add_function_arguments(finetune, as_group=False)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``isoflop finetune``; returns the process exit code (errors are reported, in one
     line, by :func:`experiments.cli.main`)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from experiments.config import as_list, parse_args
 
-    from experiments.config import parse_args
-
-    parser = ArgumentParser(
-        prog="isoflop finetune",
-        description=(finetune.__doc__ or "").split("\n\n")[0],
-        default_env=False,
-        exit_on_error=False,
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
-    parser.add_function_arguments(finetune, as_group=False)
-    cfg = parse_args(parser, sys.argv[1:] if argv is None else list(argv))
+    cfg = parse_args(build_parser(), sys.argv[1:] if argv is None else list(argv))
     kwargs = {k: v for k, v in cfg.as_dict().items() if k not in ("config", "__path__")}
+    kwargs["tasks"] = as_list(kwargs["tasks"], "--tasks")
     results = finetune(**kwargs)
     out = Path(kwargs.get("out_dir") or Path("runs") / "finetune" / encoder_tag(kwargs["encoder"]))
     print((out / "results.md").read_text() if (out / "results.md").exists() else results)

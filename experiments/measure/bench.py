@@ -134,8 +134,7 @@ def plain_bert_step(model, data: dict, dtype: torch.dtype | None) -> tuple[Calla
     config = BertConfig(vocab_size=model.vocab_size, hidden_size=s.hidden_size, num_hidden_layers=s.num_layers,
                         num_attention_heads=s.num_heads, intermediate_size=s.intermediate_size,
                         max_position_embeddings=hp.max_position_embeddings, hidden_dropout_prob=hp.dropout,
-                        attention_probs_dropout_prob=hp.dropout, type_vocab_size=2)
-    config._attn_implementation = "sdpa"
+                        attention_probs_dropout_prob=hp.dropout, type_vocab_size=2, attn_implementation="sdpa")
     bert = BertForMaskedLM(config).to(model.device)
     params, optimizer, scheduler = _plain_optimizer(model, [bert])
     ids, mask_id = data["input_ids"], int(model.mask_token_id)
@@ -265,25 +264,25 @@ def build_sides(name: str, args, device: torch.device, dtype: torch.dtype | None
     from objectives import resolve
 
     torch.manual_seed(0)
-    model = resolve(name)(size=args.size, vocab_size=args.vocab, max_position_embeddings=max(512, args.seq))
+    model = resolve(name)(size=args.size, vocab_size=args.vocab_size, max_position_embeddings=max(512, args.max_seq_length))
     model.configure_model()
     model = model.to(device)
     model.mask_token_id.fill_(4)  # any id outside the data's [10, vocab) range
-    data = random_batch(args.batch, args.seq, args.vocab, device)
+    data = random_batch(args.batch_size, args.max_seq_length, args.vocab_size, device)
     if args.compile:
         compile_networks(model)
-    sides = [Side("isoflop", isoflop_step(model, data, dtype), model.flops_per_batch(args.batch, args.seq, "actual"))]
+    sides = [Side("isoflop", isoflop_step(model, data, dtype), model.flops_per_batch(args.batch_size, args.max_seq_length, "actual"))]
     plain = plain_loop(model)
     if plain is not None:
         step, networks = plain(model, data, dtype)
         if args.compile:
             compile_networks(networks)
-        sides.append(Side("plain", step, plain_flops(model, args.batch, args.seq)))
+        sides.append(Side("plain", step, plain_flops(model, args.batch_size, args.max_seq_length)))
     return model, sides
 
 
 def bench_objective(name: str, args, device: torch.device, dtype: torch.dtype | None) -> tuple[float, list[Side]]:
-    """Warm up every side, then ``args.rounds`` interleaved timed rounds of ``args.steps`` steps each.
+    """Warm up every side, then ``args.rounds`` interleaved timed rounds of ``args.steps_per_round`` steps each.
     Returns the objective's training FLOPs per step and the measured sides."""
     model, sides = build_sides(name, args, device, dtype)
     warmup = WARMUP_STEPS + (1 if args.compile else 0)
@@ -292,8 +291,8 @@ def bench_objective(name: str, args, device: torch.device, dtype: torch.dtype | 
             side.step()
     for _ in range(args.rounds):
         for side in sides:
-            time_round(side, args.steps, device)
-    return model.flops_per_batch(args.batch, args.seq, "actual"), sides
+            time_round(side, args.steps_per_round, device)
+    return model.flops_per_batch(args.batch_size, args.max_seq_length, "actual"), sides
 
 
 HEADER = (f"{'objective':<24}{'step':<9}{'tokens/s':>10}{'range':>17}{'ms/step':>9}{'own GFLOP':>10}{'GFLOP/s':>10}"
@@ -303,54 +302,86 @@ HEADER = (f"{'objective':<24}{'step':<9}{'tokens/s':>10}{'range':>17}{'ms/step':
 def table_rows(name: str, flops: float, sides: list[Side], args, peak: float) -> list[str]:
     """Two lines per objective (isoflop, plain), figures the median over rounds; the ratio is isoflop's
     tokens/s over plain's (the speed-up), ``--`` where there is no plain loop."""
-    tokens = args.batch * args.seq * args.steps
+    tokens = args.batch_size * args.max_seq_length * args.steps_per_round
     medians = [statistics.median(s.seconds) for s in sides]
     rows = []
     for i, (side, seconds) in enumerate(zip(sides, medians)):
         rates = sorted(tokens / s for s in side.seconds)
         ratio = "" if i else (f"{medians[1] / medians[0]:.2f}x" if len(sides) > 1 else "--")
         rows.append(f"{(name if i == 0 else ''):<24}{side.label:<9}{tokens / seconds:>10.0f}"
-                    f"{f'{rates[0]:.0f}-{rates[-1]:.0f}':>17}{1000 * seconds / args.steps:>9.1f}"
-                    f"{side.own_flops / 1e9:>10.1f}{flops * args.steps / seconds / 1e9:>10.1f}"
-                    f"{flops * args.steps / seconds / peak:>7.1%}{side.peak_bytes / 1e9:>9.2f}{ratio:>10}")
+                    f"{f'{rates[0]:.0f}-{rates[-1]:.0f}':>17}{1000 * seconds / args.steps_per_round:>9.1f}"
+                    f"{side.own_flops / 1e9:>10.1f}{flops * args.steps_per_round / seconds / 1e9:>10.1f}"
+                    f"{flops * args.steps_per_round / seconds / peak:>7.1%}{side.peak_bytes / 1e9:>9.2f}{ratio:>10}")
     return rows
 
 
-def _peak(text: str) -> float:
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (FLOP/s, e.g. 989e12)") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}
 
 
-def parse_args(argv: list[str] | None):
-    """The command line, every mistake a one-line :class:`~experiments.errors.UsageError`, checked
-    before any model is built."""
+def bench(
+    size: str = "small",
+    batch_size: int = 16,
+    max_seq_length: int = 128,
+    vocab_size: int = 30522,
+    steps_per_round: int = 2,
+    rounds: int = 3,
+    objectives: list[str] | str | None = None,
+    precision: str = "32-true",
+    compile: bool = False,
+    device: str = "auto",
+    peak_flops: float | None = None,
+) -> int:
+    """Each objective's training step against the same step written plainly with transformers' classes.
+
+    Args:
+        size: Encoder size (ELECTRA's: tiny, small, base, large).
+        batch_size: Sequences per step.
+        max_seq_length: Tokens per sequence (at least 8: [CLS] A [SEP] B [SEP] with words to mask).
+        vocab_size: Vocabulary size (at least 16: ids below 10 are special).
+        steps_per_round: Timed steps per side per round.
+        rounds: Interleaved rounds (isoflop, plain, isoflop, ...).
+        objectives: Objectives to time, a list of class names (default: every objective).
+        precision: 32-true, or bf16-mixed (bf16 autocast, as --trainer.precision bf16-mixed).
+        compile: torch.compile the networks of both sides.
+        device: auto (cuda if there is one), cpu, cuda or cuda:N.
+        peak_flops: Peak FLOP/s of the device, for MFU (default: Lightning's table, else a measured matmul).
+    """
+    from types import SimpleNamespace
+
+    from experiments.config import as_list
+    from experiments.run.throughput import peak_flops as device_peak
     from objectives.encoder import ElectraFamily
 
-    parser = errors.ArgumentParser(prog="isoflop bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="small", choices=list(ElectraFamily.sizes), help="encoder size (ELECTRA's)")
-    parser.add_argument("--batch", type=errors.positive_int, default=16, help="sequences per step")
-    parser.add_argument("--seq", type=errors.positive_int, default=128, help="tokens per sequence")
-    parser.add_argument("--vocab", type=errors.positive_int, default=30522, help="vocabulary size")
-    parser.add_argument("--steps", type=errors.positive_int, default=2, help="timed steps per side per round")
-    parser.add_argument("--rounds", type=errors.positive_int, default=3, help="interleaved rounds (isoflop, plain, ...)")
-    parser.add_argument("--objectives", nargs="+", default=None, help="class names (default: every objective)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as --trainer.precision bf16-mixed")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the networks of both sides")
-    parser.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda or cuda:N")
-    parser.add_argument("--peak_flops", type=_peak, default=None, help="peak FLOP/s of the device, for MFU")
-    args = parser.parse_args(argv)
-    if args.seq < 8:
-        parser.error(f"argument --seq: must be at least 8 ([CLS] A [SEP] B [SEP] with words to mask), got {args.seq}")
-    if args.vocab < 16:
-        parser.error(f"argument --vocab: must be at least 16 (ids below 10 are special), got {args.vocab}")
-    return args
+    for option, value, least in (("--batch_size", batch_size, 1), ("--max_seq_length", max_seq_length, 8),
+                                 ("--vocab_size", vocab_size, 16), ("--steps_per_round", steps_per_round, 1),
+                                 ("--rounds", rounds, 1)):
+        if value < least:
+            raise errors.UsageError(f"{option}: must be at least {least}, got {value}")
+    if size not in ElectraFamily.sizes:
+        raise errors.UsageError(f"--size: unknown size {size!r}; choose one of {', '.join(ElectraFamily.sizes)}")
+    if precision not in PRECISIONS:
+        raise errors.UsageError(f"--precision: {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if peak_flops is not None and not peak_flops > 0:
+        raise errors.UsageError(f"--peak_flops: must be positive (FLOP/s), got {peak_flops:g}")
+    args = SimpleNamespace(size=size, batch_size=batch_size, max_seq_length=max_seq_length, vocab_size=vocab_size,
+                           steps_per_round=steps_per_round, rounds=rounds, compile=compile)
+    device_, names = _device(device), _objectives(as_list(objectives, "--objectives"))
+    dtype = PRECISIONS[precision]
+    peak, source = device_peak(device_, dtype or torch.float32, peak_flops)
+    print(f"isoflop bench: {device_}, torch threads {torch.get_num_threads()}, size {size}, batch {batch_size} x "
+          f"seq {max_seq_length}, vocab {vocab_size}, {'bf16 autocast' if dtype else 'fp32'}"
+          f"{', torch.compile' if compile else ''}; {rounds} interleaved rounds of {steps_per_round} steps per "
+          f"side after {WARMUP_STEPS + bool(compile)} warm-up steps; load average {_load()}", flush=True)
+    print(f"peak {peak / 1e9:.1f} GFLOP/s for MFU ({source})", flush=True)
+    print(HEADER, flush=True)
+    for name in names:
+        flops, sides = bench_objective(name, args, device_, dtype)
+        print("\n".join(table_rows(name, flops, sides, args, peak)), flush=True)
+    print(f"tokens/s: median over rounds (range: slowest-fastest round); GFLOP/s and MFU: the objective's training "
+          f"FLOPs (actual) per second, the same count for both sides; own GFLOP: what each side's step multiplies; "
+          f"peak GB: {'CUDA max allocated' if device_.type == 'cuda' else 'process peak RSS'}; "
+          f"vs plain: isoflop's speed over the plain loop's. Load average at the end {_load()}.", flush=True)
+    return 0
 
 
 def _device(text: str) -> torch.device:
@@ -359,17 +390,17 @@ def _device(text: str) -> torch.device:
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
-        raise errors.UsageError(f"argument --device: unknown device {text!r}; use auto, cpu, cuda or cuda:N") from None
+        raise errors.UsageError(f"--device: unknown device {text!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
-        raise errors.UsageError(f"argument --device: {text!r}: isoflop bench runs on cpu or cuda")
+        raise errors.UsageError(f"--device: {text!r}: isoflop bench runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise errors.UsageError(f"argument --device: {text!r}, but torch sees no CUDA device here")
+        raise errors.UsageError(f"--device: {text!r}, but torch sees no CUDA device here")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise errors.UsageError(f"argument --device: {text!r}, but there are {torch.cuda.device_count()} CUDA devices")
+        raise errors.UsageError(f"--device: {text!r}, but there are {torch.cuda.device_count()} CUDA devices")
     return device
 
 
-def _objectives(names: list[str] | None) -> list[str]:
+def _objectives(names: list[str]) -> list[str]:
     from objectives import discover, resolve
 
     if not names:
@@ -379,31 +410,23 @@ def _objectives(names: list[str] | None) -> list[str]:
         try:
             out.append(resolve(name).__name__)
         except ValueError as err:
-            raise errors.UsageError(f"argument --objectives: {err}") from None
+            raise errors.UsageError(f"--objectives: {err}") from None
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    from experiments.run.throughput import peak_flops
+def build_parser():
+    """``isoflop bench``'s options: :func:`bench`'s arguments."""
+    from experiments.config import new_parser
 
-    args = parse_args(argv)
-    device, names = _device(args.device), _objectives(args.objectives)
-    dtype = torch.bfloat16 if args.bf16 else None
-    peak, source = peak_flops(device, dtype or torch.float32, args.peak_flops)
-    print(f"isoflop bench: {device}, torch threads {torch.get_num_threads()}, size {args.size}, batch {args.batch} x "
-          f"seq {args.seq}, vocab {args.vocab}, {'bf16 autocast' if args.bf16 else 'fp32'}"
-          f"{', torch.compile' if args.compile else ''}; {args.rounds} interleaved rounds of {args.steps} steps per "
-          f"side after {WARMUP_STEPS + bool(args.compile)} warm-up steps; load average {_load()}", flush=True)
-    print(f"peak {peak / 1e9:.1f} GFLOP/s for MFU ({source})", flush=True)
-    print(HEADER, flush=True)
-    for name in names:
-        flops, sides = bench_objective(name, args, device, dtype)
-        print("\n".join(table_rows(name, flops, sides, args, peak)), flush=True)
-    print(f"tokens/s: median over rounds (range: slowest-fastest round); GFLOP/s and MFU: the objective's training "
-          f"FLOPs (actual) per second, the same count for both sides; own GFLOP: what each side's step multiplies; "
-          f"peak GB: {'CUDA max allocated' if device.type == 'cuda' else 'process peak RSS'}; "
-          f"vs plain: isoflop's speed over the plain loop's. Load average at the end {_load()}.", flush=True)
-    return 0
+    parser = new_parser("isoflop bench", __doc__.split("\n\n")[0])
+    parser.add_function_arguments(bench, as_group=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from experiments.config import parse_args
+
+    return bench(**parse_args(build_parser(), list(argv or [])).as_dict())
 
 
 def _load() -> str:

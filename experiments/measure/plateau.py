@@ -5,7 +5,7 @@ token frequencies and ignore context), and a discriminator learns only its label
 "original" everywhere). This study runs tiny configurations on the known-answer testbed
 (``--data.dataset synthetic:chain``: 256 symbols, 4 successors each, so the floors are known exactly)
 through :func:`experiments.run.pretrain.pretrain`, one factor at a time around a base configuration, and
-writes the table ``rtd/plateau.rst`` includes::
+writes the table ``rtd/testbed.rst`` includes (``rtd/_include/plateau_table.rst``)::
 
     python -m experiments.measure.plateau                     # every configuration (about an hour on one core)
     python -m experiments.measure.plateau --only rtd-deberta  # some of them
@@ -17,9 +17,9 @@ and Bayes floors, and the discriminator's AUROC and accuracy gain over its all-o
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -100,7 +100,7 @@ def run(name: str, out_dir: Path) -> dict:
 
 
 def rst_table(rows: list[dict]) -> str:
-    """The rows as an RST list-table (what rtd/plateau.rst includes)."""
+    """The rows as an RST list-table (what rtd/testbed.rst includes)."""
     def fmt(key, value):
         if value is None:
             return "--"
@@ -117,19 +117,26 @@ def rst_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.measure.plateau", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="*", default=list(CONFIGS), help="configurations to run (default: all)")
-    parser.add_argument("--out_dir", default="runs/plateau", help="where the runs go")
-    parser.add_argument("--table", default="rtd/plateau_table.rst", help="the table to write")
-    args = parser.parse_args(argv)
-    unknown = [n for n in args.only if n not in CONFIGS]
+def study(only: list[str] | str | None = None, out_dir: str = "runs/plateau",
+          table: str = "rtd/_include/plateau_table.rst") -> int:
+    """Run the plateau study's configurations (a rerun keeps the rows it has) and write its table.
+
+    Args:
+        only: Configurations to run, a list (default: all).
+        out_dir: Where the runs go.
+        table: The table to write.
+    """
+    from experiments.config import as_list
+    from experiments.errors import UsageError
+
+    names = as_list(only, "--only") or list(CONFIGS)
+    unknown = [n for n in names if n not in CONFIGS]
     if unknown:
-        parser.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
-    csv_path = Path(args.out_dir) / "plateau.csv"
+        raise UsageError(f"--only: unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    csv_path = Path(out_dir) / "plateau.csv"
     rows = {r["name"]: r for r in _read(csv_path)}
-    for name in args.only:
-        rows[name] = run(name, Path(args.out_dir))
+    for name in names:
+        rows[name] = run(name, Path(out_dir))
         print(f"[plateau] {rows[name]}", flush=True)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, COLUMNS)
@@ -137,8 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows(rows.values())
         write_atomic(csv_path, buffer.getvalue())  # after every run: a long study keeps what it measured
     ordered = [rows[n] for n in CONFIGS if n in rows]
-    write_atomic(args.table, rst_table(ordered))
+    write_atomic(table, rst_table(ordered))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from experiments.config import new_parser, parse_args
+
+    parser = new_parser("python -m experiments.measure.plateau", __doc__.split("\n\n")[0])
+    parser.add_function_arguments(study, as_group=False)
+    return study(**parse_args(parser, list(argv) if argv is not None else sys.argv[1:]).as_dict())
 
 
 def _read(path: Path) -> list[dict]:

@@ -6,7 +6,7 @@ pre-trains tiny MaskedLM encoders of both families on the main job's data (the `
 embedded corpus, 8,192-token vocabulary, 128-token examples) for several lengths, exports each (and a
 random-initialised one of the same shape and tokenizer), fine-tunes every encoder on every offline task
 over three seeds exactly as ``isoflop compare`` does, and writes the table ``rtd/downstream.rst``
-includes (``rtd/probes_table.rst``)::
+includes (``rtd/_include/probes_table.rst``)::
 
     python -m experiments.measure.probes                 # about an hour on one core
     python -m experiments.measure.probes --steps 0 600   # fewer pre-training lengths
@@ -14,10 +14,10 @@ includes (``rtd/probes_table.rst``)::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 
 from datamodules.cache import write_atomic
@@ -62,11 +62,9 @@ def random_init(cfg, export: Path) -> Path:
 
 def finetune_scores(export: Path, task: str, out: Path, seeds: int = 3, **options) -> list[float]:
     """Fine-tuning seeds of ``export`` on ``task``, as compare runs them at the tiny size."""
-    from experiments.comparison.compare import FINETUNE_LEARNING_RATE
     from experiments.finetuning.finetune import finetune
 
-    results = finetune(str(export), tasks=task, seeds=seeds, out_dir=str(out),
-                       learning_rate=FINETUNE_LEARNING_RATE["tiny"], wandb=False, **options)
+    results = finetune(str(export), tasks=task, seeds=seeds, out_dir=str(out), wandb=False, **options)
     return [results[task].scores[s] for s in sorted(results[task].scores)]
 
 
@@ -84,26 +82,38 @@ def rst_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.measure.probes", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, nargs="*", default=[0, 600, 2000], help="pre-training lengths (0: random)")
-    parser.add_argument("--encoders", nargs="*", default=list(ENCODERS), choices=ENCODERS)
-    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--out_dir", default="runs/probes")
-    parser.add_argument("--table", default="rtd/probes_table.rst")
-    args = parser.parse_args(argv)
-    out = Path(args.out_dir)
+def study(steps: list[int] | int | None = None, encoders: list[str] | str | None = None,
+          tasks: list[str] | str | None = None, out_dir: str = "runs/probes",
+          table: str = "rtd/_include/probes_table.rst") -> int:
+    """Run the probes study (a rerun continues where it stopped) and write its table.
+
+    Args:
+        steps: Pre-training lengths, a list (0: random init; default [0, 600, 2000]).
+        encoders: Encoder families, a list (default: both).
+        tasks: Offline tasks, a list (default: all three).
+        out_dir: Where the runs go.
+        table: The table to write.
+    """
+    from experiments.config import as_list
+    from experiments.errors import UsageError
+
+    steps = as_list(steps, "--steps") or [0, 600, 2000]
+    encoders, tasks = as_list(encoders, "--encoders") or list(ENCODERS), as_list(tasks, "--tasks") or list(TASKS)
+    for option, given, known in (("--encoders", encoders, ENCODERS), ("--tasks", tasks, TASKS)):
+        if set(given) - set(known):
+            raise UsageError(f"{option}: unknown {sorted(set(given) - set(known))}; choose from {', '.join(known)}")
+    out = Path(out_dir)
     rows = list(csv.DictReader((out / "probes.csv").open())) if (out / "probes.csv").exists() else []
     rows = [r for r in rows if r["task"] in TASKS]
     for r in rows:
         r.update(steps=int(r["steps"]), median=float(r["median"]), min=float(r["min"]), max=float(r["max"]))
     done = {(r["task"], r["encoder"], r["steps"]) for r in rows}  # a rerun continues where it stopped
-    for encoder in args.encoders:
-        for steps in sorted(set(args.steps)):
-            export = encoder_dir(out, encoder, steps)
-            for task in (t for t in args.tasks if (t, encoder, steps) not in done):
-                scores = finetune_scores(export, task, out / f"{encoder}-{steps}" / "finetune" / task)
-                rows.append({"task": task, "encoder": encoder, "steps": steps, "median": sorted(scores)[1],
+    for encoder in encoders:
+        for n in sorted(set(steps)):
+            export = encoder_dir(out, encoder, n)
+            for task in (t for t in tasks if (t, encoder, n) not in done):
+                scores = finetune_scores(export, task, out / f"{encoder}-{n}" / "finetune" / task)
+                rows.append({"task": task, "encoder": encoder, "steps": n, "median": sorted(scores)[1],
                              "min": min(scores), "max": max(scores), "scores": json.dumps(scores)})
                 print(f"[probes] {rows[-1]}", flush=True)
                 buffer = io.StringIO()
@@ -112,8 +122,16 @@ def main(argv: list[str] | None = None) -> int:
                 writer.writerows(rows)
                 write_atomic(out / "probes.csv", buffer.getvalue())
     rows.sort(key=lambda r: (TASKS.index(r["task"]), ENCODERS.index(r["encoder"]), r["steps"]))
-    write_atomic(args.table, rst_table(rows))
+    write_atomic(table, rst_table(rows))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from experiments.config import new_parser, parse_args
+
+    parser = new_parser("python -m experiments.measure.probes", __doc__.split("\n\n")[0])
+    parser.add_function_arguments(study, as_group=False)
+    return study(**parse_args(parser, list(argv) if argv is not None else sys.argv[1:]).as_dict())
 
 
 if __name__ == "__main__":

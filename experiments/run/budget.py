@@ -7,9 +7,12 @@ A budget is a number (``1.5e15``) or "what preset P takes for N steps" (``electr
 
 from __future__ import annotations
 
+import math
+
 from jsonargparse import Namespace
 
 from experiments import presets
+from experiments.errors import UsageError
 
 # The paper's training FLOPs for its configurations (Clark et al. 2020, Table 1; Table 8 for
 # ELECTRA-400K, the Large model at 400k steps), beside the presets that reproduce them.
@@ -59,8 +62,9 @@ def preset_config(name_or_path: str) -> Namespace:
     return parse(["--config", str(name_or_path)])
 
 
-def resolve_budget(spec: float | str, convention: str = "actual") -> float:
-    """A budget in FLOPs from ``1.5e15`` or ``PRESET:STEPS`` (the FLOPs that preset takes for STEPS steps)."""
+def resolve_budget(spec: float | str, convention: str = "actual", option: str = "--budget") -> float:
+    """A budget in FLOPs from ``1.5e15`` or ``PRESET:STEPS`` (the FLOPs that preset takes for STEPS steps);
+    a one-line error naming ``option`` for anything else."""
     text = str(spec).strip()
     if ":" in text:
         preset, _, steps = text.rpartition(":")
@@ -68,30 +72,42 @@ def resolve_budget(spec: float | str, convention: str = "actual") -> float:
             n = int(float(steps))
             presets.find(preset)
         except ValueError as err:
-            raise ValueError(f"bad FLOPs budget {spec!r}: {err}") from None
+            raise UsageError(f"{option} {spec}: {err}") from None
         value = step_flops(preset_config(preset), convention) * n
     else:
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(f"bad FLOPs budget {spec!r}: give a number (1.5e15) or PRESET:STEPS (electra-small:1000000)") from None
+            raise UsageError(f"{option} {spec}: give a number of FLOPs (1.5e15) or PRESET:STEPS "
+                             "(electra-small:1000000)") from None
     if not value > 0 or value == float("inf"):
-        raise ValueError(f"the FLOPs budget must be a positive number, got {spec!r}")
+        raise UsageError(f"{option} {spec}: the FLOPs budget must be a positive number")
     return value
 
 
-def report(preset: str, steps: int, batch: int, seq: int, convention: str) -> str:
-    """Per-sequence, per-step and total training FLOPs of a preset; the total is on the last line."""
+def report(checked) -> str:
+    """What a checked pre-training configuration costs (``isoflop flops``, after every check of ``isoflop
+    pretrain``: :func:`experiments.run.prepare.check`): FLOPs per sequence, per step (over the global batch)
+    and in total, for ``trainer.max_steps`` or the steps its ``budget`` buys; the total is on the last line."""
     from objectives.flops import train_multiplier
 
-    config = preset_config(preset)
-    objective = meta_objective(config)
-    per_step = objective.scheduled_flops_per_batch(batch, seq, convention)
+    config = checked.config
+    convention, per_step = config.flops_convention, checked.step_flops
+    batch = batches_per_step(config) * config.data.batch_size
+    if config.budget is not None:
+        budget = resolve_budget(config.budget, convention)
+        steps, why = math.ceil(budget / per_step), f"what the budget {budget:.3e} buys"
+    elif config.trainer.max_steps and config.trainer.max_steps > 0:
+        steps, why = config.trainer.max_steps, "trainer.max_steps"
+    else:
+        raise UsageError("give --trainer.max_steps or --budget: the configuration trains for epochs, whose steps "
+                         "depend on the data")
     return "\n".join([
-        f"{preset}: {type(objective).__name__}, convention {convention} (training = "
-        f"{train_multiplier(convention):g} x forward), seq {seq}, batch {batch}, steps {steps}",
+        f"{checked.objective_name}, convention {convention} (training = {train_multiplier(convention):g} x forward), "
+        f"global batch {batch} x {config.data.max_seq_length} tokens",
         f"per-sequence training  {per_step / batch:.4e}",
         f"per-step training      {per_step:.4e}",
+        f"steps                  {steps} ({why})",
         f"total training FLOPs: {per_step * steps:.3e}",
     ])
 

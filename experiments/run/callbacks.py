@@ -55,7 +55,7 @@ class FlopsBudget(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(budget=self.budget, convention=self.convention)
+        return f"FlopsBudget{{'budget': {self.budget!r}, 'convention': {self.convention!r}}}"
 
     def state_dict(self) -> dict:
         return {"total": self.total}
@@ -101,7 +101,7 @@ class FlopsBudget(Callback):
         stepped = trainer.global_step != self._step_before  # not in the middle of an accumulation
         if self.budget is not None and stepped and self.total >= self.budget:
             trainer.should_stop = True
-        if logs_this_step(trainer):  # the steps the loggers write (self.log costs the host time)
+        if logs_this_step(trainer, stepped):  # the steps the loggers write (self.log costs the host time)
             pl_module.log("train/flops", self.total, on_step=True, on_epoch=False, reduce_fx="max")
 
     @staticmethod
@@ -200,10 +200,13 @@ class Preemption(Callback):
 
     Args:
         checkpoint: the file to save (the run's ``checkpoints/last.ckpt``); None: stop without saving.
+        procs: processes this one started for a whole comparison (:class:`experiments.run.ranks.World`),
+            which get the signal too; the ranks Lightning started for this fit always do.
     """
 
-    def __init__(self, checkpoint: str | Path | None):
+    def __init__(self, checkpoint: str | Path | None, procs: list | tuple = ()):
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.procs = list(procs)
         self.received: int | None = None
         self.saved_at: int | None = None  # the step saved; training stops before the next one
         self._launcher = None
@@ -224,9 +227,9 @@ class Preemption(Callback):
         if self.received is None:
             self.received = signum
             # The ranks Lightning started (for this fit, or for the whole comparison): they stop at the same step.
-            from experiments.run.ranks import current
+            from experiments.private_api import launched_processes
 
-            for proc in getattr(self._launcher, "procs", None) or current().procs:
+            for proc in launched_processes(self._launcher) or self.procs:
                 if proc.poll() is None:
                     proc.send_signal(signum)
         if chain is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ _WHAT_TO_DO = ("delete it to start over (or to resume from an earlier checkpoint
                "or pass a complete checkpoint")
 
 
+# The file of a sharded checkpoint directory beside the shards, holding everything but the weights and the
+# optimiser states (Lightning's FSDPStrategy.save_checkpoint writes it; torch.load reads it).
+SHARDED_META = "meta.pt"
+
+
 def _corrupt(path: str | os.PathLike, why: str) -> CorruptCheckpoint:
     return CorruptCheckpoint(f"checkpoint {str(path)!r} is truncated or not a checkpoint ({why}): {_WHAT_TO_DO}")
 
@@ -33,7 +39,7 @@ def checkpoint_kind(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if path.is_file():
         return "file"
-    if path.is_dir() and (path / "meta.pt").is_file():
+    if path.is_dir() and (path / SHARDED_META).is_file():
         return "sharded"
     if path.is_dir() and ((path / "latest").is_file() or (path / "checkpoint").is_dir()):
         return "deepspeed"
@@ -98,20 +104,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def consolidate(path: str | os.PathLike) -> dict:
-    """A checkpoint as one dictionary, whatever its kind: a sharded FSDP directory is gathered into full
-    tensors with Lightning's consolidation (``lightning.pytorch.utilities.consolidate_checkpoint``, on the
-    CPU, needing no process group), a DeepSpeed directory with Lightning's ZeRO conversion (which needs
-    DeepSpeed)."""
+    """A checkpoint as one dictionary, whatever its kind: a sharded FSDP directory gathered into full
+    tensors on the CPU, needing no process group (:func:`consolidate_sharded`), a DeepSpeed directory with
+    Lightning's ZeRO conversion (which needs DeepSpeed)."""
     path = Path(path)
     kind = checkpoint_kind(path)
     if kind == "sharded":
-        from lightning.fabric.utilities.load import _load_distributed_checkpoint
-        from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
-
-        try:
-            return _format_checkpoint(_load_distributed_checkpoint(path))
-        except (RuntimeError, OSError, ValueError, KeyError) as err:
-            raise _corrupt(path, one_line(str(err).splitlines()[0] if str(err) else type(err).__name__)) from None
+        return consolidate_sharded(path)
     if kind == "deepspeed":
         import importlib.util
         import tempfile
@@ -125,6 +124,41 @@ def consolidate(path: str | os.PathLike) -> dict:
             convert_zero_checkpoint_to_fp32_state_dict(str(path), str(Path(tmp) / "full.ckpt"))
             return load_checkpoint(Path(tmp) / "full.ckpt")
     return load_checkpoint(path)
+
+
+def consolidate_sharded(path: Path) -> dict:
+    """A sharded FSDP checkpoint directory (Lightning's ``state_dict_type="sharded"``) as the checkpoint
+    dictionary the same run saves as one file.
+
+    Lightning's FSDP strategy saves the weights as ``model``, the optimisers' states as ``optimizer_0``,
+    ``optimizer_1``, ... with ``torch.distributed.checkpoint`` (full tensors split into shards), and the
+    rest of the checkpoint in ``meta.pt``. The shards are gathered into full tensors by torch's public
+    converter (``torch.distributed.checkpoint.format_utils.dcp_to_torch_save``, through a temporary file),
+    ``meta.pt`` is added, and the weights and states are put back under ``state_dict`` and
+    ``optimizer_states`` (a list, in optimiser order): the layout Lightning's own consolidation
+    (``python -m lightning.pytorch.utilities.consolidate_checkpoint``) produces, and what a Trainer loads.
+    """
+    import tempfile
+
+    from torch.distributed.checkpoint import CheckpointException
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(path, Path(tmp) / "full.pt")
+            checkpoint = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
+            if (path / SHARDED_META).is_file():
+                checkpoint.update(torch.load(path / SHARDED_META, map_location="cpu", weights_only=False))
+        checkpoint["state_dict"] = checkpoint.pop("model")
+        count = sum(1 for key in checkpoint if re.fullmatch(r"optimizer_\d+", key))
+        if count:
+            checkpoint["optimizer_states"] = [checkpoint.pop(f"optimizer_{i}") for i in range(count)]
+    except CheckpointException as err:  # a shard that cannot be read: torch's error for it, not every rank's traceback
+        cause = next(iter(err.failures.values()), (err, None))[0]
+        raise _corrupt(path, one_line(str(cause).splitlines()[0] if str(cause) else type(cause).__name__)) from None
+    except (RuntimeError, OSError, ValueError, KeyError) as err:
+        raise _corrupt(path, one_line(str(err).splitlines()[0] if str(err) else type(err).__name__)) from None
+    return checkpoint
 
 
 def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:

@@ -32,13 +32,28 @@ def load_objective(checkpoint: str | os.PathLike):
     if bad:
         raise ValueError(f"checkpoint {str(path)!r} has non-finite weights ({bad}): the run diverged; export an "
                          "earlier checkpoint")
-    # The checkpoint already in memory (one file, or the shards consolidated), through Lightning's loader of
-    # a loaded checkpoint (what load_from_checkpoint runs after reading the file): hyper-parameters,
-    # configure_model, on_load_checkpoint, the weights; read once, not a second time from disk.
-    from lightning.pytorch.core.saving import _load_state
+    return restore_objective(resolve(meta["class_path"]), saved).eval()
 
-    saved.setdefault("hyper_parameters", {})
-    return _load_state(resolve(meta["class_path"]), saved).eval()
+
+def restore_objective(cls, checkpoint: dict):
+    """An objective of class ``cls`` restored from a checkpoint already in memory (one file, or the shards
+    consolidated; read once, not a second time from disk), by the public steps ``load_from_checkpoint``
+    takes after reading the file: built from the saved hyper-parameters (those ``cls`` takes), its
+    networks built (``configure_model``), its ``on_load_checkpoint`` (the tokenizer, the stage), then the
+    weights and buffers (``tokens_seen``, ``mask_token_id``) loaded as strictly as the module asks
+    (``strict_loading``: every key, by default). On the CPU, where the checkpoint's tensors are."""
+    import inspect
+
+    hparams = dict(checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {})
+    params = inspect.signature(cls).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        names = {p.name for p in params}
+        hparams = {k: v for k, v in hparams.items() if k in names}  # as Lightning: the arguments cls takes
+    module = cls(**hparams)
+    module.configure_model()
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
+    return module
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> list[str]:

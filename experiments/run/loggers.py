@@ -15,17 +15,19 @@ import netrc
 import os
 import socket
 import warnings
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.fabric.utilities.cloud_io import get_filesystem
+import torch
 from lightning.pytorch.core.saving import save_hparams_to_yaml
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
 from datamodules.cache import temporary_sibling, write_atomic
+from experiments.private_api import drop_wandb_anonymous
 
 WANDB_PROJECT = "isoflop"
 
@@ -45,8 +47,9 @@ class _DropNoise(logging.Filter):
 
 def quiet() -> None:
     """Silence third-party noise on every run: Lightning's tips, a torch ``_pytree`` deprecation that
-    Lightning triggers on each step's outputs, wandb's warning about a setting Lightning passes, and
-    Lightning's resume warnings that do not apply to isoflop's resumable runs."""
+    Lightning triggers on each step's outputs, and Lightning's resume warnings that do not apply to
+    isoflop's resumable runs. (wandb's warning about a setting Lightning passes is avoided where the
+    wandb logger is made, :func:`make_loggers`.)"""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
@@ -89,23 +92,31 @@ def wandb_mode(timeout: float = 3.0) -> str:
         return "offline"
 
 
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer without its truncation: an existing ``metrics.csv`` is continued.
+class _AppendingWriter:
+    """The files of :class:`CSVLogger`: ``metrics.csv`` and ``hparams.yaml`` in ``log_dir``, in the format of
+    Lightning's ``CSVLogger`` (a ``step`` column and one column per metric, in sorted order; one row per
+    ``log_metrics`` call, nothing merged; a value missing from a row left empty), written safely.
 
-    Lightning's writer deletes ``metrics.csv`` when it starts in a non-empty directory (a resumed run
-    would lose every row before the stop) and rewrites it in place when a new column appears (a crash
-    then can leave it empty). Here rows are appended, and rolled back if the append fails (a full disk);
-    a new column rewrites the file whole under a temporary name and renames it, keeping every earlier
-    row. ``hparams.yaml`` is written the same way.
+    ``append`` (a resumed pre-training): an existing ``metrics.csv`` is continued, where Lightning's writer
+    deletes it (a resumed run would lose every row before the stop). Otherwise (fine-tuning) an existing
+    ``metrics.csv`` is deleted here, and the file starts afresh, as Lightning's does. Rows are appended,
+    and rolled back if the append fails (a full disk); a new column rewrites the file whole under a
+    temporary name and renames it (where Lightning rewrites it in place, which a crash can leave empty),
+    keeping every earlier row. ``hparams.yaml`` is replaced the same way. Rows not yet saved stay in
+    :attr:`metrics` when a save fails.
     """
 
-    def __init__(self, log_dir: str) -> None:  # noqa: D107 -- no super().__init__: it would delete the file
+    NAME_METRICS_FILE = "metrics.csv"
+    NAME_HPARAMS_FILE = "hparams.yaml"
+
+    def __init__(self, log_dir: str, append: bool = True) -> None:
         self.hparams: dict[str, Any] = {}
-        self.metrics: list[dict[str, float]] = []
+        self.metrics: list[dict[str, Any]] = []
         self.log_dir = log_dir
-        self._fs = get_filesystem(log_dir)
         self.metrics_file_path = os.path.join(log_dir, self.NAME_METRICS_FILE)
         os.makedirs(log_dir, exist_ok=True)
+        if not append and os.path.isfile(self.metrics_file_path):
+            os.remove(self.metrics_file_path)
         self.metrics_keys: list[str] = self._header()
 
     def _header(self) -> list[str]:
@@ -113,6 +124,13 @@ class _AppendingWriter(ExperimentWriter):
             return []
         with open(self.metrics_file_path, newline="") as f:
             return next(csv.reader(f), [])
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Record one row (saved by :meth:`save`): the values as numbers (a tensor's ``item()``), and ``step``
+        (default: the number of rows waiting to be saved)."""
+        row = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+        row["step"] = len(self.metrics) if step is None else step
+        self.metrics.append(row)
 
     def log_hparams(self, params: dict[str, Any]) -> None:
         self.hparams.update(params)
@@ -154,19 +172,91 @@ class _AppendingWriter(ExperimentWriter):
         self.metrics = []
 
 
-class AppendingCSVLogger(CSVLogger):
-    """Lightning's CSVLogger, continuing ``metrics.csv`` across resumes instead of truncating it
-    (:class:`_AppendingWriter`). Rows logged after a run's last checkpoint by a leg that then crashed
-    are logged again by the resumed leg; readers keep the last row of each step
-    (:func:`experiments.comparison.results.validation_curve` does)."""
+class CSVLogger(Logger):
+    """isoflop's CSV logger: ``<save_dir>/<name>/metrics.csv`` and ``hparams.yaml`` beside it, the files
+    Lightning's ``CSVLogger`` writes for ``version=""``, written by :class:`_AppendingWriter` (on the first
+    rank only, as Lightning's loggers are).
+
+    Args:
+        save_dir: the directory holding the logger's directory.
+        name: the logger's directory in ``save_dir``.
+        version: a further subdirectory ("": none).
+        append: continue an existing ``metrics.csv`` (a resumed run) instead of starting it afresh.
+        flush_logs_every_n_steps: write the rows every so many steps when :meth:`log_metrics` is called
+            directly (a Trainer saves after each of its own calls anyway).
+    """
+
+    def __init__(self, save_dir: str | os.PathLike, name: str = "csv", version: str = "", append: bool = False,
+                 flush_logs_every_n_steps: int = 100):
+        super().__init__()
+        self._save_dir = os.fspath(save_dir)
+        self._name = name or ""
+        self._version = version
+        self._append = append
+        self._flush_logs_every_n_steps = flush_logs_every_n_steps
+        self._writer: _AppendingWriter | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return os.path.join(self._save_dir, self._name)
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.root_dir, self._version)
 
     @property
     @rank_zero_experiment
     def experiment(self) -> _AppendingWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+        """The writer of the files (created on first use: that is when a non-appending logger deletes an
+        earlier ``metrics.csv``)."""
+        if self._writer is None:
+            self._writer = _AppendingWriter(self.log_dir, append=self._append)
+        return self._writer
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace | None = None, *args: Any, **kwargs: Any) -> None:
+        params = vars(params) if isinstance(params, Namespace) else dict(params or {})
+        self.experiment.log_hparams(params)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if step is None:
+            step = len(self.experiment.metrics)
+        self.experiment.log_metrics(metrics, step)
+        if (step + 1) % self._flush_logs_every_n_steps == 0:
+            self.save()
+
+    @rank_zero_only
+    def save(self) -> None:
+        self.experiment.save()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._writer is not None:  # a rank or process that never logged has nothing to write
+            self.save()
+
+
+class AppendingCSVLogger(CSVLogger):
+    """:class:`CSVLogger` continuing ``metrics.csv`` across resumes instead of truncating it
+    (:class:`_AppendingWriter`). Rows logged after a run's last checkpoint by a leg that then crashed
+    are logged again by the resumed leg; readers keep the last row of each step
+    (:func:`experiments.comparison.results.validation_curve` does)."""
+
+    def __init__(self, save_dir: str | os.PathLike, name: str = "csv", version: str = "",
+                 flush_logs_every_n_steps: int = 100):
+        super().__init__(save_dir, name, version, append=True, flush_logs_every_n_steps=flush_logs_every_n_steps)
 
 
 def make_loggers(
@@ -209,8 +299,7 @@ def make_loggers(
                 offline=mode == "offline",
                 settings=settings,
             )
-            # Lightning passes anonymous=None, which wandb (>= 0.19) warns about on every run.
-            logger._wandb_init.pop("anonymous", None)
+            drop_wandb_anonymous(logger)  # a wandb warning on every run, about an argument Lightning always passes
             if config:
                 logger.log_hyperparams(config)
             loggers.append(logger)
@@ -218,7 +307,13 @@ def make_loggers(
 
 
 def finish_loggers(loggers: list[Logger]) -> None:
-    """Close wandb runs, so the next run in the same process (a sweep, a comparison) gets its own."""
-    for logger in loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish()
+    """Close the wandb run (``wandb.finish()``), so the next run in the same process (a sweep, a comparison)
+    gets its own. A ``WandbLogger`` logs to the process's one current run (``wandb.run``, which it
+    creates, or reuses when there is one), so that is the run to close; on a rank without one (every
+    rank but the first), nothing is done."""
+    if not any(isinstance(logger, WandbLogger) for logger in loggers):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()

@@ -1,33 +1,32 @@
-"""Pre-training as a library call: ``pretrain(config) -> RunResult``.
+"""Pre-training as a library call: ``pretrain(run) -> RunResult``.
 
-:func:`experiments.config.parse` builds a configuration (from command-line arguments, a preset name or
-a dict); :func:`pretrain` runs it. The command line, ``isoflop compare`` and ``isoflop sweep`` all go
+:func:`experiments.run.prepare.prepare` prepares a run once (configuration, checks, budget, run
+directory); :func:`pretrain` trains it. The command line, ``isoflop compare`` and ``isoflop sweep`` all go
 through these two functions, so a comparison's runs are configured exactly as single runs are::
 
-    from experiments.config import parse
     from experiments.run.pretrain import pretrain
-    result = pretrain(parse(["--config", "tiny", "--model", "objectives.ReplacedTokenDetection"]))
+    result = pretrain(["--config", "tiny", "--model", "objectives.ReplacedTokenDetection"])
 
 Rerunning a configuration continues it: an unfinished run resumes from its last checkpoint, a finished
-one returns its saved result (:mod:`experiments.run.rundir`). Every mistake in a configuration fails in
-:func:`preflight`, before any data is built (:mod:`experiments.errors`).
+one returns its saved result (:mod:`experiments.run.rundir`). Every mistake in a configuration fails
+while it is prepared, before any data is built (:mod:`experiments.errors`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
 
+from experiments.config import parser
+from experiments.errors import process_rank
 from experiments.run import rundir
-from experiments.config import dump, objective_name, parse, parser
-from experiments.errors import UsageError
+from experiments.run.prepare import PreparedRun, prepare
+from experiments.run.ranks import World
 
 
 @dataclass
@@ -55,152 +54,56 @@ class RunResult:
                       "checkpoint": Path(checkpoint) if checkpoint else None})
 
 
-def run_dir_of(config: Namespace) -> Path:
-    """The run's directory: ``run_dir``, or ``runs/<objective>-<size>-<hash of the configuration>``, so that
-    rerunning a command finds its run. Every rank of a run uses the first process's choice (ranks that
-    Lightning launches inherit it through the ``ISOFLOP_RUN_DIR`` environment variable)."""
-    if config.run_dir:
-        return Path(config.run_dir)
-    name = rundir.default_name(dump(config), objective_name(config))
-    return Path(os.environ.setdefault("ISOFLOP_RUN_DIR", str(Path("runs") / name)))
+def pretrain(run: PreparedRun | Namespace | dict | list[str], world: World | None = None) -> RunResult:
+    """Pre-train one objective; return what the run did.
 
+    ``run``: a prepared run (:func:`experiments.run.prepare.prepare`), or a configuration, prepared here.
+    ``world``: the ranks of a comparison that started them for all its runs (:mod:`experiments.run.ranks`):
+    rank 0's view of the run directory then decides for every rank, and a signal reaches the ranks it started.
 
-def pretrain(config: Namespace | dict | list[str]) -> RunResult:
-    """Pre-train one objective as ``config`` says (see :func:`experiments.config.parse`); return what the run did.
-
-    Bad settings fail before any data is built or any step is taken (:func:`preflight`). A run whose
-    directory holds ``checkpoints/last.ckpt`` resumes from it (exactly: :mod:`experiments.run.resume`); a
-    finished one (``result.json``) returns its result without training. A signal stops training at the
+    A run whose directory holds ``checkpoints/last.ckpt`` resumes from it (exactly: :mod:`experiments.run.resume`);
+    a finished one (``result.json``) returns its result without training. A signal stops training at the
     next step boundary with a checkpoint and raises :class:`~experiments.errors.Preempted`."""
-    cfg = config if isinstance(config, Namespace) else parse(config)
+    from experiments.run.callbacks import say
+
+    run = run if isinstance(run, PreparedRun) else prepare(run)
+    world = world or World()
+    plan = world.broadcast(run.plan)  # rank 0's view of the files decides (one rank: itself)
+    if plan.finished is not None:
+        result = RunResult.from_json(plan.finished)
+        say(f"[pretrain] {run.run_dir} finished before ({result.steps} steps): nothing to do")
+        return result
+    if plan.checkpoint is not None:
+        say(f"[pretrain] resuming from {plan.checkpoint}" + (f" ({run.layout_note})" if run.layout_note else ""))
     inherited = "ISOFLOP_RUN_DIR" in os.environ
+    os.environ["ISOFLOP_RUN_DIR"] = str(run.run_dir)  # the ranks Lightning starts re-run the command: same directory
+    created, state = not run.run_dir.exists(), {}
     try:
-        return _pretrain(cfg, run_dir_of(cfg))
+        return _train(run, plan.checkpoint, world, state)
+    except BaseException:
+        trainer = state.get("trainer")
+        if created and not process_rank() and (trainer is None or trainer.global_step == 0) \
+                and not (run.run_dir / "checkpoints").exists():
+            shutil.rmtree(run.run_dir, ignore_errors=True)  # nothing was trained: leave no empty run behind
+        raise
     finally:
         if not inherited:  # the next run in this process picks its own directory
             os.environ.pop("ISOFLOP_RUN_DIR", None)
 
 
-def check_strategy(cfg: Namespace) -> None:
-    """One-line errors, before any compute, for a strategy this machine cannot run: DeepSpeed without the
-    package, DeepSpeed or FSDP without CUDA (Lightning's DeepSpeed strategy runs on CUDA GPUs only, torch's
-    FSDP needs an accelerator), or a launch that would run the job several times over
-    (:func:`experiments.run.ranks.check_launch`)."""
-    import importlib.util
-
-    import torch
-
-    from experiments.run.ranks import check_launch, strategy_name
-
-    name = strategy_name(cfg.trainer.strategy)
-    if "deepspeed" in name and importlib.util.find_spec("deepspeed") is None:
-        raise UsageError(f"--trainer.strategy {name} needs DeepSpeed, which is not installed: pip install "
-                         "'isoflop[deepspeed]' (on a machine with CUDA), or use --trainer.strategy ddp or fsdp")
-    without_cuda = str(cfg.trainer.accelerator) == "cpu" or not torch.cuda.is_available()
-    if "deepspeed" in name and without_cuda:
-        raise UsageError(f"--trainer.strategy {name} needs CUDA devices (Lightning's DeepSpeed strategy runs on CUDA "
-                         "GPUs only): use --trainer.strategy ddp here")
-    if "fsdp" in name and without_cuda:
-        raise UsageError(f"--trainer.strategy {name} needs CUDA devices (torch's FSDP does not run on CPUs): "
-                         "use --trainer.strategy ddp here")
-    check_launch(cfg.trainer, "pretrain")
-
-
-def preflight(cfg: Namespace) -> float | None:
-    """Every check of a configuration that needs no data and no compute (``isoflop compare`` runs it on
-    each of its runs before the first pre-training); returns the FLOPs budget, if any."""
-    from datamodules.pretraining import PretrainingDataModule
-    from experiments.run.budget import meta_objective, resolve_budget, step_flops
-    from experiments.run.checkpoints import check_checkpoint_file
-    from objectives.flops import check_convention
-
-    if cfg.checkpoint_every < 1:
-        raise UsageError(f"--checkpoint_every must be at least 1, got {cfg.checkpoint_every} "
-                         "(to write no checkpoints: --trainer.enable_checkpointing false)")
-    if cfg.skip_nonfinite < 0:
-        raise UsageError(f"--skip_nonfinite must be 0 or more, got {cfg.skip_nonfinite}")
-    check_strategy(cfg)
-    with _option_prefix("--", {"flops_convention": cfg.flops_convention}):
-        check_convention(cfg.flops_convention)
-    with _option_prefix("--data.", dict(cfg.data)):
-        data = PretrainingDataModule(**dict(cfg.data))  # its checks: sizes, data files and their contents
-    with _option_prefix("--model.init_args.", dict(cfg.model.init_args)):
-        objective = meta_objective(cfg)  # the objective's own checks, on the meta device (no memory)
-    objective.check_data(data)
-    if cfg.ckpt_path:
-        check_checkpoint_file(cfg.ckpt_path)
-    if cfg.flops_budget is None:
-        return None
-    budget = resolve_budget(cfg.flops_budget, cfg.flops_convention)
-    one_step = step_flops(cfg, cfg.flops_convention, objective=objective)
-    if budget < one_step:
-        raise UsageError(
-            f"--flops_budget {cfg.flops_budget} ({budget:.3e} FLOPs) is less than one training step of "
-            f"{type(objective).__name__} ({one_step:.3e} FLOPs at a global batch of {rundir.global_batch(dump(cfg))} x "
-            f"{cfg.data.max_seq_length} tokens, {cfg.flops_convention} convention): give at least {one_step:.3e}")
-    return budget
-
-
-@contextlib.contextmanager
-def _option_prefix(prefix: str, names) -> Iterator[None]:
-    """A constructor's ``ValueError("batch_size must be ...")`` as ``--data.batch_size must be ...`` (and one
-    that quotes a setting's value, ``unknown size 'huge'``, prefixed with that setting's option)."""
-    try:
-        yield
-    except ValueError as err:
-        text = str(err)
-        if text.split(" ", 1)[0] in names:
-            raise UsageError(prefix + text) from None
-        named = [k for k, v in names.items() if isinstance(v, str) and repr(v) in text]  # "unknown size 'huge'"
-        if named:
-            raise UsageError(f"{prefix}{named[0]}: {text}") from None
-        raise
-
-
-def _pretrain(cfg: Namespace, run_dir: Path) -> RunResult:
-    from experiments.run.callbacks import say
-    from experiments.run.ranks import current
-
-    budget = preflight(cfg)
-    dumped = dump(cfg)
-    world = current()  # the ranks of a comparison, when there are several: rank 0's view of the files decides
-    plan = world.broadcast(rundir.plan(run_dir, dumped, cfg.ckpt_path, cfg.reschedule) if world.is_zero else None)
-    if plan.finished is not None:
-        result = RunResult.from_json(plan.finished)
-        say(f"[pretrain] {run_dir} finished before ({result.steps} steps): nothing to do")
-        return result
-    if plan.checkpoint is not None:
-        note = rundir.check_layout(run_dir, dumped)
-        say(f"[pretrain] resuming from {plan.checkpoint}" + (f" ({note})" if note else ""))
-    created, state = not run_dir.exists(), {}
-    try:
-        return _train(cfg, run_dir, budget, plan.checkpoint, dumped, state)
-    except BaseException:
-        trainer = state.get("trainer")
-        if created and _first_process() and (trainer is None or trainer.global_step == 0) \
-                and not (run_dir / "checkpoints").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was trained: leave no empty run behind
-        raise
-
-
-def _first_process() -> bool:
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-def _train(cfg: Namespace, run_dir: Path, budget: float | None, checkpoint: Path | None, dumped: dict,
-           state: dict) -> RunResult:
+def _train(run: PreparedRun, checkpoint: Path | None, world: World, state: dict) -> RunResult:
     import lightning as L
 
     from experiments.run.loggers import finish_loggers
 
+    cfg, run_dir, budget = run.config, run.run_dir, run.budget
     L.seed_everything(cfg.seed_everything, workers=True, verbose=False)
     init = parser().instantiate(cfg)
     model, data = init.model, init.data
-    model.check_data(data)  # data/model mismatches fail here, before tokenisation or training
-    trainer, counter, summary = _trainer(cfg, init.trainer, run_dir, budget)
+    trainer, counter, summary = _trainer(run, init.trainer, world)
     state["trainer"] = trainer
     if trainer.is_global_zero:
-        rundir.write_run_info(run_dir, dumped)
+        rundir.write_run_info(run_dir, run.dumped)
     try:
         if checkpoint is None and trainer.limit_val_batches != 0:
             trainer.validate(model, datamodule=data, verbose=False)  # the untrained model, logged at step 0
@@ -213,11 +116,11 @@ def _train(cfg: Namespace, run_dir: Path, budget: float | None, checkpoint: Path
     result = RunResult(run_dir=run_dir, objective=cfg.model.class_path, finished=finished, steps=trainer.global_step,
                        tokens=int(model.tokens_seen), flops=counter.total, budget=budget, checkpoint=last, val=val)
     if finished and trainer.is_global_zero:
-        rundir.write_result(run_dir, result.to_json(), dumped)  # last: its presence means "finished"
+        rundir.write_result(run_dir, result.to_json(), run.dumped)  # last: its presence means "finished"
     return result
 
 
-def _trainer(cfg: Namespace, trainer_args: Namespace, run_dir: Path, budget: float | None):
+def _trainer(run: PreparedRun, trainer_args: Namespace, world: World):
     """The Lightning Trainer of a run, with isoflop's loggers, callbacks and atomic checkpoint writer."""
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -230,6 +133,7 @@ def _trainer(cfg: Namespace, trainer_args: Namespace, run_dir: Path, budget: flo
     from experiments.run.resume import ResumeState, ScheduleKeeper
     from experiments.run.throughput import performance_callbacks
 
+    cfg, run_dir, budget = run.config, run.run_dir, run.budget
     kwargs = dict(trainer_args)
     if kwargs.get("logger") in (None, True):
         kwargs["logger"] = make_loggers(run_dir, "csv", wandb=cfg.wandb, group=cfg.wandb_group, append=True)
@@ -245,7 +149,7 @@ def _trainer(cfg: Namespace, trainer_args: Namespace, run_dir: Path, budget: flo
     # batch's seeds after the resume state, which may restore generator states first.
     callbacks = [counter, ResumeState(), StepSeeds(cfg.seed_everything), ScheduleKeeper(cfg.reschedule),
                  NonFiniteGuard(cfg.skip_nonfinite), summary, DataFloors(), *(kwargs.get("callbacks") or []),
-                 Preemption(last if checkpointing else None)]
+                 Preemption(last if checkpointing else None, world.procs)]
     callbacks[-1:-1] = performance_callbacks(cfg.peak_flops, cfg.compile)  # tokens/s, FLOP/s, MFU, memory; compile
     if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
         # Checkpoints beside the logs, with last.ckpt always there to resume from.
@@ -257,9 +161,8 @@ def _trainer(cfg: Namespace, trainer_args: Namespace, run_dir: Path, budget: flo
     # The data's sampler splits the data across ranks itself, resumably (datamodules.sampler).
     kwargs.update(callbacks=callbacks, plugins=plugins, default_root_dir=str(run_dir), use_distributed_sampler=False)
     trainer = Trainer(**kwargs)
-    config = dump(cfg)
     for logger in trainer.loggers:
-        logger.log_hyperparams({"config": config})  # the fully resolved configuration, as the run's config
+        logger.log_hyperparams({"config": run.dumped})  # the fully resolved configuration, as the run's config
     return trainer, counter, summary
 
 

@@ -112,14 +112,6 @@ class World:
                 proc.kill()
 
 
-_WORLD = World()
-
-
-def current() -> World:
-    """The comparison's ranks, while :func:`started` runs (one rank otherwise)."""
-    return _WORLD
-
-
 def count_processes(devices: Any, num_nodes: Any, accelerator: Any = "auto") -> int:
     """Processes a Trainer with these settings runs as: devices per node x nodes (``auto`` and ``-1``
     mean every visible GPU, or one process on a CPU)."""
@@ -189,18 +181,18 @@ def _start(trainer) -> World:
     import torch.distributed as dist
 
     group = dist.new_group(backend="gloo", timeout=WAIT)
-    procs = list(getattr(fabric.strategy.launcher, "procs", None) or [])
+    from experiments.private_api import launched_processes
+
+    procs = launched_processes(fabric.strategy.launcher)
     return World(rank=fabric.global_rank, size=fabric.world_size, group=group, procs=procs)
 
 
 @contextlib.contextmanager
 def started(trainer) -> Iterator[World]:
-    """The comparison's ranks for the block (:func:`current` inside it), from the ``trainer``
-    configuration every pre-training run uses; one rank, and nothing started, when it asks for one
-    process. On a failure in the process that started the others, they are stopped too."""
-    global _WORLD
+    """The comparison's ranks for the block, from the ``trainer`` configuration every pre-training run uses
+    (each run is given them: :func:`experiments.run.pretrain.pretrain`); one rank, and nothing started, when
+    it asks for one process. On a failure in the process that started the others, they are stopped too."""
     world = _start(trainer) if processes(trainer) > 1 else World()
-    _WORLD = world
     try:
         yield world
         world.close()
@@ -209,5 +201,3 @@ def started(trainer) -> Iterator[World]:
         if world.procs:
             world.stop_children(getattr(err, "signum", signal.SIGTERM))
         raise
-    finally:
-        _WORLD = World()

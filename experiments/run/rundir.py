@@ -1,18 +1,19 @@
 """A run's directory: its name, what it holds, and whether a command continues it, finds it finished,
 or must refuse it.
 
-Rerunning the same command resumes: without ``--run_dir`` a run lives in
-``runs/<objective>-<size>-<hash>``, the hash of its resolved configuration less the settings that do
-not change what it trains (:data:`RUN_CONTROL`). In the directory:
+Rerunning the same command resumes: without ``--run_dir`` a run lives in ``runs/<objective>-<size>-<hash>``,
+the hash of what it trains and how long (the options whose role is ``trains`` or ``length``, one table:
+:func:`experiments.config.role`). Options that say how a run is run, logged or validated (``run``) or how
+its global batch is split over devices (``layout``) change neither, so adding ``--compile`` or another
+``--trainer.log_every_n_steps`` to a command still finds, and resumes, its run. In the directory:
 
-- ``run.json``: the configuration the run was started with (its identity and its length);
+- ``run.json``: the configuration the run was started with (its identity, length and layout);
 - ``checkpoints/last.ckpt``: where an unfinished run resumes from;
 - ``result.json``: written once the run has finished (:class:`experiments.run.pretrain.RunResult`); a rerun
   then reports it and trains nothing.
 
 A directory started with another configuration is refused, naming the settings that differ. A changed
-length (``trainer.max_steps``, ``trainer.max_epochs``, ``flops_budget``) is refused too, unless
-``--reschedule true`` (see :class:`experiments.run.resume.ScheduleKeeper`).
+length is refused too, unless ``--reschedule true`` (see :class:`experiments.run.resume.ScheduleKeeper`).
 """
 
 from __future__ import annotations
@@ -24,21 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.cache import write_atomic
-from experiments.run.checkpoints import check_checkpoint_file, checkpoint_kind
+from experiments.config import LENGTH, TRAINS, role
 from experiments.errors import UsageError
-
-# Settings that say how a run is run, not what it trains: left out of its name and identity.
-RUN_CONTROL = ("run_dir", "ckpt_path", "wandb", "wandb_group", "checkpoint_every", "skip_nonfinite", "reschedule",
-               "config", "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.default_root_dir",
-               "trainer.logger", "data.num_workers", "data.num_proc", "data.cache_dir")
-# Settings that say how long it trains: part of its name, not of its identity.
-LENGTH = ("trainer.max_steps", "trainer.max_epochs", "flops_budget")
-# Settings that say how the global batch is split over devices: not part of what a run trains, which is
-# the global batch (data.batch_size x processes x accumulation, in its place), so a run on one GPU and one
-# on eight at the same global batch are the same run. The accumulation stays (Lightning's loop counters
-# depend on it), and a streaming run also keeps its number of (process, worker) slots: they decide which
-# documents each batch holds.
-LAYOUT = ("trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.accelerator", "data.batch_size")
+from experiments.run.checkpoints import check_checkpoint_file, checkpoint_kind
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -50,10 +39,6 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def _without(flat: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in names)}
 
 
 def _digest(flat: dict[str, Any]) -> str:
@@ -74,19 +59,21 @@ def global_batch(dumped: dict) -> int:
     return int(flat.get("data.batch_size") or 1) * _processes(flat) * (accumulate if isinstance(accumulate, int) else 1)
 
 
-def _trained(dumped: dict) -> dict[str, Any]:
-    """What a run trains (flattened): its configuration less how it is run and how its batch is split."""
+def identity(dumped: dict) -> dict[str, Any]:
+    """What a run trains (flattened): the options whose role is ``trains``, and the global batch in place of
+    its split over devices; a stream keeps its number of (process, worker) slots, which decide the
+    documents each batch holds."""
     flat = flatten(dumped)
-    what = _without(flat, RUN_CONTROL + LAYOUT)
+    what = {k: v for k, v in flat.items() if role(k) == TRAINS}
     what["global_batch"] = global_batch(dumped)
     if flat.get("data.streaming"):
         what["stream_slots"] = _processes(flat) * max(1, int(flat.get("data.num_workers") or 0))
     return what
 
 
-def identity(dumped: dict) -> dict[str, Any]:
-    """What a run trains, whatever its length (flattened)."""
-    return _without(_trained(dumped), LENGTH)
+def length(dumped: dict) -> dict[str, Any]:
+    """How long a run trains (flattened): the options whose role is ``length``."""
+    return {k: v for k, v in flatten(dumped).items() if role(k) == LENGTH}
 
 
 def layout(dumped: dict) -> dict[str, Any]:
@@ -112,15 +99,11 @@ def check_layout(run_dir: Path, dumped: dict) -> str:
             f"{now['processes']} x {now['batch_size']}: the same global batch, data order and FLOPs")
 
 
-def length(dumped: dict) -> dict[str, Any]:
-    flat = flatten(dumped)
-    return {k: flat.get(k) for k in LENGTH}
-
-
 def default_name(dumped: dict, objective: str) -> str:
-    """``<objective>-<size>-<8 hex>``: the same configuration always names the same directory."""
+    """``<objective>-<size>-<8 hex>``: the same run (what it trains, and how long) always names the same
+    directory."""
     size = flatten(dumped).get("model.init_args.size") or ""
-    return f"{objective.lower()}-{size}-{_digest(_without(_trained(dumped), RUN_CONTROL))[:8]}"
+    return f"{objective.lower()}-{size}-{_digest({**identity(dumped), **length(dumped)})[:8]}"
 
 
 def _read(path: Path) -> dict | None:
@@ -132,9 +115,13 @@ def _read(path: Path) -> dict | None:
         raise UsageError(f"{path} is unreadable ({err}): delete it (it is rewritten) and rerun") from None
 
 
-def _describe(values: dict[str, Any]) -> str:
+def _describe(values: dict[str, Any], only: set[str] | None = None) -> str:
+    """``max_steps 2, budget 1e13``: the given settings (``only`` those keys, when given) that are set; the
+    FLOPs convention only beside a budget."""
+    if values.get("budget") is None:
+        values = {k: v for k, v in values.items() if k != "flops_convention"}
     return ", ".join(f"{k.split('.', 1)[-1] if k.startswith('trainer.') else k} {v}" for k, v in values.items()
-                     if v is not None)
+                     if v is not None and (only is None or k in only)) or "no length"
 
 
 @dataclass
@@ -157,8 +144,10 @@ def plan(run_dir: Path, dumped: dict, ckpt_path: str | None, reschedule: bool) -
             raise UsageError(f"{run_dir} holds a run of another configuration ({what}"
                              f"{'; ...' if len(changed) > 3 else ''}): give another --run_dir, or the run's settings")
         if info.get("length") != length(dumped) and not reschedule:
-            raise UsageError(f"{run_dir} was started with {_describe(info.get('length', {}))}; this command asks for "
-                             f"{_describe(length(dumped))}: pass --reschedule true to continue to the new length (the "
+            before, now = info.get("length", {}), length(dumped)
+            changed = {k for k in set(before) | set(now) if before.get(k) != now.get(k)}
+            raise UsageError(f"{run_dir} was started with {_describe(before, changed)}; this command asks for "
+                             f"{_describe(now, changed)}: pass --reschedule true to continue to the new length (the "
                              "learning rate then decays linearly to 0 at the new end), or keep the old one")
     result = _read(run_dir / "result.json")
     if result is not None and result.get("length") == length(dumped) and ckpt_path is None:

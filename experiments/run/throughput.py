@@ -17,9 +17,10 @@ only (it must be, for the clock to mean anything). Validation inside the interva
 (synchronised at its start and end: it is rare); checkpoint writes and data loading are part of
 training's wall clock and stay in.
 
-The peak (:func:`peak_flops`) comes from, in this order: the user (``--peak_flops``), the table of
-vendor figures :data:`DEVICE_PEAKS` (dense, per device, each with its source), or a matmul measured
-on the device itself (:func:`measured_matmul_flops`: the CPU, or a device the table lacks).
+The peak (:func:`peak_flops`) comes from, in this order: the user (``--peak_flops``), this module's
+table :data:`DEVICE_PEAKS` (the devices Lightning's table names wrongly or not at all), Lightning's table
+(``lightning.fabric.utilities.throughput.get_available_flops``), or a matmul measured on the device
+itself (:func:`measured_matmul_flops`: the CPU, or a device neither table has).
 
 :func:`compile_networks` is the opt-in ``torch.compile`` of a run (``--compile true``).
 """
@@ -31,6 +32,7 @@ import re
 import resource
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,44 +65,62 @@ class DevicePeak:
 
 
 # (pattern matched against torch's device name, case-insensitive; first match wins) -> peak.
-# More specific patterns first: "H100 NVL" before "H100", "L40S" before "L40" before "L4".
+# More specific patterns first: "GH200" and "H200 NVL" before "H200", "L40S" before "L40".
 DEVICE_PEAKS: tuple[tuple[str, DevicePeak], ...] = (
     (r"H100 NVL", DevicePeak("NVIDIA H100 NVL", 835.5e12, 417.5e12, 60e12,
                              "NVIDIA H100 Tensor Core GPU datasheet, H100 NVL column (sparse BF16 1671, TF32 835 halved)")),
-    (r"H100.*PCIe", DevicePeak("NVIDIA H100 PCIe", 756e12, 378e12, 51.2e12,
-                               "NVIDIA H100 Tensor Core GPU datasheet, H100 PCIe column (sparse BF16 1513, TF32 756 halved)")),
     (r"GH200", DevicePeak("NVIDIA GH200", 989.5e12, 494.5e12, 67e12,
                           "NVIDIA GH200 Grace Hopper Superchip datasheet (sparse BF16 1979, TF32 989 halved)")),
-    (r"H100", DevicePeak("NVIDIA H100 SXM5", 989.4e12, 494.7e12, 66.9e12,
-                         "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column (sparse BF16 1979, TF32 989 halved)")),
     (r"H200 NVL", DevicePeak("NVIDIA H200 NVL", 835.5e12, 417.5e12, 60e12,
                              "NVIDIA H200 Tensor Core GPU datasheet, H200 NVL column (sparse BF16 1671, TF32 835 halved)")),
     (r"H200", DevicePeak("NVIDIA H200 SXM", 989.5e12, 494.5e12, 67e12,
                          "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column (sparse BF16 1979, TF32 989 halved)")),
-    (r"A100", DevicePeak("NVIDIA A100", 312e12, 156e12, 19.5e12,
-                         "NVIDIA A100 Tensor Core GPU datasheet (SXM4 and PCIe, 40 and 80 GB alike)")),
     (r"\bA10\b", DevicePeak("NVIDIA A10", 125e12, 62.5e12, 31.2e12,
                             "NVIDIA A10 Tensor Core GPU datasheet (sparse BF16 250, TF32 125 halved)")),
     (r"L40S", DevicePeak("NVIDIA L40S", 362.05e12, 183e12, 91.6e12,
                          "NVIDIA L40S GPU datasheet (sparse BF16 733, TF32 366 halved)")),
     (r"\bL40\b", DevicePeak("NVIDIA L40", 181.05e12, 90.5e12, 90.5e12,
                             "NVIDIA L40 GPU datasheet (sparse BF16 362.1, TF32 181 halved)")),
-    (r"\bL4\b", DevicePeak("NVIDIA L4", 121e12, 60e12, 30.3e12,
-                           "NVIDIA L4 Tensor Core GPU datasheet (sparse BF16 242, TF32 120 halved)")),
     (r"RTX 4090", DevicePeak("NVIDIA GeForce RTX 4090", 165.2e12, 82.6e12, 82.6e12,
                              "NVIDIA Ada Lovelace GPU architecture whitepaper v2.1, appendix A (BF16 with FP32 "
                              "accumulate)")),
     (r"MI300X", DevicePeak("AMD Instinct MI300X", 1307.4e12, 653.7e12, 163.4e12,
                            "AMD Instinct MI300X accelerator data sheet (dense matrix BF16, TF32, FP32)")),
 )
+"""The devices whose figure Lightning's table (``get_available_flops``) gets wrong or lacks; every other
+device's figure is Lightning's. Why each is here (read in lightning 2.6.6; the same in 2.3 to 2.6, where
+the H200 names first appear in 2.6.0):
+
+- H100 NVL: Lightning's figures are the H100 SXM's sparse ones (BF16 1978.8, 2.4 times the NVL's dense 835.5).
+- H200 and H200 NVL: torch names them "NVIDIA H200" and "NVIDIA H200 NVL"; Lightning looks for "sxm1" and
+  "nvl1" in the name, so it has no figure for either (and its figures for those names are the sparse ones).
+- GH200: torch names it "NVIDIA GH200 480GB", which Lightning reads as an H200: no figure.
+- A10: Lightning has the A10G, not the A10.
+- L40S and L40: Lightning reads every name containing "l4" (but a "Tesla" one) as an L4, so they would get
+  the L4's figures.
+- RTX 4090: Lightning's bf16 figure is the non-tensor-core rate (82.6), not the tensor cores' 165.2.
+- MI300X (ROCm): Lightning's table has NVIDIA devices only.
+"""
 
 
 def table_peak(device_name: str) -> DevicePeak | None:
-    """The table's entry for a device, by torch's name for it (``torch.cuda.get_device_name``)."""
+    """This module's entry for a device, by torch's name for it (``torch.cuda.get_device_name``)."""
     for pattern, peak in DEVICE_PEAKS:
         if re.search(pattern, device_name, re.IGNORECASE):
             return peak
     return None
+
+
+def lightning_peak(device: torch.device, dtype: torch.dtype) -> float | None:
+    """Lightning's figure for ``device`` in ``dtype`` (``get_available_flops``: CUDA devices by name, TPUs;
+    float32 at the TF32 rate when torch allows TF32 on an Ampere or later GPU), or None. Lightning warns
+    when it has none; that is said once, in the peak's source (:func:`peak_flops`), not on every run."""
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"FLOPs not found for|.* does not support ")
+        value = get_available_flops(device, dtype)
+    return float(value) if value else None
 
 
 def compute_dtype(precision: str | int | None) -> torch.dtype:
@@ -147,7 +167,8 @@ def _measure(device: str, dtype: torch.dtype, threads: int) -> float:
 def measured_matmul_flops(device: torch.device | str, dtype: torch.dtype = torch.float32) -> float:
     """FLOP/s of a large matmul measured on ``device`` in ``dtype``, once per process (per device,
     dtype and, on the CPU, torch's thread count): the peak of a CPU, whose peak depends on its
-    cores, threads, clock and vector units, and of any device the table lacks. A fraction of a
+    cores, threads, clock and vector units (no table can know it), and of any device neither
+    :data:`DEVICE_PEAKS` nor Lightning's table has. A fraction of a
     second. Matmuls are what the ``actual`` FLOPs count, so this is the rate they can reach here."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
@@ -159,27 +180,42 @@ def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.float32,
                override: float | None = None) -> tuple[float, str]:
     """Peak FLOP/s of one ``device`` for matmuls in ``dtype``, and where the figure comes from.
 
-    The user's ``override`` wins; then the vendor table (CUDA and ROCm devices, by name; float16 is
-    given the bfloat16 rate, float32 the TF32 rate when torch allows TF32); then a matmul measured
-    on the device (:func:`measured_matmul_flops`).
+    The user's ``override`` wins; then this module's table (:data:`DEVICE_PEAKS`, CUDA and ROCm devices
+    by name: float16 is given the bfloat16 rate, float32 the TF32 rate when torch allows TF32); then
+    Lightning's table (:func:`lightning_peak`); then a matmul measured on the device
+    (:func:`measured_matmul_flops`), which is all there is for a CPU's peak: it depends on the cores,
+    threads, clock and vector units, which no table can know.
     """
     if override is not None:
         if not override > 0:
             raise ValueError(f"peak_flops must be positive (FLOP/s per device), got {override}")
         return float(override), "given by the user (--peak_flops)"
     device = torch.device(device)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        entry = table_peak(name)
-        if entry is not None and dtype in (torch.bfloat16, torch.float16, torch.float32):
-            if dtype == torch.float32:
-                kind, value = ("tf32", entry.tf32) if _tf32_allowed() else ("fp32", entry.fp32)
-            else:
-                kind, value = "bf16", entry.bf16
-            return value, f"{entry.name}, dense {kind}: {entry.source}"
     dtype_name = str(dtype).removeprefix("torch.")
-    threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
-    return measured_matmul_flops(device, dtype), f"measured: {dtype_name} matmul on {device}{threads}"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    entry = table_peak(name) if name else None
+    if entry is not None and dtype in (torch.bfloat16, torch.float16, torch.float32):
+        if dtype == torch.float32:
+            kind, value = ("tf32", entry.tf32) if _tf32_allowed() else ("fp32", entry.fp32)
+        else:
+            kind, value = "bf16", entry.bf16
+        return value, f"{entry.name}, dense {kind}: {entry.source}"
+    if entry is None:
+        value = lightning_peak(device, dtype)
+        if value is not None:
+            kind = "tf32" if dtype == torch.float32 and _lightning_takes_tf32(device) else dtype_name
+            return value, f"{name or device}, {kind}: Lightning's table (get_available_flops)"
+    where = f" ({name}: no table has its {dtype_name} figure)" if name else ""
+    if device.type == "cpu":
+        where = f", {torch.get_num_threads()} thread(s)"
+    return measured_matmul_flops(device, dtype), f"measured: {dtype_name} matmul on {device}{where}"
+
+
+def _lightning_takes_tf32(device: torch.device) -> bool:
+    """Whether Lightning gives float32 matmuls on ``device`` the TF32 rate: torch allows TF32 and the GPU
+    has it (Ampere or later)."""
+    return (device.type == "cuda" and torch.get_float32_matmul_precision() != "highest"
+            and torch.cuda.get_device_capability(device)[0] >= 8)
 
 
 def peak_memory_gb(device: torch.device | str) -> float:
