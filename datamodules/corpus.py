@@ -1,12 +1,26 @@
-"""The embedded offline corpus: English prose from CPython's own documentation.
+"""The embedded offline corpus: English prose from CPython's own documentation, frozen in a data file.
 
 Every Python installation carries a few megabytes of real, edited English text: the docstrings of
 the standard library and the interactive help topics (``help("assert")`` and friends, stored in
-``pydoc_data.topics``). This module turns that text into a small Hugging Face ``datasets`` corpus
-so that offline runs, demos and tests can pre-train on real language without downloading anything
-and without shipping a data file with the package.
+``pydoc_data.topics``). That text, extracted once, ships with the package as
+``datamodules/data/cpython-docs.jsonl.gz``, so that offline runs, demos and tests pre-train on real
+language without downloading anything, and on the same documents whatever Python runs them.
 
-What is in it, one row per docstring or help topic:
+Why a file rather than reading the running interpreter: every Python build has other docstrings (3.12
+is not 3.11; Debian's 3.11.2 moves ``tkinter`` and ``idlelib`` into separate packages and has 5,629
+documents to 3.11.7's 6,692), so a corpus extracted at run time gave every build another corpus,
+another tokenizer and other results.
+
+The shipped file was extracted from CPython 3.11.7 (a pyenv build, ``platform.python_build()``
+``('main', 'May  9 2026 07:35:25')``): 6,692 documents, 1,933,920 bytes of UTF-8 text, texts' sha256
+``66a1d29299ad8ad9...``. ``datamodules/data/cpython-docs.json`` records that fingerprint, the build,
+a hash of the extractor and the sha256 of the ``.gz``. To rebuild it, run the extractor below on the Python
+build the corpus should come from (the same CPython 3.11.7 reproduces the file byte for byte)::
+
+    python -m datamodules.corpus                  # writes datamodules/data/
+    python -m datamodules.corpus --out_dir /tmp/x # writes elsewhere, e.g. to compare
+
+What is in it, one row per docstring or help topic (one JSON object a line, with these keys):
 
 ``text``
     The cleaned text: ``inspect.cleandoc``-ed, doctest examples and code blocks removed,
@@ -24,7 +38,7 @@ What is in it, one row per docstring or help topic:
     ``outer.<locals>.inner``), or the help topic's name. Not unique: a module may define the same
     function twice, e.g. in the two branches of an ``if sys.platform == ...``.
 
-Sources:
+Sources the extractor (:func:`build_documents`) reads:
 
 * Pure-Python modules under ``sysconfig.get_paths()["stdlib"]``, read with :mod:`ast` and never
   imported (importing ``antigravity`` opens a browser, ``this`` prints). Test suites, demos,
@@ -36,17 +50,15 @@ Sources:
   no side effects. Platform-dependent ones (``sys``, ``posix``, ``time``) are left out on purpose.
 
 Output order is deterministic: sorted by module name, then by position in the source (C modules:
-by attribute name; topics: by topic name), and exact duplicates keep their first occurrence. The
-same Python version with the same standard library files therefore gives byte-identical output on
-any machine; distributions that patch or split the standard library (Debian moves ``tkinter``,
-``lib2to3`` ... into separate packages) give a different but equally deterministic corpus, which
-the fingerprint records.
+by attribute name; topics: by topic name), and exact duplicates keep their first occurrence.
 
-:func:`load_corpus` builds the corpus once per Python version and extractor version into
-``<cache>/corpus/cpython-docs-<X.Y.Z>-<hash>/`` (``save_to_disk`` format) together with
-``fingerprint.json``; :func:`corpus_fingerprint` returns that fingerprint, which training code
-logs with every run so that results can be tied to the exact text they were trained on
-(:func:`fingerprint_texts` defines it: document count, UTF-8 bytes and a sha256 of the texts).
+:func:`load_corpus` checks the shipped file against the sha256 in its ``.json`` (a mismatch is an
+error, never a silently different corpus), then saves it once as a Hugging Face ``datasets`` corpus
+into ``<cache>/corpus/cpython-docs-<texts' sha256>-<file's sha256>/`` (``save_to_disk`` format);
+:func:`corpus_fingerprint` returns the shipped fingerprint, which training code logs with every run
+so that results can be tied to the exact text they were trained on (:func:`fingerprint_texts`
+defines it: document count, UTF-8 bytes and a sha256 of the texts). Neither reads the running
+interpreter's standard library.
 
 The text is CPython's documentation, licensed under the PSF License Agreement.
 """
@@ -54,9 +66,11 @@ The text is CPython's documentation, licensed under the PSF License Agreement.
 from __future__ import annotations
 
 import ast
+import gzip
 import hashlib
 import importlib
 import inspect
+import io
 import json
 import os
 import platform
@@ -70,7 +84,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from datamodules.cache import build_once, default_cache_dir
+from datamodules.cache import build_once, default_cache_dir, write_atomic
 
 if TYPE_CHECKING:  # imported lazily: ``datasets`` costs seconds, and extraction does not need it
     import datasets
@@ -79,15 +93,22 @@ __all__ = [
     "C_MODULES",
     "COLUMNS",
     "CORPUS_NAME",
+    "DATA_DIR",
     "KINDS",
     "MIN_WORDS",
+    "CorpusFileError",
     "build_documents",
     "clean_docstring",
     "corpus_dir",
     "corpus_fingerprint",
     "default_cache_dir",
+    "describe_documents",
+    "encode_documents",
     "fingerprint_texts",
     "load_corpus",
+    "read_documents",
+    "shipped_fingerprint",
+    "write_corpus_files",
 ]
 
 CORPUS_NAME = "cpython-docs"
@@ -130,35 +151,21 @@ _SKIP_MODULE_PREFIXES = ("_sysconfigdata", "__hello__", "sitecustomize", "usercu
 _STDLIB_NAMES = frozenset(sys.stdlib_module_names)
 
 
+# The shipped corpus: the data file and its fingerprint, beside this module.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_FILE = f"{CORPUS_NAME}.jsonl.gz"
+FINGERPRINT_FILE = f"{CORPUS_NAME}.json"
+# Fixed, so that the same documents always give the same .gz bytes (with the same zlib).
+_GZIP_LEVEL = 9
+
+
+class CorpusFileError(OSError):
+    """The shipped corpus file is missing, unreadable or does not match its fingerprint."""
+
+
 # --------------------------------------------------------------------------------------------
 # Locations
 # --------------------------------------------------------------------------------------------
-
-
-def _python_version() -> str:
-    # platform.python_version() keeps pre-release tags ("3.13.0rc1"), whose docs differ from final.
-    return platform.python_version()
-
-
-def _extractor_hash() -> str:
-    """Short hash identifying this extractor, so that any change to it gets a fresh cache entry.
-
-    It hashes this file's own source: no version number to forget to bump. A comment edit costs one
-    rebuild (a few seconds), which is cheaper than ever training on a stale corpus.
-    """
-    h = hashlib.sha256()
-    h.update(sys.implementation.name.encode())
-    try:
-        h.update(Path(__file__).read_bytes())
-    except OSError:  # e.g. imported from a zip: fall back to the settings that shape the output
-        h.update(repr((MIN_WORDS, C_MODULES, sorted(_SKIP_DIRS), _SKIP_MODULE_PREFIXES)).encode())
-    return h.hexdigest()[:10]
-
-
-def corpus_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Directory that holds (or will hold) the saved corpus for this Python and extractor."""
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / "corpus" / f"{CORPUS_NAME}-{_python_version()}-{_extractor_hash()}"
 
 
 def _stdlib_dir() -> Path:
@@ -451,13 +458,15 @@ def build_documents(*, progress: bool = False) -> list[dict[str, str]]:
     return docs
 
 
+
+
 # --------------------------------------------------------------------------------------------
-# Fingerprint and cache
+# Fingerprint and the shipped file
 # --------------------------------------------------------------------------------------------
 
 
 def fingerprint_texts(texts: Iterable[str]) -> dict[str, Any]:
-    """Fingerprint of a sequence of documents.
+    """Fingerprint of a sequence of documents: ``name``, ``documents``, ``bytes`` and ``sha256``.
 
     ``bytes`` is the total UTF-8 length of the texts; ``sha256`` hashes each text's UTF-8 bytes
     followed by a NUL byte (texts never contain NUL), in order.
@@ -471,13 +480,173 @@ def fingerprint_texts(texts: Iterable[str]) -> dict[str, Any]:
         h.update(b"\0")
         n += 1
         size += len(data)
+    return {"name": CORPUS_NAME, "documents": n, "bytes": size, "sha256": h.hexdigest()}
+
+
+def encode_documents(docs: Iterable[dict[str, str]]) -> bytes:
+    """The shipped file's bytes: one JSON object a line (sorted keys, UTF-8, ``\\n`` line ends),
+    gzip-compressed at a fixed level with no time stamp and no file name in the header, so that the
+    same documents always give the same bytes."""
+    lines = "".join(
+        json.dumps({c: d[c] for c in COLUMNS}, sort_keys=True, ensure_ascii=False) + "\n" for d in docs
+    )
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, compresslevel=_GZIP_LEVEL, mtime=0) as gz:
+        gz.write(lines.encode("utf-8"))
+    return buffer.getvalue()
+
+
+def _extractor_hash() -> str:
+    """Short hash of the extraction code and its settings, recorded with the shipped file: a rebuild
+    on the same Python with an unchanged hash must reproduce the file byte for byte.
+
+    It hashes the source of the functions that shape the output (not this whole file, so that editing
+    the loader does not make the shipped file look stale) and the settings they read.
+    """
+    settings = (
+        COLUMNS, KINDS, TOPICS_MODULE, MIN_WORDS, C_MODULES, sorted(_SKIP_DIRS), _SKIP_MODULE_PREFIXES,
+        _UNDERLINE_RE.pattern, _WORD_RE.pattern, _CODE_LINE_RE.pattern, sorted(_BULLETS), sorted(_OPERATORS),
+        sorted(_FUNCTION_WORDS), _GZIP_LEVEL,
+    )
+    h = hashlib.sha256(repr(settings).encode())
+    for function in _EXTRACTOR_CODE:
+        try:
+            h.update(inspect.getsource(function).encode())
+        except (OSError, TypeError):  # no source (e.g. imported from a zip): the hash would mean nothing
+            return "unknown"
+    return h.hexdigest()[:12]
+
+
+def _build_info() -> dict[str, Any]:
+    """The interpreter the extractor runs on: the corpus is a function of it."""
     return {
-        "name": CORPUS_NAME,
-        "python_version": _python_version(),
-        "documents": n,
-        "bytes": size,
-        "sha256": h.hexdigest(),
+        "python_version": platform.python_version(),  # keeps pre-release tags ("3.13.0rc1")
+        "python_implementation": platform.python_implementation(),
+        "python_build": list(platform.python_build()),
     }
+
+
+def describe_documents(docs: list[dict[str, str]], data: bytes) -> dict[str, Any]:
+    """The shipped ``.json`` for ``docs`` encoded as ``data``: their fingerprint, the build they come
+    from, the extractor's hash and the ``.gz`` file's name, size and sha256."""
+    return {
+        **fingerprint_texts(d["text"] for d in docs),
+        **_build_info(),
+        "extractor": _extractor_hash(),
+        "file": DATA_FILE,
+        "file_bytes": len(data),
+        "file_sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def _dump(meta: dict[str, Any]) -> str:
+    return json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_corpus_files(out_dir: str | os.PathLike[str] | None = None, force: bool = False) -> dict[str, Any]:
+    """Extract the corpus from the running interpreter's standard library and write the shipped files.
+
+    Writes ``cpython-docs.jsonl.gz`` and ``cpython-docs.json`` into ``out_dir`` (default: the package's
+    data directory, :data:`DATA_DIR`), each atomically, the data file first. Replacing the package's own
+    file from another Python than the one it was built from changes the corpus for everyone, so that
+    needs ``force``. Returns the new fingerprint.
+    """
+    target = Path(out_dir).expanduser() if out_dir is not None else DATA_DIR
+    old = target / FINGERPRINT_FILE
+    if target.resolve() == DATA_DIR.resolve() and old.is_file() and not force:
+        shipped = json.loads(old.read_text(encoding="utf-8"))
+        built_on = (shipped.get("python_implementation"), shipped.get("python_version"))
+        running = (platform.python_implementation(), platform.python_version())
+        if built_on != running:
+            raise ValueError(
+                f"the shipped corpus was built from {' '.join(map(str, built_on))}, this is {' '.join(running)}: "
+                "rebuilding here changes the corpus; run it on that Python, or pass --force true to replace it"
+            )
+    docs = build_documents(progress=True)
+    if not docs:
+        raise RuntimeError(f"no documents extracted from the stdlib at {_stdlib_dir()}")
+    data = encode_documents(docs)
+    meta = describe_documents(docs, data)
+    write_atomic(target / DATA_FILE, data)
+    write_atomic(target / FINGERPRINT_FILE, _dump(meta))
+    return meta
+
+
+def _read_verified(data_dir: Path | None = None) -> tuple[dict[str, Any], bytes]:
+    """The shipped fingerprint and the ``.gz`` bytes, after checking them against each other."""
+    data_dir = DATA_DIR if data_dir is None else data_dir
+    meta_path, data_path = data_dir / FINGERPRINT_FILE, data_dir / DATA_FILE
+    fix = "reinstall isoflop, or rebuild the corpus with `python -m datamodules.corpus` (see its docstring)"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        data = data_path.read_bytes()
+    except FileNotFoundError as err:
+        raise CorpusFileError(f"the shipped corpus file {err.filename} is missing; {fix}") from None
+    except (OSError, ValueError) as err:  # unreadable, or not JSON / not UTF-8
+        reason = " ".join(str(err).split())
+        raise CorpusFileError(f"cannot read the shipped corpus in {data_dir}: {reason}; {fix}") from None
+    expected = meta.get("file_sha256") if isinstance(meta, dict) else None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise CorpusFileError(
+            f"{data_path} does not match {meta_path.name}: its sha256 is {actual[:16]}..., "
+            f"the fingerprint says {str(expected)[:16]}...; {fix}"
+        )
+    return meta, data
+
+
+def shipped_fingerprint(data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The shipped corpus's fingerprint (the ``.json`` beside the data file), once the data file has been
+    checked against it: :func:`fingerprint_texts`'s keys plus the build it comes from (``python_version``,
+    ``python_implementation``, ``python_build``), ``extractor`` and the file's ``file``, ``file_bytes``
+    and ``file_sha256``. Raises :class:`CorpusFileError` if the file is missing or does not match."""
+    return _read_verified(None if data_dir is None else Path(data_dir))[0]
+
+
+def _decode(meta: dict[str, Any], data: bytes) -> list[dict[str, str]]:
+    """The documents of a verified ``.gz``, checked against the texts' fingerprint."""
+    try:
+        text = gzip.decompress(data).decode("utf-8")
+        if not text.endswith("\n"):
+            raise ValueError("the last line has no line end")
+        # Split on "\n" only, not splitlines(): texts may hold U+2028 and other line separators.
+        docs = [json.loads(line) for line in text[:-1].split("\n")]
+    except (OSError, EOFError, ValueError) as err:  # not gzip, truncated, not UTF-8, not JSON lines
+        reason = " ".join(str(err).split())
+        raise CorpusFileError(f"the shipped corpus is not gzip-compressed JSON lines ({reason}); "
+                              "rebuild it with `python -m datamodules.corpus`") from None
+    if any(not isinstance(d, dict) or sorted(d) != sorted(COLUMNS) for d in docs):
+        raise CorpusFileError(f"the shipped corpus has rows without exactly the columns {', '.join(COLUMNS)}")
+    found = fingerprint_texts(d["text"] for d in docs)
+    if any(found[key] != meta.get(key) for key in found):
+        raise CorpusFileError(
+            f"the shipped corpus's texts do not match its fingerprint ({found['documents']} documents, sha256 "
+            f"{found['sha256'][:16]}...); rebuild it with `python -m datamodules.corpus`"
+        )
+    return docs
+
+
+def read_documents(data_dir: str | os.PathLike[str] | None = None) -> list[dict[str, str]]:
+    """The shipped corpus's documents, in order, as dicts with the keys of :data:`COLUMNS` (checked)."""
+    meta, data = _read_verified(None if data_dir is None else Path(data_dir))
+    return _decode(meta, data)
+
+
+# --------------------------------------------------------------------------------------------
+# Cache and loading
+# --------------------------------------------------------------------------------------------
+
+
+def _entry(cache_dir: str | os.PathLike[str] | None, meta: dict[str, Any]) -> Path:
+    # Keyed by the shipped file, not by the running Python: the texts' hash names the corpus, and the
+    # file's hash also covers the other columns.
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / "corpus" / f"{CORPUS_NAME}-{meta['sha256'][:12]}-{meta['file_sha256'][:8]}"
+
+
+def corpus_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Directory that holds (or will hold) the saved corpus: keyed by the shipped file's fingerprint."""
+    return _entry(cache_dir, shipped_fingerprint())
 
 
 def _features() -> datasets.Features:
@@ -486,14 +655,16 @@ def _features() -> datasets.Features:
     return datasets.Features({column: datasets.Value("string") for column in COLUMNS})
 
 
-def _write(docs: list[dict[str, str]], target: Path) -> dict[str, Any]:
+def _write(meta: dict[str, Any], data: bytes, target: Path) -> None:
+    """Save the shipped corpus into ``target`` as a ``datasets`` corpus, with its ``fingerprint.json``."""
     import datasets
 
-    fingerprint = fingerprint_texts(d["text"] for d in docs)
+    docs = _decode(meta, data)
     info = datasets.DatasetInfo(
         description=(
             "Docstrings of the CPython standard library and its interactive help topics, "
-            f"Python {fingerprint['python_version']}, extracted by isoflop.datamodules.corpus."
+            f"{meta['python_implementation']} {meta['python_version']}, "
+            "extracted by isoflop's datamodules.corpus and shipped with it."
         ),
         license="PSF-2.0",
         dataset_name=CORPUS_NAME,
@@ -503,37 +674,24 @@ def _write(docs: list[dict[str, str]], target: Path) -> dict[str, Any]:
     ds = datasets.Dataset.from_dict(table, features=info.features, info=info)
     # A content-derived fingerprint instead of a random one, so that downstream .map() caches stay
     # valid across rebuilds of the same text.
-    ds = datasets.Dataset(ds.data, info=ds.info, fingerprint=fingerprint["sha256"][:16])
+    ds = datasets.Dataset(ds.data, info=ds.info, fingerprint=meta["sha256"][:16])
     ds.save_to_disk(str(target))
-    (target / "fingerprint.json").write_text(
-        json.dumps(fingerprint, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
-    return fingerprint
-
-
-def _ensure_built(cache_dir: str | os.PathLike[str] | None) -> Path:
-    """The corpus directory, extracted and written once (under a lock, through a temporary directory)."""
-
-    def build(tmp: Path) -> None:
-        docs = build_documents(progress=True)
-        if not docs:
-            raise RuntimeError(f"no documents extracted from the stdlib at {_stdlib_dir()}")
-        _write(docs, tmp)
-
-    return build_once(corpus_dir(cache_dir), build, done="fingerprint.json")
+    write_atomic(target / "fingerprint.json", _dump(meta))
 
 
 def load_corpus(cache_dir: str | os.PathLike[str] | None = None) -> datasets.Dataset:
-    """Return the corpus as a ``datasets.Dataset``, building it into the cache on first use.
+    """Return the shipped corpus as a ``datasets.Dataset``, saving it into the cache on first use.
 
-    ``cache_dir`` defaults to :func:`default_cache_dir`; the dataset lives in :func:`corpus_dir`.
-    The first call extracts (a few seconds, with a progress bar) under a file lock, so concurrent
-    processes or ranks build it once, and writes to a temporary directory that is renamed into
-    place, so an interrupted build never leaves a half-written cache. Later calls only load it.
+    ``cache_dir`` defaults to :func:`default_cache_dir`; the dataset lives in :func:`corpus_dir`. The
+    shipped file is checked against its fingerprint first (:class:`CorpusFileError` if it does not
+    match). The first call saves it under a file lock, so concurrent processes or ranks save it once,
+    through a temporary directory that is renamed into place, so an interrupted save never leaves a
+    half-written cache. Later calls only load it.
     """
     import datasets
 
-    path = _ensure_built(cache_dir)
+    meta, data = _read_verified()
+    path = build_once(_entry(cache_dir, meta), lambda tmp: _write(meta, data, tmp), done="fingerprint.json")
     ds = datasets.load_from_disk(str(path))
     if not isinstance(ds, datasets.Dataset):
         kind = type(ds).__name__
@@ -542,7 +700,49 @@ def load_corpus(cache_dir: str | os.PathLike[str] | None = None) -> datasets.Dat
 
 
 def corpus_fingerprint(cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Fingerprint of the corpus (building it first if needed): name, python_version, documents,
-    bytes and sha256 as defined by :func:`fingerprint_texts`. Reads ``fingerprint.json``."""
-    path = _ensure_built(cache_dir)
-    return json.loads((path / "fingerprint.json").read_text(encoding="utf-8"))
+    """Fingerprint of the corpus: the shipped one (:func:`shipped_fingerprint`), whatever Python runs.
+
+    ``python_version`` is therefore the version the file was extracted from, not the running one.
+    ``cache_dir`` is accepted for symmetry with :func:`load_corpus`; nothing is read from or written to it.
+    """
+    return shipped_fingerprint()
+
+
+# What _extractor_hash covers: every function whose code shapes the shipped file.
+_EXTRACTOR_CODE = (
+    _stdlib_dir, _word_count, _strip_control_chars, _is_code, _paragraphs, clean_docstring, _source_files,
+    _docstrings_from_tree, _topics_from_tree, _docstrings_from_c_module, build_documents, fingerprint_texts,
+    encode_documents,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: python -m datamodules.corpus
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuild the shipped corpus from the running Python's standard library (see the module docstring)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m datamodules.corpus", description=main.__doc__)
+    parser.add_argument("--out_dir", type=str, default=str(DATA_DIR), help="where to write the two files")
+    parser.add_argument("--force", type=bool, default=False,
+                        help="replace the package's file from another Python than the one it was built from")
+    args = parser.parse_args(argv)
+    before = Path(args.out_dir, DATA_FILE)
+    old = before.read_bytes() if before.is_file() else None
+    try:
+        meta = write_corpus_files(args.out_dir, force=args.force)
+    except (ValueError, OSError, RuntimeError) as err:  # one line, as every isoflop command reports errors
+        print(f"python -m datamodules.corpus: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1
+    state = "unchanged" if old is not None and hashlib.sha256(old).hexdigest() == meta["file_sha256"] else "written"
+    print(f"{Path(args.out_dir) / DATA_FILE}: {state}; {meta['documents']} documents, {meta['bytes']} bytes, "
+          f"texts' sha256 {meta['sha256'][:16]}..., {meta['file_bytes']} bytes compressed, from "
+          f"{meta['python_implementation']} {meta['python_version']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

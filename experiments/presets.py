@@ -1,7 +1,7 @@
 """Presets: the shipped YAML configurations, looked up by name or path in one place.
 
 ``experiments/configs/<name>.yaml`` are pre-training presets (``isoflop pretrain --config NAME``,
-``--flops_budget NAME:STEPS``, ``isoflop flops --preset NAME``); ``experiments/configs/sweeps/<name>.yaml``
+``--budget NAME:STEPS``, ``isoflop flops --config NAME``); ``experiments/configs/sweeps/<name>.yaml``
 are ablation grids (``isoflop sweep NAME``). Either kind is given as a name or as a path to a YAML file.
 This module is pure Python (no torch): the command line uses it before anything heavy is imported.
 """

@@ -263,7 +263,7 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
     def on_train_batch_end(self, outputs, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Log the step's metrics on the steps the loggers write (every ``log_every_n_steps``, and the
         step that stops training), not on the others: Lightning's ``self.log`` costs the host about
-        0.75 ms a key (measured on this project's CPU), some 10 ms a step for a dozen keys, which a GPU
+        0.75 ms a key (measured on a 2-core CPU), some 10 ms a step for a dozen keys, which a GPU
         step of ELECTRA-Small (tens of ms, launch-bound) would otherwise wait for. Runs after the
         callbacks' ``on_train_batch_end``, so a budget's stop is known. A micro-batch inside gradient
         accumulation logs nothing: the optimiser step counter has not moved since ``training_step``

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from sphinx.util.docutils import SphinxDirective
 
@@ -28,10 +29,19 @@ version = "0.1"
 
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx.ext.intersphinx",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
     "sphinx.ext.mathjax",
 ]
+
+# -- links to torch, Lightning, transformers and datasets (rtd/inventories.py) ----------------
+
+sys.path.insert(0, os.path.dirname(__file__))
+from inventories import intersphinx_mapping as _mapping  # noqa: E402
+
+intersphinx_mapping = _mapping(Path(__file__).parent / "_build" / "inventories")
+intersphinx_timeout = 10
 
 exclude_patterns = ["_build", "_include"]  # fragments included by pages, not pages themselves
 root_doc = "index"
@@ -64,9 +74,9 @@ def _literal_module_docstring(app, what, name, obj, options, lines):
 
 class PackageModules(SphinxDirective):
     """``.. package-modules:: objectives``: one section with ``.. automodule:: <module>`` and
-    ``:members:`` for every module of a package, in name order. ``rtd/api.rst`` uses it, so a new
-    module (a new objective is one new file in ``objectives/``) is in the API reference without an
-    edit there."""
+    ``:members:`` for every module of a package and of its subpackages, in name order. ``rtd/api.rst``
+    uses it, so a new module (a new objective is one new file in ``objectives/``) is in the API
+    reference without an edit there."""
 
     required_arguments = 1
 
@@ -76,8 +86,8 @@ class PackageModules(SphinxDirective):
 
         package = importlib.import_module(self.arguments[0])
         lines: list[str] = []
-        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-            name = f"{package.__name__}.{info.name}"
+        infos = pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}.")
+        for name in sorted(info.name for info in infos):
             lines += [name, "^" * len(name), "", f".. automodule:: {name}", "   :members:", ""]
         return self.parse_text_to_nodes("\n".join(lines), allow_section_headings=True)
 

@@ -145,12 +145,29 @@ def test_docpair_labels_carry_signal(tasks):
 
     train, dev = list(tasks["docpair"]["train"]), list(tasks["docpair"]["validation"])
     threshold = max((0.0, 0.02, 0.05, 0.1, 0.15), key=lambda t: accuracy(train, t))
-    assert accuracy(dev, threshold) > 0.65  # chance (and the majority class) is 0.5
+    assert accuracy(dev, threshold) > 0.65  # chance (and the majority class) is 0.5; measured 0.75 (threshold 0.02)
 
 
 def test_short_finetune_beats_majority_baseline(tmp_path, cache_dir, tasks, tiny_data):
     """docpkg: a tiny MaskedLM pre-trained for 300 steps on the embedded corpus and exported, then
-    fine-tuned for 200 steps, lands well above the majority class (28 to 52% against 12 to 13%).
+    fine-tuned for 200 steps, lands above the majority class (11.8%) and above chance macro F1 (10.0).
+
+    Measured on the shipped corpus (any Python build reads the same one), accuracy / macro F1 per
+    pre-training seed (``seed_everything``) x fine-tuning seeds 0, 1, 2:
+
+    * seed 0: 40.0 / 33.4, 36.2 / 32.1, 50.6 / 44.1 (this test: seed 0, fine-tuning seed 0)
+    * seed 1: 22.6 / 15.3, 28.5 / 22.8, 43.5 / 37.2
+    * seed 2: 43.2 / 32.5, 49.4 / 46.9, 39.7 / 32.5
+    * seed 3: 33.8 / 26.4, 34.7 / 25.2, 38.5 / 30.9
+    * seed 4: 35.3 / 30.5, 32.1 / 28.9, 33.8 / 26.2
+    * seed 5: 27.6 / 22.9, 20.3 / 16.6, 50.3 / 44.4
+
+    Accuracy: mean 36.7, standard deviation 8.8, lowest 20.3 (8.5 above the majority class); macro F1:
+    mean 30.5, standard deviation 8.8, lowest 15.3 (5.3 above chance). One fine-tune is this noisy, so
+    the margins asserted sit some 3.5 points below the lowest of the 18 draws: accuracy above the
+    majority class by 5, macro F1 above chance by 2 (about 2.3 and 2.1 standard deviations below the
+    means). A broken pipeline predicts one class: 11.8 accuracy, macro F1 near 2. (The old accuracy
+    margin of 10 failed one draw of the 18: seed 5, fine-tuning seed 1.)
 
     (Pre-training for only 100 steps leaves the encoder in a worse starting point than random
     initialisation for this task, 17-19% after 100 fine-tuning steps against 45%; 300 steps do not.)"""
@@ -167,14 +184,12 @@ def test_short_finetune_beats_majority_baseline(tmp_path, cache_dir, tasks, tiny
               limit_val_batches=0, default_root_dir=tmp_path).fit(model, tiny_data)
     model.export(tmp_path / "ck")
     results = ft.finetune(str(tmp_path / "ck"), tasks="docpkg", seeds=1, out_dir=str(tmp_path / "out"),
-                          cache_dir=str(cache_dir), max_steps=200, epochs=20, max_length=48, batch_size=32,
+                          cache_dir=str(cache_dir), max_steps=200, epochs=20, max_seq_length=48, batch_size=32,
                           learning_rate=2e-3, layerwise_lr_decay=1.0, wandb=False)
     dev = Counter(tasks["docpkg"]["validation"]["label"])
     majority = 100 * max(dev.values()) / sum(dev.values())
     score = results["docpkg"].median
     macro_f1 = results["docpkg"].others["macro_f1"][0]
     print(f"docpkg dev accuracy {score:.1f} (macro F1 {macro_f1:.1f}) vs majority baseline {majority:.1f}")
-    # The corpus is the running interpreter's standard library, so the figures move with the Python build:
-    # 52.1 against 11.8 on CPython 3.11.7, 27.9 against 13.1 on Debian's 3.11.2.
-    assert score > majority + 10
-    assert macro_f1 > 100 / NUM_PACKAGES + 5
+    assert score > majority + 5
+    assert macro_f1 > 100 / NUM_PACKAGES + 2

@@ -33,11 +33,25 @@ def test_a_probe_trains_the_head_alone(tmp_path, cache_dir, one_thread):
 
 def test_docpkg_probe_separates_a_pretrained_encoder_from_random_init(tmp_path, cache_dir, one_thread):
     """A tiny DeBERTa-v2 MaskedLM pre-trained for 800 steps on the embedded corpus (about 40 s on one core)
-    against the same shape untrained: measured 22.6 against 11.8 (the majority class) on docpkg-probe."""
+    against the same shape untrained, on docpkg-probe (the majority class is 11.8).
+
+    Measured on the shipped corpus (any Python build reads the same one), pre-training seed
+    (``--seed_everything``, which also draws the random init) x probe seeds 0, 1, 2, as pre-trained
+    against random init:
+
+    * seed 0: 21.2, 19.4, 20.9 against 11.8, 12.1, 11.8 (this test: seed 0, probe seed 0, +9.4)
+    * seed 1: 17.6, 18.8, 19.1 against 11.8, 11.8, 11.8
+    * seed 2: 19.7, 18.8, 19.1 against 11.8, 11.8, 11.8
+    * seed 3: 20.0, 18.2, 18.2 against 11.8, 11.8, 11.8
+    * seed 4: 21.2, 21.8, 21.5 against 11.8, 11.8, 11.8
+
+    The gain over random init is 7.9 points on average (standard deviation 1.3, lowest 5.9 of 15), so
+    the margin asserted is 4: three standard deviations below the mean. (The old margin of 6 failed one
+    draw of the 15: seed 1, probe seed 0.)"""
     scores = {}
     for steps in (0, 800):
         export = encoder_dir(tmp_path, "deberta-v2", steps, config="tiny")
         scores[steps] = finetune_scores(export, "docpkg-probe", tmp_path / f"ft-{steps}", seeds=1,
                                         cache_dir=str(cache_dir), progress_bar=False)[0]
     print(f"docpkg-probe: random init {scores[0]:.1f}, pre-trained 800 steps {scores[800]:.1f}")
-    assert scores[800] > scores[0] + 6.0
+    assert scores[800] > scores[0] + 4.0

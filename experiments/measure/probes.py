@@ -2,7 +2,7 @@
 
 A task belongs in the offline suite only if it separates encoders by how much they learned: an encoder
 pre-trained longer must beat a random-initialised one of the same shape by a clear margin. This study
-pre-trains tiny MaskedLM encoders of both families on the main job's data (the ``default`` preset: the
+pre-trains tiny MaskedLM encoders of both families on the default comparison's data (the ``default`` preset: the
 embedded corpus, 8,192-token vocabulary, 128-token examples) for several lengths, exports each (and a
 random-initialised one of the same shape and tokenizer), fine-tunes every encoder on every offline task
 over three seeds exactly as ``isoflop compare`` does, and writes the table ``rtd/downstream.rst``

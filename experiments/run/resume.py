@@ -157,7 +157,7 @@ class ScheduleKeeper(Callback):
             if not self.reschedule:
                 raise UsageError(
                     f"the checkpoint's learning-rate schedule spans {loaded['total']} steps, this configuration's "
-                    f"{total} (--trainer.max_steps or --flops_budget changed): pass --reschedule true to decay the "
+                    f"{total} (--trainer.max_steps or --budget changed): pass --reschedule true to decay the "
                     f"learning rate linearly from its value at step {trainer.global_step} to 0 at step {total}, "
                     "or keep the original length")
             anchor = self._anchor(trainer, total)
