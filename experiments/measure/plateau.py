@@ -18,12 +18,11 @@ and Bayes floors, and the discriminator's AUROC and accuracy gain over its all-o
 from __future__ import annotations
 
 import csv
-import io
-import sys
 import time
 from pathlib import Path
 
 from datamodules.cache import write_atomic
+from experiments.measure import run_study, write_rows
 
 # What every run shares: the tiny preset on the chain, one validation at the end on 128 held-out sequences.
 BASE = ["--config", "tiny", "--data.dataset", "synthetic:chain", "--data.vocab_size", "512",
@@ -138,22 +137,14 @@ def study(only: list[str] | str | None = None, out_dir: str = "runs/plateau",
     for name in names:
         rows[name] = run(name, Path(out_dir))
         print(f"[plateau] {rows[name]}", flush=True)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows.values())
-        write_atomic(csv_path, buffer.getvalue())  # after every run: a long study keeps what it measured
+        write_rows(csv_path, COLUMNS, rows.values())
     ordered = [rows[n] for n in CONFIGS if n in rows]
     write_atomic(table, rst_table(ordered))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.config import new_parser, parse_args
-
-    parser = new_parser("python -m experiments.measure.plateau", __doc__.split("\n\n")[0])
-    parser.add_function_arguments(study, as_group=False)
-    return study(**parse_args(parser, list(argv) if argv is not None else sys.argv[1:]).as_dict())
+    return run_study(study, "python -m experiments.measure.plateau", __doc__, argv)
 
 
 def _read(path: Path) -> list[dict]:

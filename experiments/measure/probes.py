@@ -15,12 +15,11 @@ includes (``rtd/_include/probes_table.rst``)::
 from __future__ import annotations
 
 import csv
-import io
 import json
-import sys
 from pathlib import Path
 
 from datamodules.cache import write_atomic
+from experiments.measure import run_study, write_rows
 
 TASKS = ("docpkg", "docpkg-probe", "docpair")
 ENCODERS = ("electra", "deberta-v2")
@@ -116,22 +115,14 @@ def study(steps: list[int] | int | None = None, encoders: list[str] | str | None
                 rows.append({"task": task, "encoder": encoder, "steps": n, "median": sorted(scores)[1],
                              "min": min(scores), "max": max(scores), "scores": json.dumps(scores)})
                 print(f"[probes] {rows[-1]}", flush=True)
-                buffer = io.StringIO()
-                writer = csv.DictWriter(buffer, COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
-                write_atomic(out / "probes.csv", buffer.getvalue())
+                write_rows(out / "probes.csv", COLUMNS, rows)
     rows.sort(key=lambda r: (TASKS.index(r["task"]), ENCODERS.index(r["encoder"]), r["steps"]))
     write_atomic(table, rst_table(rows))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.config import new_parser, parse_args
-
-    parser = new_parser("python -m experiments.measure.probes", __doc__.split("\n\n")[0])
-    parser.add_function_arguments(study, as_group=False)
-    return study(**parse_args(parser, list(argv) if argv is not None else sys.argv[1:]).as_dict())
+    return run_study(study, "python -m experiments.measure.probes", __doc__, argv)
 
 
 if __name__ == "__main__":
