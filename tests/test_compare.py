@@ -7,6 +7,10 @@ import os
 import pytest
 
 from experiments.cli import main
+from experiments.comparison.compare import PAPER_REFERENCE
+from experiments.run.budget import resolve_budget
+from tests.helpers import error_line, mentions, numbers
+from tests.tables import markdown_rows, markdown_tables
 
 TINY = ["--config", "tiny", "--data.batch_size", "8", "--data.max_documents", "1500", "--data.max_val_examples", "32",
         "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
@@ -49,8 +53,11 @@ def test_results_files(compare_dir):
             assert float(r[f"{task}_lo"]) <= float(r[f"{task}_median"]) <= float(r[f"{task}_hi"])
         assert float(r["docpkg-probe_majority"]) < 20 and float(r["docpair_majority"]) == 50.0  # 10 classes; balanced
         assert float(r["val_loss"]) > 0 and float(r["tokens"]) > 0
-    md = (compare_dir / "results.md").read_text()
-    assert "| MaskedLM |" in md and "| ReplacedTokenDetection |" in md
+    table = {r["objective"]: r for r in markdown_rows((compare_dir / "results.md").read_text(), "objective")}
+    assert set(table) == {"MaskedLM", "ReplacedTokenDetection"}
+    for name, r in results.items():  # results.md's table holds results.csv's values
+        assert float(table[name]["steps"]) == float(r["steps"]), name
+        assert float(table[name]["FLOPs"]) == pytest.approx(float(r["flops"]), rel=1e-3), name
     for png in ("val_loss_vs_flops.png", "downstream.png"):
         assert (compare_dir / png).read_bytes()[:4] == b"\x89PNG"
     assert (compare_dir / "ReplacedTokenDetection" / "export" / "generator" / "config.json").exists()
@@ -61,7 +68,7 @@ def test_results_files(compare_dir):
         assert config["hidden_size"] == 64 and config["vocab_size"] == 1024
 
 
-def test_rerun_skips_finished_runs(compare_dir, monkeypatch, capsys):
+def test_rerun_skips_finished_runs(compare_dir, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a finished run was run again")
 
@@ -69,7 +76,6 @@ def test_rerun_skips_finished_runs(compare_dir, monkeypatch, capsys):
     monkeypatch.setattr("experiments.finetuning.finetune._run_one", fail)
     before = (compare_dir / "results.csv").read_text()
     assert main(["compare", "--out_dir", str(compare_dir), "--budget_steps", "12", "--finetune.seeds", "2", *TINY]) == 0
-    assert "pre-training done, skipped" in capsys.readouterr().out
     assert (compare_dir / "results.csv").read_text() == before
 
 
@@ -92,14 +98,18 @@ def run_notebook(compare_dir) -> list:
 def test_notebook_runs_headless(compare_dir):
     outputs = run_notebook(compare_dir)
     assert any("image/png" in o.get("data", {}) for o in outputs)
-    assert "ReplacedTokenDetection: AUROC " in "".join(o.get("text", "") for o in outputs)  # what it learned, in words
+    text = "".join(o.get("text", "") for o in outputs)
+    auroc = float(rows(compare_dir)["ReplacedTokenDetection"]["disc_auroc"])
+    said = [line for line in text.splitlines() if "ReplacedTokenDetection" in line and "AUROC" in line]
+    assert said  # what the discriminator learned, in words, with the AUROC of results.csv
+    mentions(said[0], round(auroc, 3))
 
 
 def test_bad_objective_or_task_fails_before_compute(tmp_path, capsys):
     assert main(["compare", "--objectives", '["objectives.Nope"]', "--out_dir", str(tmp_path / "a"), *TINY]) == 2
-    assert "unknown objective 'objectives.Nope'; available: objectives." in capsys.readouterr().err
+    mentions(error_line(capsys.readouterr().err, "compare"), "objectives.Nope", "objectives.MaskedLM")  # and the choices
     assert main(["compare", "--finetune.tasks", "mrcp", "--out_dir", str(tmp_path / "b"), *TINY]) == 2
-    assert "unknown task 'mrcp'" in capsys.readouterr().err
+    mentions(error_line(capsys.readouterr().err, "compare"), "mrcp", "mrpc")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -128,16 +138,18 @@ def test_a_signal_stops_compare_and_the_same_command_resumes_exactly(compare_dir
 
     import torch
 
-    from tests.test_reliability import max_difference, stop_at
+    from tests.helpers import SIGNAL_CALLBACK, mentions
+    from tests.test_reliability import max_difference, signalled, stop_line
 
     out = tmp_path / "compare"
     args = ["compare", "--out_dir", str(out), "--budget_steps", "12", "--finetune.seeds", "2", "--finetune.epochs", "1",
-            "--finetune.max_train_examples", "48", *TINY, "--trainer.callbacks+=tests.helpers.PauseAtStep"]
-    stopped = stop_at(args, 5, signal.SIGTERM, cache_dir, tmp_path)
-    assert stopped.returncode == 143, stopped.stderr
-    assert stopped.stderr.strip().splitlines()[-1] == (
-        f"isoflop compare: stopped by SIGTERM at step 5; checkpoint {out}/MaskedLM/checkpoints/last.ckpt; "
-        "rerun the same command to resume")
+            "--finetune.max_train_examples", "48", *TINY, SIGNAL_CALLBACK]
+    stopped = signalled(args, 5, "SIGTERM", cache_dir, tmp_path)  # the process signals itself at step 5
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    checkpoint = out / "MaskedLM" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=False)["global_step"] == 5
+    assert not (out / "MaskedLM" / "result.json").exists() and not (out / "ReplacedTokenDetection").exists()
+    mentions(stop_line(stopped.stderr, "compare"), "SIGTERM", 5, str(checkpoint))
     assert main(args) == 0
     for name in ("MaskedLM", "ReplacedTokenDetection"):
         ours, theirs = (torch.load(d / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
@@ -178,17 +190,27 @@ def test_pretrain_seeds_and_budgets_make_a_ladder(ladder_dir):
             wa, wb = (load_file(out / f"{name}-seed{k}" / "export" / "model.safetensors") for k in (0, 1))
             assert any(not (wa[k] == wb[k]).all() for k in wa)
         assert table["ReplacedTokenDetection"]["docpkg-probe_diff"] != ""  # paired against MaskedLM
-        assert "2 pre-training seed(s) x the fine-tuning seeds" in (out / "results.md").read_text()
-        assert "ELECTRA-Small at 1/16 of its schedule" in (out / "results.md").read_text()
+        # the paper's smallest point beside the budget: its name, and how many times this budget it is
+        said = [line for line in (out / "results.md").read_text().splitlines() if PAPER_REFERENCE[0] in line]
+        assert len(said) == 1
+        times = resolve_budget(PAPER_REFERENCE[1]) / s["budget_flops"]
+        mentions(said[0].replace(",", ""), float(f"{times:.0f}"))
     ladder = load_ladder(ladder_dir)
     assert [len(rows_) for _, rows_ in ladder] == [4, 4]
     assert all(len(r["tasks"]["docpkg-probe"]["scores"]) == 2 for _, rows_ in ladder for r in rows_)
     md = (ladder_dir / "ladder.md").read_text()
-    assert md.count("| MaskedLM |") == 2 and f"{settings[1]['budget_flops']:.2e} FLOPs" in md  # the task, the average
-    assert md.count("- ReplacedTokenDetection against MaskedLM: ") == 2
+    tables = [(head, body) for head, body in markdown_tables(md) if head[0] == "objective"]
+    assert len(tables) == 2  # the task, the average
+    for head, body in tables:
+        assert [row[0] for row in body] == ["MaskedLM", "ReplacedTokenDetection"]
+        budgets = [numbers(cell)[0] for cell in head[1:]]  # a column per budget, in the ladder's order
+        assert budgets == pytest.approx([s["budget_flops"] for s in settings], rel=5e-3)
+    assert sum(line.startswith("- ReplacedTokenDetection against MaskedLM") for line in md.splitlines()) == 2
     assert (ladder_dir / "ladder.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_notebook_reads_a_ladder(ladder_dir):
     text = "".join(o.get("text", "") for o in run_notebook(ladder_dir))
-    assert "# isoFLOP ladder" in text and "pre-training seeds: 2" in text
+    assert "# isoFLOP ladder" in text  # the ladder's own report, not a single comparison's
+    said = [line for line in text.splitlines() if "pre-training seeds" in line]
+    assert said and numbers(said[0].split("pre-training seeds", 1)[1])[0] == 2  # "pre-training seeds: 2"

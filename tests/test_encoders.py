@@ -166,8 +166,11 @@ def run_on_chain(tmp_path, name: str, steps: int, *extra: str) -> dict[str, floa
 
 def test_deberta_leaves_the_unigram_plateau_that_electra_sits_on(tmp_path, cache_dir, one_thread):
     """Tiny MaskedLM, 800 steps of 16 x 64 tokens: the DeBERTa encoder's validation MLM loss falls far
-    below the unigram entropy (measured: 1.50 against 5.23; Bayes floor 0.09), while the ELECTRA
-    encoder's is still within 10% of it (4.86)."""
+    below the unigram entropy (5.23; Bayes floor 0.09), while the ELECTRA encoder's is still within 10% of it.
+
+    Measured on an AMD EPYC CPU (AVX2, torch 2.13, one thread), --seed_everything 0 / 1 / 2: DeBERTa 1.33 /
+    1.10 / 1.49 (bound 0.4 x 5.23 = 2.09), ELECTRA 4.848 / 4.843 / 4.857 (bound 0.9 x 5.23 = 4.71: 0.14 nats
+    of margin, ten times the spread over seeds). Elsewhere: DeBERTa 1.50, ELECTRA 4.86."""
     electra = run_on_chain(tmp_path, "electra", 800)
     deberta = run_on_chain(tmp_path, "deberta", 800, "--model.init_args.encoder", "deberta-v2")
     unigram = electra["val/unigram_entropy"]
@@ -178,12 +181,22 @@ def test_deberta_leaves_the_unigram_plateau_that_electra_sits_on(tmp_path, cache
 
 def test_deberta_rtd_discriminator_learns_beyond_its_prior(tmp_path, cache_dir, one_thread):
     """Tiny ReplacedTokenDetection on DeBERTa encoders with shared embeddings and the learned generator
-    (half the discriminator's width, lambda 50): after 1,200 steps the validation AUROC is above 0.8
-    (measured 0.82 at 1,000 steps, 0.86 at 1,500) and the accuracy above the all-original baseline."""
+    (half the discriminator's width, lambda 50): after 1,200 steps the validation AUROC is above 0.6, the loss
+    below the label entropy, and the accuracy above the all-original baseline.
+
+    Validation AUROC after 1,200 steps, measured on an AMD EPYC CPU (AVX2, torch 2.13, one thread), by
+    (--seed_everything, --data.seed): (0, 0) 0.750 (this test), (1, 0) 0.767, (2, 0) 0.717, (0, 1) 0.889,
+    (0, 2) 0.866: mean 0.80, standard deviation 0.07 over seeds (elsewhere: 0.82 at 1,000 steps, 0.86 at 1,500).
+    Float results differ between CPUs and diverge over training, so another machine draws from this spread:
+    0.6 is 0.12 (1.6 standard deviations) under the lowest of them, and still above 0.55, under which
+    experiments.comparison.results calls a discriminator prior-only, and far above the 0.5 of one that learned
+    nothing (on these 8,192 validation tokens, about 7% replaced, chance AUROC has a standard error of about
+    0.013). Loss over label entropy in those runs: 0.84 / 0.84 / 0.93 / 0.69 / 0.70. The accuracy gain is
+    thin: +0.35 / +0.15 / +0.02 / +0.44 / +0.71 points (at (2, 0), two tokens of 8,192)."""
     val = run_on_chain(tmp_path, "rtd", 1200, "--model", "objectives.ReplacedTokenDetection",
                        "--model.init_args.encoder", "deberta-v2", "--model.init_args.embedding_sharing", "embeddings",
                        "--model.init_args.generator_hidden_fraction", "0.5",
                        "--model.init_args.generator_layers_fraction", "1.0")
-    assert val["val/disc_auroc"] > 0.8, val
+    assert val["val/disc_auroc"] > 0.6, val  # measured 0.72 to 0.89 over five seeds (see above)
     assert val["val/disc_gain"] > 0, val
     assert val["val/disc_loss"] < val["val/disc_label_entropy"], val

@@ -28,6 +28,8 @@ from downstream.data import TaskDataModule
 from downstream.tasks import get_task
 from experiments.finetuning import finetune as ft
 from experiments.finetuning import scores
+from tests.helpers import error_line, mentions
+from tests.tables import markdown_tables
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -328,7 +330,8 @@ def test_finetune_api_from_save_pretrained_checkpoint(ckpt, tmp_path, monkeypatc
     assert float(rows[-1]["median"]) == pytest.approx(sum(r.median for r in results.values()) / 3, abs=1e-3)
     assert set(results["mrpc"].others) == {"f1"} and set(results["stsb"].others) == {"pearson"}
     md = (out / "results.md").read_text()
-    assert "| mrpc | accuracy |" in md and "| average |" in md and "| stsb | pearson |" in md
+    table = {(r[0], r[1]): r for _, body in markdown_tables(md) for r in body}  # (task, metric) -> the row's cells
+    assert {("mrpc", "accuracy"), ("stsb", "pearson")} <= set(table) and "average" in {task for task, _ in table}
     long = _read_csv(out / "metrics.csv")
     assert {(r["task"], r["metric"]) for r in long} >= {("mrpc", "f1"), ("stsb", "spearman"), ("sst2", "accuracy")}
     # The CSV logger of each run holds the dev metrics under val/<metric>.
@@ -355,7 +358,9 @@ def test_cli_help_shows_docstrings(capsys):
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "--encoder" in help_text and "--tasks" in help_text and "--data_dir" in help_text
-    assert "Number of fine-tuning seeds" in help_text  # the docstring became the option's help
+    # the docstring became the option's help: the function's own description of ``seeds``
+    described = next(line.split(":", 1)[1] for line in ft.finetune.__doc__.splitlines() if line.strip().startswith("seeds:"))
+    assert " ".join(described.split()) in " ".join(help_text.split())
 
 
 def test_cli_runs_with_wandb_offline(ckpt, tmp_path, monkeypatch, capsys):
@@ -364,7 +369,8 @@ def test_cli_runs_with_wandb_offline(ckpt, tmp_path, monkeypatch, capsys):
     code = ft.main(["--encoder", ckpt, "--tasks", "mnli", "--seeds", "1", "--max_steps", "2", "--batch_size", "8",
                     "--data_dir", str(FIXTURES), "--out_dir", str(out)])
     assert code == 0
-    assert "| mnli | accuracy |" in capsys.readouterr().out
+    printed = {(r[0], r[1]) for _, body in markdown_tables(capsys.readouterr().out) for r in body}
+    assert ("mnli", "accuracy") in printed  # the results table, on stdout
     assert any((out / "wandb").glob("offline-run-*")), "wandb should have written an offline run"
 
 
@@ -382,10 +388,9 @@ def no_training(monkeypatch):
 
 
 def test_unknown_task_lists_valid_ones(ckpt, tmp_path, no_training):
-    with pytest.raises(ValueError, match="unknown task 'sst3'") as err:
+    with pytest.raises(ValueError) as err:
         ft.finetune(ckpt, tasks=["mrpc", "sst3"], out_dir=str(tmp_path / "o"), wandb=False)
-    message = str(err.value)
-    assert all(name in message for name in ("cola", "mnli", "wnli", "docpkg", "docpair", "glue", "offline"))
+    mentions(str(err.value), "sst3", "cola", "mnli", "wnli", "docpkg", "docpair", "glue", "offline")  # and the valid ones
     assert not (tmp_path / "o").exists()
 
 
@@ -394,11 +399,13 @@ def test_missing_tokenizer(ckpt, tmp_path, no_training):
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(Path(ckpt) / name, bare / name)
-    with pytest.raises(FileNotFoundError, match="no tokenizer") as err:
+    with pytest.raises(FileNotFoundError) as err:
         ft.finetune(str(bare), tasks="sst2", data_dir=str(FIXTURES), out_dir=str(tmp_path / "o"), wandb=False)
     assert "\n" not in str(err.value)
-    with pytest.raises(FileNotFoundError, match="not found"):
+    mentions(str(err.value), str(bare), "tokenizer")
+    with pytest.raises(FileNotFoundError) as err:
         ft.finetune(str(tmp_path / "nowhere"), tasks="sst2", data_dir=str(FIXTURES), wandb=False)
+    mentions(str(err.value), str(tmp_path / "nowhere"))
 
 
 def test_tokenizer_vocab_differs_from_embeddings(tmp_path, no_training):
@@ -406,9 +413,10 @@ def test_tokenizer_vocab_differs_from_embeddings(tmp_path, no_training):
     path = tmp_path / "mismatch"
     ElectraForPreTraining(tiny_electra_config(len(tokenizer) + 7)).save_pretrained(path)
     tokenizer.save_pretrained(path)
-    with pytest.raises(ValueError, match=rf"tokenizer has {len(tokenizer)} tokens .* {len(tokenizer) + 7} rows") as err:
+    with pytest.raises(ValueError) as err:
         ft.finetune(str(path), tasks="sst2", data_dir=str(FIXTURES), out_dir=str(tmp_path / "o"), wandb=False)
     assert "\n" not in str(err.value)
+    mentions(str(err.value), len(tokenizer), len(tokenizer) + 7)  # the tokenizer's size, the embedding's rows
 
 
 def test_local_file_missing_column(ckpt, tmp_path, no_training, capsys):
@@ -418,12 +426,13 @@ def test_local_file_missing_column(ckpt, tmp_path, no_training, capsys):
     (data / "rte" / "train.tsv").write_text("sentence1\tlabel\nthe cat sat .\t0\n")
     (data / "rte" / "validation.tsv").write_text("sentence1\tsentence2\tlabel\nthe cat sat .\ta cat sat .\t0\n")
     args = dict(tasks=["sst2", "rte"], data_dir=str(data), out_dir=str(tmp_path / "o"), wandb=False)
-    with pytest.raises(ValueError, match=r"rte/train\.tsv: missing column 'sentence2'"):
+    with pytest.raises(ValueError) as err:
         ft.finetune(ckpt, **args)
+    mentions(str(err.value), str(data / "rte" / "train.tsv"), "sentence2")  # the file, the column
     assert not (tmp_path / "o").exists()
     # Through the CLI: exit code 2 and one line on stderr.
     from experiments.cli import main as cli_main
 
     code = cli_main(["finetune", "--encoder", ckpt, "--tasks", "[sst2, rte]", "--data_dir", str(data), "--wandb", "false"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("isoflop finetune: error:") and "sentence2" in err and "\n" not in err
+    assert code == 2
+    mentions(error_line(capsys.readouterr().err, "finetune"), str(data / "rte" / "train.tsv"), "sentence2")

@@ -12,6 +12,7 @@ import torch
 from downstream import glue
 from downstream.data import TaskDataModule
 from downstream.tasks import GLUE_TASKS, get_task
+from tests.helpers import mentions
 from tests.test_finetune import FIXTURES, make_tiny_checkpoint
 
 
@@ -40,8 +41,9 @@ def test_task_table_follows_the_paper():
 
 
 def test_unknown_task_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown task 'sst5'; valid tasks: cola, sst2, .*wnli, docpkg, docpkg-probe, docpair"):
+    with pytest.raises(ValueError) as info:
         TaskDataModule("unused", task="sst5")
+    mentions(str(info.value), "sst5", *GLUE_TASKS, "docpkg", "docpkg-probe", "docpair")  # the task given, the valid ones
 
 
 @pytest.mark.parametrize("task", ["sst2", "mrpc", "stsb", "mnli"])
@@ -135,20 +137,24 @@ def test_missing_column_names_column_and_file(ckpt, tmp_path):
     (tmp_path / "qnli").mkdir()
     (tmp_path / "qnli" / "train.csv").write_text("question,sentence,label\nwho ?,me .,0\n")
     (tmp_path / "qnli" / "validation.csv").write_text("question,text,label\nwho ?,me .,0\n")
-    with pytest.raises(ValueError, match=r"qnli/validation\.csv: missing column 'sentence' \(task qnli needs"):
+    with pytest.raises(ValueError) as info:
         TaskDataModule(ckpt, task="qnli", data_dir=str(tmp_path)).load_raw()
+    mentions(str(info.value), str(tmp_path / "qnli" / "validation.csv"), "sentence", "qnli")
 
 
 def test_bad_labels_and_missing_files(ckpt, tmp_path):
     (tmp_path / "rte").mkdir()
     (tmp_path / "rte" / "train.tsv").write_text("sentence1\tsentence2\tlabel\na .\tb .\t-1\n")
-    with pytest.raises(FileNotFoundError, match="no validation file"):
+    with pytest.raises(FileNotFoundError) as info:
         TaskDataModule(ckpt, task="rte", data_dir=str(tmp_path)).load_raw()
+    mentions(str(info.value), str(tmp_path / "rte"), "validation.tsv")  # where it looked, what it looked for
     (tmp_path / "rte" / "dev.tsv").write_text("sentence1\tsentence2\tlabel\na .\tb .\tmaybe\n")
-    with pytest.raises(ValueError, match="label -1 outside 0..1"):
+    with pytest.raises(ValueError) as info:
         TaskDataModule(ckpt, task="rte", data_dir=str(tmp_path)).load_raw()
-    with pytest.raises(FileNotFoundError, match="no train file for task cola"):
+    mentions(str(info.value), str(tmp_path / "rte" / "train.tsv"), -1, "rte")  # the file, the label, the task
+    with pytest.raises(FileNotFoundError) as info:
         TaskDataModule(ckpt, task="cola", data_dir=str(tmp_path)).load_raw()
+    mentions(str(info.value), "cola", str(tmp_path))
 
 
 def test_hub_path_is_nyu_mll_glue(ckpt, monkeypatch):

@@ -9,6 +9,7 @@ import torch
 from datamodules import PretrainingDataModule
 from datamodules.pretraining import Packer
 from tests.conftest import TINY_SEQ, TINY_VOCAB
+from tests.helpers import mentions
 
 
 def test_segment_layout(tiny_data):
@@ -100,21 +101,24 @@ def test_local_text_files(tmp_path, cache_dir):
 
 
 def test_missing_files_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no data file matches .*nothing-here"):
+    with pytest.raises(FileNotFoundError) as info:
         PretrainingDataModule(data_files=str(tmp_path / "nothing-here*.txt"))
+    mentions(str(info.value), str(tmp_path / "nothing-here*.txt"))
 
 
 def test_unknown_dataset_error(tmp_path):
     dm = PretrainingDataModule(dataset="no-such-org/no-such-dataset", cache_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="could not load dataset 'no-such-org/no-such-dataset'"):
+    with pytest.raises(ValueError) as info:
         dm.prepare_data()
+    mentions(str(info.value), "no-such-org/no-such-dataset")
 
 
 def test_missing_text_column(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text('{"body": "hello there"}\n' * 50)
-    with pytest.raises(ValueError, match="no column 'text'.*body"):  # at construction, before anything is built
+    with pytest.raises(ValueError) as info:  # at construction, before anything is built
         PretrainingDataModule(data_files=str(f), cache_dir=str(tmp_path))
+    mentions(str(info.value), str(f), "text", "body")  # the file, the column asked for, the ones it has
 
 
 def test_unigram_reference_level_of_text(tiny_data):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from experiments.cli import main
+from tests.helpers import SIGNAL_CALLBACK, error_line, mentions, signal_env, signalling
 
 STEPS = 30  # 200 documents make 229 examples: 14 batches of 16 per epoch, so 30 steps cross two epochs
 BASE = ["pretrain", "--config", "tiny", "--data.max_documents", "200", "--wandb", "false",
@@ -28,12 +29,13 @@ def command(steps: int, run_dir: Path, *extra: str, checkpoint_every: int = 2) -
             str(run_dir), *extra]
 
 
-# The signal tests' command: checkpoints every 7 steps besides the one the signal saves; the helper callback
-# prints each step (and pauses at the one the test signals at) in the uninterrupted run too.
-PAUSE = "--trainer.callbacks+=tests.helpers.PauseAtStep"
-ARGS = [*BASE, "--trainer.max_steps", str(STEPS), "--checkpoint_every", "7", PAUSE]
+# The signal tests' command: checkpoints every 7 steps besides the one the signal saves. The helper callback
+# (tests.helpers.SignalAtStep) is on the command line of the uninterrupted run too, so that every run is the same
+# command; it signals its own process only where the test sets its environment (helpers.signal_env).
+ARGS = [*BASE, "--trainer.max_steps", str(STEPS), "--checkpoint_every", "7", SIGNAL_CALLBACK]
 ENV = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "TOKENIZERS_PARALLELISM": "false"}
+REPO = Path(__file__).resolve().parents[1]
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -61,31 +63,45 @@ def reference(tmp_path_factory, cache_dir, one_thread):
     return run_dir
 
 
-def stop_at(argv: list[str], step: int, signum: int, cache_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
-    """Run ``isoflop ARGV`` in a subprocess and send it ``signum`` when it reports ``step``."""
-    env = {**os.environ, **ENV, "ISOFLOP_CACHE": str(cache_dir), "ISOFLOP_TEST_PAUSE_AT": str(step),
-           "ISOFLOP_TEST_PAUSE_S": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
-    for line in proc.stdout:
-        if line.strip() == f"STEP {step}":
-            proc.send_signal(signum)
-            break
-    out, err = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+def signalled(argv: list[str], step: int, name: str, cache_dir: Path, cwd: Path, rank: int | str = 0,
+              **extra: str) -> subprocess.CompletedProcess:
+    """``isoflop ARGV`` in a new process whose rank ``rank`` sends itself the signal ``name`` at the end of step
+    ``step`` (``SignalAtStep`` must be on the command line): its exit status and output once it has ended."""
+    env = {**os.environ, **ENV, **signal_env(step, name, rank), "ISOFLOP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO),
+           **extra}
+    return subprocess.run([sys.executable, "-m", "experiments.cli", *argv], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300)
 
 
-@pytest.mark.parametrize("name, step", [("SIGTERM", 14), ("SIGTERM", 20), ("SIGINT", 5), ("SIGUSR1", 9)],
+def stop_line(err: str, command: str) -> str:
+    """The last line of the first (or only) rank that reports a stop by a signal: ``isoflop COMMAND: ...``, not an
+    error (other ranks' lines say ``isoflop COMMAND (rank N): ...``)."""
+    prefix = f"isoflop {command}: "
+    lines = [line for line in err.strip().splitlines() if line.startswith(prefix)]
+    assert lines, err[-3000:]
+    assert not lines[-1].startswith(prefix + "error: "), lines[-1]
+    return lines[-1]
+
+
+@pytest.mark.parametrize("name, step, process", [("SIGTERM", 14, "new"), ("SIGTERM", 20, "this"), ("SIGINT", 5, "this"),
+                                                 ("SIGUSR1", 9, "this")],
                          ids=["sigterm-end-of-epoch", "sigterm-mid-epoch", "sigint-at-validation", "sigusr1"])
-def test_signal_saves_at_the_step_and_the_resume_is_exact(name, step, reference, tmp_path, cache_dir, one_thread):
+def test_signal_saves_at_the_step_and_the_resume_is_exact(name, step, process, reference, tmp_path, cache_dir, one_thread,
+                                                          capsys):
+    """The run signals itself at the end of ``step`` (in a new process: its exit status; the others in this
+    one): exit code 128 + N, a checkpoint of that step, the log up to it; the same command resumes, bitwise."""
     signum = getattr(signal, name)
     run_dir = tmp_path / "run"
     argv = [*ARGS, "--run_dir", str(run_dir)]
-    stopped = stop_at(argv, step, signum, cache_dir, Path.cwd())
-    assert stopped.returncode == 128 + signum, stopped.stderr
-    assert stopped.stderr.strip().splitlines()[-1] == (
-        f"isoflop pretrain: stopped by {name} at step {step}; checkpoint {run_dir}/checkpoints/last.ckpt; "
-        "rerun the same command to resume")
+    if process == "new":
+        stopped = signalled(argv, step, name, cache_dir, Path.cwd())
+        code, err = stopped.returncode, stopped.stderr
+    else:
+        with signalling(step, name):
+            code = main(argv)
+        err = capsys.readouterr().err
+    assert code == 128 + signum, err[-3000:]
+    mentions(stop_line(err, "pretrain"), name, step, f"{run_dir}/checkpoints/last.ckpt")
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == step and not (run_dir / "result.json").exists()
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]  # no temporary files left
@@ -124,10 +140,9 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(nan_at_
     run_dir = tmp_path / "run"
     argv = command(10, run_dir)
     assert main(argv) == 1
-    line = capsys.readouterr().err.strip().splitlines()[-1]  # (before it: the data's progress bars, if built here)
-    assert line.startswith("isoflop pretrain: error: non-finite train/loss = nan")
-    assert f"at step {NAN_STEP}: stopped before updating the weights" in line
-    assert f"the last good checkpoint, {run_dir}/checkpoints/last.ckpt, is kept" in line
+    # (before the line: the data's progress bars, if built here)
+    line = error_line(capsys.readouterr().err, "pretrain", last=True)
+    mentions(line, "train/loss", "nan", NAN_STEP, f"{run_dir}/checkpoints/last.ckpt")
     good = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert good["global_step"] == NAN_STEP - 1
     assert all(torch.isfinite(t).all() for t in good["state_dict"].values() if t.is_floating_point())
@@ -138,12 +153,15 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(nan_at_
     good["state_dict"]["model.electra.embeddings.word_embeddings.weight"][0, 0] = float("nan")
     torch.save(good, tmp_path / "nan.ckpt")
     assert main(["export", str(tmp_path / "nan.ckpt"), str(tmp_path / "hf")]) == 2
-    assert "non-finite weights (model.electra.embeddings.word_embeddings.weight (1 of" in capsys.readouterr().err
+    mentions(error_line(capsys.readouterr().err, "export"), str(tmp_path / "nan.ckpt"),
+             "model.electra.embeddings.word_embeddings.weight", 1)  # the weight, and how many of its values
     assert not (tmp_path / "hf").exists()
 
     # Opting in to skipping: the same command with --skip_nonfinite 1 resumes and steps over the bad step.
     assert main([*argv, "--skip_nonfinite", "1"]) == 0
-    assert f"step {NAN_STEP}: non-finite train/loss = nan" in capsys.readouterr().out
+    reported = [line for line in capsys.readouterr().out.splitlines() if "train/loss" in line and "nan" in line]
+    assert len(reported) == 1  # the skipped step, printed once
+    mentions(reported[0], NAN_STEP)
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert final["global_step"] == 10
     assert all(torch.isfinite(t).all() for t in final["state_dict"].values() if t.is_floating_point())
@@ -162,10 +180,9 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, cache
     import experiments.run.checkpoints as checkpoints
 
     run_dir = tmp_path / "run"
-    argv = command(8, run_dir, PAUSE)
-    monkeypatch.setenv("ISOFLOP_TEST_KILL_AT", "4")  # the helper signals its own process at step 4
-    assert main(argv) == 128 + signal.SIGTERM
-    monkeypatch.delenv("ISOFLOP_TEST_KILL_AT")
+    argv = command(8, run_dir, SIGNAL_CALLBACK)
+    with signalling(4):  # the helper signals its own process at step 4
+        assert main(argv) == 128 + signal.SIGTERM
     last = run_dir / "checkpoints" / "last.ckpt"
     before, metrics_before = last.read_bytes(), (run_dir / "csv" / "metrics.csv").read_bytes()
     save = torch.save
@@ -178,8 +195,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, cache
     monkeypatch.setattr(checkpoints.torch, "save", half_then_full)
     capsys.readouterr()
     assert main(argv) == 1  # the resumed run fails at its first save, at step 6
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("isoflop pretrain: error: [Errno 28] No space left on device")
+    mentions(error_line(capsys.readouterr().err, "pretrain", last=True), errno.ENOSPC)  # the error number
     assert last.read_bytes() == before
     assert (run_dir / "csv" / "metrics.csv").read_bytes().startswith(metrics_before)
     assert sorted(p.name for p in last.parent.iterdir()) == sorted(["last.ckpt", "epoch=0-step=4.ckpt"])
@@ -235,14 +251,13 @@ def test_a_changed_length_is_rescheduled_on_request(tmp_path, cache_dir, one_thr
     """A run of 10 steps stopped at step 6, resumed with max_steps 14: refused, then with --reschedule the
     learning rate goes linearly from its value at step 6 to 0 at step 14. A finished run is not extended."""
     run_dir = tmp_path / "run"
-    monkeypatch.setenv("ISOFLOP_TEST_KILL_AT", "6")  # the helper signals its own process at step 6
-    callback = PAUSE
-    assert main(command(10, run_dir, callback)) == 128 + signal.SIGTERM
-    monkeypatch.delenv("ISOFLOP_TEST_KILL_AT")
+    callback = SIGNAL_CALLBACK
+    with signalling(6):  # the helper signals its own process at step 6
+        assert main(command(10, run_dir, callback)) == 128 + signal.SIGTERM
     longer = command(14, run_dir, callback)
     capsys.readouterr()
     assert main(longer) == 2
-    assert "started with max_steps 10; this command asks for max_steps 14" in capsys.readouterr().err
+    mentions(error_line(capsys.readouterr().err, "pretrain"), str(run_dir), "max_steps", 10, 14, "--reschedule")
     assert main([*longer, "--reschedule", "true"]) == 0
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     keeper = next(v for k, v in final["callbacks"].items() if k.startswith("ScheduleKeeper"))
@@ -250,11 +265,12 @@ def test_a_changed_length_is_rescheduled_on_request(tmp_path, cache_dir, one_thr
     assert keeper["total"] == 14 and keeper["anchor"]["step"] == 6 and keeper["anchor"]["end"] == 14
     assert keeper["anchor"]["multipliers"] == pytest.approx([0.4] * len(keeper["anchor"]["multipliers"]))
     assert final["global_step"] == 14 and final["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0
-    capsys.readouterr()
+    finished = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and "wandb" not in p.parts}
     assert main([*longer, "--reschedule", "true"]) == 0  # rerunning the finished command trains nothing
-    assert "finished before (14 steps): nothing to do" in capsys.readouterr().out
-    assert main([*command(20, run_dir, callback), "--reschedule", "true"]) == 2
-    assert "finished its schedule (max_steps 14): its learning rate is 0" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in finished} == finished  # no checkpoint, log row or result written
+    capsys.readouterr()
+    assert main([*command(20, run_dir, callback), "--reschedule", "true"]) == 2  # no continuation at a rate of 0
+    mentions(error_line(capsys.readouterr().err, "pretrain"), str(run_dir), "max_steps", 14)
 
 
 def test_linear_decay_from_the_resume_point():
@@ -293,18 +309,19 @@ def test_two_ranks_stop_at_the_same_step_and_resume_exactly(tmp_path, cache_dir)
     """DDP on two CPU processes (gloo): SIGTERM to the first process at step 5; the ranks agree at the next
     collective (every log_every_n_steps = 2 steps), both save and stop at step 6, and the resumed run (each
     rank restoring its own RNG states and data share) ends bitwise equal to the uninterrupted one."""
-    env = {**os.environ, **ENV, "ISOFLOP_CACHE": str(cache_dir)}
+    env = {**os.environ, **ENV, "ISOFLOP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO)}
     ddp = [*BASE, "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-           "--trainer.max_steps", "12", "--trainer.log_every_n_steps", "2", PAUSE]
+           "--trainer.max_steps", "12", "--trainer.log_every_n_steps", "2", SIGNAL_CALLBACK]
     reference, run_dir = tmp_path / "reference", tmp_path / "run"
     cli = [sys.executable, "-m", "experiments.cli"]
     assert subprocess.run([*cli, *ddp, "--run_dir", str(reference)], env=env, capture_output=True,
                           timeout=300).returncode == 0
-    stopped = stop_at([*ddp, "--run_dir", str(run_dir)], 5, signal.SIGTERM, cache_dir, Path.cwd())
-    assert stopped.returncode == 143, stopped.stderr
-    # Rank 0's line (rank 1 prints its own, "isoflop pretrain (rank 1): ...", when it gets to before the job ends)
-    lines = stopped.stderr.strip().splitlines()
-    assert any(line.startswith("isoflop pretrain: stopped by SIGTERM at step 6;") for line in lines), lines[-3:]
+    stopped = signalled([*ddp, "--run_dir", str(run_dir)], 5, "SIGTERM", cache_dir, Path.cwd(), rank=0)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    assert max(int(r["step"]) for r in rows(run_dir) if r.get("train/loss")) == 6 - 1  # logged up to the stop
+    # Rank 0's line (rank 1 prints its own, "isoflop pretrain (rank 1): ...", if it gets to it before the job ends)
+    mentions(stop_line(stopped.stderr, "pretrain"), "SIGTERM", 6, f"{run_dir}/checkpoints/last.ckpt")
     assert subprocess.run([*cli, *ddp, "--run_dir", str(run_dir)], env=env, capture_output=True,
                           timeout=300).returncode == 0  # the same command resumes
     assert max_difference(weights(reference), weights(run_dir)) == 0.0

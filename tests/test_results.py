@@ -3,7 +3,11 @@ fine-tuning seeds, paired differences, and the discriminator diagnostics in word
 
 import pytest
 
-from experiments.comparison.results import aggregate, bootstrap_median, markdown, median, paired, prior_only
+from downstream.tasks import TASK_NOTES
+from experiments.comparison.results import (AT_CHANCE, DOCS_PAGE, aggregate, bootstrap_median, markdown, median, paired,
+                                            prior_only)
+from tests.helpers import mentions, numbers
+from tests.tables import markdown_rows
 
 
 def row(name, seed, scores, val=None, group=None):
@@ -47,11 +51,26 @@ def test_prior_only_and_what_the_table_says():
     entries = aggregate([row("MaskedLM", 0, [50.0]), row("ELECTRA", 0, [49.0], prior),
                          row("DeBERTaRTD", 0, [55.0], learned)])
     text = markdown(entries, ["docpair"], 3.4e12, ("ELECTRA-Small at 1/16 of its schedule", 7.2e16))
-    assert "1/21,176 of ELECTRA-Small at 1/16 of its schedule" in text
-    assert "- ELECTRA: the discriminator learned no more than its label prior (AUROC 0.510" in text
-    assert "- DeBERTaRTD: the discriminator learned beyond its label prior (AUROC 0.860, accuracy +1.20" in text
-    assert "Reading the discriminator's metrics" in text
-    assert "| MaskedLM | 10 | 1.000e+09 | 1.000 | - | - | 50.0 [50.0, 50.0]" in text
+    lines = text.splitlines()
+    # the budget beside the reference point: its name, and how many times the budget it is
+    (reference,) = [line for line in lines if "ELECTRA-Small at 1/16 of its schedule" in line]
+    mentions(reference.replace(",", ""), round(7.2e16 / 3.4e12))
+    # what each discriminator learned: its AUROC and accuracy gain (points); the one that learned nothing
+    # beyond its prior points to the page on reading these metrics, the other does not
+    said = {name: [line for line in lines if line.startswith(f"- {name}:") and "AUROC" in line]
+            for name in ("MaskedLM", "ELECTRA", "DeBERTaRTD")}
+    assert [len(v) for v in said.values()] == [0, 1, 1]  # none for the objective without a discriminator
+    mentions(said["ELECTRA"][0], 0.51, 0.0)
+    mentions(said["DeBERTaRTD"][0], 0.86, 1.2)
+    assert DOCS_PAGE in said["ELECTRA"][0] and DOCS_PAGE not in said["DeBERTaRTD"][0]
+    # the table: a row per objective, its cells the values
+    table = {r["objective"]: r for r in markdown_rows(text, "objective")}
+    assert list(table) == ["MaskedLM", "ELECTRA", "DeBERTaRTD"]
+    mlm = table["MaskedLM"]
+    assert (float(mlm["steps"]), float(mlm["FLOPs"]), float(mlm["val loss"])) == (10, 1e9, 1.0)
+    assert mlm["disc AUROC"] == mlm["disc gain (points)"] == "-"  # no discriminator
+    assert numbers(mlm["docpair (median [95% CI])"]) == [50.0, 50.0, 50.0]  # median [lo, hi] of one score
+    assert float(table["ELECTRA"]["disc AUROC"]) == 0.51 and float(table["DeBERTaRTD"]["disc gain (points)"]) == 1.2
 
 
 def test_crossover_interpolates_in_log_budget():
@@ -75,24 +94,34 @@ def test_ladder_table_reports_a_crossover_with_its_interval():
             r["tasks"]["average"] = r["tasks"]["docpair"]
     text = ladder_markdown(steps)
     # paired median differences: -10 at 1e12, +8 at 1e13: they cross at 10 ** (12 + 10 / 18) = 3.59e12
-    assert "- ELECTRA against MaskedLM: crosses at 3.59e+12 FLOPs, 95% interval [" in text
+    said = [line for line in text.splitlines() if line.startswith("- ELECTRA against MaskedLM")]
+    assert len(said) == 2  # docpair, and the average (the same scores here)
+    for line in said:
+        point, lo, hi = [v for v in numbers(line) if 1e12 <= v <= 1e13]  # the crossing, then its 95% interval
+        assert point == pytest.approx(10 ** (12 + 10 / 18), rel=2e-3)  # printed to three digits
+        assert lo <= point <= hi
 
 
 def test_a_task_every_objective_is_at_chance_on_is_named():
     entries = aggregate([row("MaskedLM", 0, [50.5, 49.0]), row("ELECTRA", 0, [51.0, 50.0])])
     text = markdown(entries, ["docpair"], 3.4e12, None)
-    assert "- docpair: every objective is within 2 points of the majority baseline (50.0)" in text
-    assert "reaches 75.0" in text
+    (said,) = [line for line in text.splitlines() if line.startswith("- docpair:")]
+    mentions(said, AT_CHANCE, 50.0)  # within how many points of which majority baseline
+    assert TASK_NOTES["docpair"] in said  # and what is known of the task
     entries = aggregate([row("MaskedLM", 0, [60.0, 61.0]), row("ELECTRA", 0, [51.0, 50.0])])
-    assert "Tasks no encoder here reaches" not in markdown(entries, ["docpair"], 3.4e12, None)
+    assert not [line for line in markdown(entries, ["docpair"], 3.4e12, None).splitlines() if line.startswith("- docpair:")]
 
 
 def test_the_table_says_whether_a_masked_lm_left_the_unigram_plateau():
     on = {"val/mlm_loss": 5.95, "val/unigram_entropy": 6.22}
     off = {"val/gen_loss": 4.3, "val/unigram_entropy": 6.22, "val/disc_auroc": 0.6, "val/disc_gain": 0.01}
     text = markdown(aggregate([row("MaskedLM", 0, [50.0], on), row("ELECTRA", 0, [50.0], off)]), ["docpair"], 1e12, None)
-    assert "- MaskedLM: the masked LM is still on the unigram plateau" in text and "(loss 5.950 against" in text
-    assert "- ELECTRA: the generator has left the unigram plateau (loss 4.300 against a unigram level of 6.220" in text
+    said = {name: [line for line in text.splitlines() if line.startswith(f"- {name}:") and "plateau" in line]
+            for name in ("MaskedLM", "ELECTRA")}
+    (mlm,), (electra,) = said.values()
+    mentions(mlm, 5.95, 6.22, "still")  # within PLATEAU_NATS of the unigram level: still on it
+    mentions(electra, "generator", 4.3, 6.22, "left")  # the generator's loss, well below it: left it
+    assert "still" not in electra and "left" not in mlm
 
 
 def test_a_crossover_between_chance_level_scores_says_so():
@@ -105,8 +134,10 @@ def test_a_crossover_between_chance_level_scores_says_so():
     steps = [rungs(1e12, [[50, 51, 50], [51, 50, 50]], [[56, 57, 58], [57, 58, 56]]),
              rungs(1e13, [[51, 51, 52], [52, 51, 51]], [[50, 49, 50], [49, 50, 50]])]
     text = ladder_markdown(steps, ["docpair"])
-    assert "- ELECTRA against MaskedLM: crosses at" in text
-    assert "at 1.00e+13 FLOPs both are within 2 points of the majority baseline (50.0), so this crossing involves " \
-           "chance-level scores" in text
+    (line,) = [line for line in text.splitlines() if line.startswith("- ELECTRA against MaskedLM")]
+    assert [v for v in numbers(line) if 1e12 <= v <= 1e13][0] < 1e13  # a crossing within the ladder
+    mentions(line, "chance-level", 1e13, AT_CHANCE, 50.0)  # at which budget both are within how much of which baseline
     steps[1] = rungs(1e13, [[51, 51, 52], [52, 51, 51]], [[40, 41, 42], [41, 42, 40]])  # ELECTRA falls below chance
-    assert "chance-level" not in ladder_markdown(steps, ["docpair"])
+    (line,) = [line for line in ladder_markdown(steps, ["docpair"]).splitlines()
+               if line.startswith("- ELECTRA against MaskedLM")]
+    assert "chance-level" not in line

@@ -14,6 +14,7 @@ from experiments.errors import UsageError
 from experiments.run import rundir
 from experiments.run.prepare import prepare
 from objectives import discover
+from tests.helpers import SIGNAL_CALLBACK, mentions, signalling
 
 ROLES = {config.TRAINS, config.LENGTH, config.LAYOUT, config.RUN}
 TINY = ["--config", "tiny", "--wandb", "false"]
@@ -52,7 +53,7 @@ def name_of(*extra: str, cwd) -> str:
     ("--trainer.log_every_n_steps", "1"), ("--compile", "true"), ("--peak_flops", "1e12"),
     ("--trainer.enable_progress_bar", "false"), ("--trainer.val_check_interval", "10"),
     ("--trainer.limit_val_batches", "1"), ("--checkpoint_every", "3"), ("--data.num_workers", "1"),
-    ("--trainer.callbacks+=tests.helpers.PauseAtStep", None),
+    (SIGNAL_CALLBACK, None),
 ])
 def test_run_options_keep_the_run(option, value, tmp_path, monkeypatch, cache_dir):
     """``run`` options (logging and validation cadence, compile, the MFU peak, progress bars ...) keep the
@@ -72,17 +73,20 @@ def test_layout_keeps_the_run_at_the_same_global_batch(tmp_path, monkeypatch, ca
     assert name_of("--data.batch_size", "8", cwd=tmp_path) != one.run_dir.name
 
 
-@pytest.mark.parametrize("option, value", [("--data.max_seq_length", "32"), ("--seed_everything", "1"),
-                                           ("--model.init_args.mask_prob", "0.2"), ("--trainer.precision", "bf16-mixed"),
-                                           ("--model", "objectives.ReplacedTokenDetection")])
-def test_what_a_run_trains_is_its_identity(option, value, tmp_path, monkeypatch, cache_dir):
+@pytest.mark.parametrize("option, value, setting", [
+    ("--data.max_seq_length", "32", "data.max_seq_length"), ("--seed_everything", "1", "seed_everything"),
+    ("--model.init_args.mask_prob", "0.2", "model.init_args.mask_prob"),
+    ("--trainer.precision", "bf16-mixed", "trainer.precision"),
+    ("--model", "objectives.ReplacedTokenDetection", "model.class_path")])
+def test_what_a_run_trains_is_its_identity(option, value, setting, tmp_path, monkeypatch, cache_dir):
     """``trains``: another directory; the same directory given explicitly is refused, naming the setting."""
     monkeypatch.chdir(tmp_path)
     assert name_of(option, value, cwd=tmp_path) != name_of(cwd=tmp_path)
     run_dir = tmp_path / "run"
     rundir.write_run_info(run_dir, prepare([*TINY, "--run_dir", str(run_dir)]).dumped)
-    with pytest.raises(UsageError, match="holds a run of another configuration"):
+    with pytest.raises(UsageError) as info:
         prepare([*TINY, "--run_dir", str(run_dir), option, value])
+    mentions(str(info.value), str(run_dir), setting, value)  # the directory, the setting, its new value
 
 
 def test_length_names_the_run_and_needs_reschedule_to_change(tmp_path, monkeypatch, cache_dir):
@@ -91,8 +95,9 @@ def test_length_names_the_run_and_needs_reschedule_to_change(tmp_path, monkeypat
     assert name_of("--trainer.max_steps", "7", cwd=tmp_path) != name_of(cwd=tmp_path)
     run_dir = tmp_path / "run"
     rundir.write_run_info(run_dir, prepare([*TINY, "--run_dir", str(run_dir)]).dumped)
-    with pytest.raises(UsageError, match="--reschedule true"):
+    with pytest.raises(UsageError) as info:
         prepare([*TINY, "--run_dir", str(run_dir), "--trainer.max_steps", "7"])
+    mentions(str(info.value), str(run_dir), "max_steps", 7, "--reschedule")
     assert prepare([*TINY, "--run_dir", str(run_dir), "--trainer.max_steps", "7", "--reschedule", "true"]).plan
 
 
@@ -107,10 +112,12 @@ def test_a_resume_with_an_added_run_option_continues_the_same_directory(added, t
     """Stopped by SIGTERM at step 3 (a callback signals its own process there), then the same command with an
     added run option: the same default directory, resumed from step 3, finished at step 6."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ISOFLOP_TEST_KILL_AT", "3")
-    assert main(["pretrain", *STOPPED, "--trainer.callbacks+=tests.helpers.PauseAtStep"]) == 128 + signal.SIGTERM
-    monkeypatch.delenv("ISOFLOP_TEST_KILL_AT")
+    with signalling(3):
+        assert main(["pretrain", *STOPPED, SIGNAL_CALLBACK]) == 128 + signal.SIGTERM
     (first,) = (tmp_path / "runs").iterdir()
+    import torch
+
+    assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     resumed = prepare([*STOPPED, *added])
     assert resumed.run_dir.resolve() == first.resolve() and resumed.plan.checkpoint is not None
     if added[0] == "--compile":

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from tests.dist_helpers import read_records
+from tests.helpers import SIGNAL_CALLBACK
 from tests.test_distributed import launch
-from tests.test_reliability import stop_at
+from tests.test_reliability import signalled
 
 DOCUMENTS = 400
 WORDS = ("the river carries light stone across wide valleys while small birds sing over green hills and old "
@@ -75,7 +76,7 @@ def test_two_ranks_of_two_workers_read_disjoint_documents(corpus, cache_dir):
     print({slot: len(docs) for slot, docs in seen.items()}, "documents per slot, pairwise disjoint")
 
 
-def test_a_stopped_stream_resumes_with_the_next_examples(corpus, tmp_path, cache_dir, monkeypatch):
+def test_a_stopped_stream_resumes_with_the_next_examples(corpus, tmp_path, cache_dir):
     """Two ranks (DDP, gloo) of two loader workers each, stopped by SIGTERM at step 3 of 6, then the same
     command: on every rank the resumed run starts with the very batch the stopped run had fetched next (each
     worker continues its own slot, and the slots are dealt to the workers so that their round-robin goes
@@ -86,12 +87,10 @@ def test_a_stopped_stream_resumes_with_the_next_examples(corpus, tmp_path, cache
             "--trainer.max_steps", "6", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1",
             "--trainer.log_every_n_steps", "1", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
             "--trainer.strategy", "ddp", "--trainer.callbacks+=tests.dist_helpers.RecordBatches",
-            "--trainer.callbacks+=tests.helpers.PauseAtStep", "--run_dir", str(tmp_path / "run")]
-    monkeypatch.setenv("ISOFLOP_TEST_RECORD", str(tmp_path / "stopped"))  # stop_at passes this process's environment on
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    stopped = stop_at(argv, 3, signal.SIGTERM, cache_dir, tmp_path)
-    monkeypatch.delenv("ISOFLOP_TEST_RECORD")
-    assert stopped.returncode == 143, stopped.stderr[-3000:]
+            SIGNAL_CALLBACK, "--run_dir", str(tmp_path / "run")]
+    # SIGTERM to the first process at the end of step 3; the ranks agree at that step (log_every_n_steps = 1)
+    stopped = signalled(argv, 3, "SIGTERM", cache_dir, tmp_path, rank=0, ISOFLOP_TEST_RECORD=str(tmp_path / "stopped"))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 3
     streams = saved["PretrainingDataModule"]["stream"]  # every rank's positions, gathered

@@ -97,7 +97,10 @@ def check_runs(base: Namespace, runs: list[RunSpec]) -> list[tuple[RunSpec, Chec
         raise UsageError(f"run names must be unique, got {[r.name for r in runs]}")
     checked = []
     for run in runs:
-        resolve(run.objective)  # an unknown objective lists the available ones
+        try:
+            resolve(run.objective)  # an unknown objective lists the available ones
+        except ValueError as err:
+            raise UsageError(f"--objectives: {err}") from None
         settings = {"model": {"class_path": run.objective, "init_args": run.init_args},
                     "seed_everything": int(base.seed_everything or 0) + run.seed}
         checked.append((run, check(parse(settings, base=base))))
@@ -194,7 +197,8 @@ def plan_rungs(base: Namespace, checked: list[tuple[RunSpec, CheckedRun]], out: 
         raise UsageError("give --budget or --budgets, not both")
     values = sorted({resolve_budget(b, convention, "--budgets item") for b in as_list(budgets, "--budgets")})
     if len(values) < 2:
-        raise UsageError(f"--budgets needs at least two different budgets (a list: '[1e12, 3e12]'), got {budgets!r}")
+        given = ", ".join(f"{v:.3g}" for v in values)
+        raise UsageError(f"--budgets needs at least two different budgets (a list: '[1e12, 3e12]'), got [{given}]")
     rungs = []
     for value in values:
         rung_out = out / f"budget-{value:.3g}".replace("+", "")
@@ -289,12 +293,20 @@ def check_finetune(args: dict) -> None:
         raise UsageError(f"unknown fine-tuning option(s) {', '.join(sorted(unknown))}: see isoflop finetune --help")
     if isinstance(args["seeds"], int) and args["seeds"] < 1:
         raise UsageError(f"--finetune.seeds must be at least 1, got {args['seeds']}")
-    for name in resolve_tasks(as_list(args["tasks"], "--finetune.tasks")):
+    try:
+        names = resolve_tasks(as_list(args["tasks"], "--finetune.tasks"))
+    except ValueError as err:
+        raise UsageError(f"--finetune.tasks: {err}") from None
+    for name in names:
         spec = get_task(name)
-        if spec.group == "glue" and args.get("data_dir"):
-            find_local_files(spec, args["data_dir"])
-        elif spec.group == "glue":
-            load_hub_task(spec)  # from the hub's cache, or downloaded now rather than after the pre-training
+        try:
+            if spec.group == "glue" and args.get("data_dir"):
+                find_local_files(spec, args["data_dir"])
+            elif spec.group == "glue":
+                load_hub_task(spec)  # from the hub's cache, or downloaded now rather than after the pre-training
+        except (ValueError, OSError) as err:  # finetune's option names, as compare spells them
+            raise UsageError(f"--finetune.tasks {name}: {str(err).replace('--data_dir', '--finetune.data_dir')}") \
+                from None
 
 
 def pretrain_once(spec: RunSpec, run: PreparedRun, world) -> dict:

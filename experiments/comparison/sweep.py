@@ -123,6 +123,11 @@ def main(argv: list[str]) -> int:
     """Entry point of ``isoflop sweep``."""
     from experiments.config import parse_args
 
+    own = ("--out_dir", "--dry_run", "--trainer.", "--data.", "--help", "-h", "--print_config")
+    wrong = [a for a in argv if a.startswith("-") and not a.split("=", 1)[0].startswith(own)]
+    if wrong:
+        raise errors.UsageError(f"{wrong[0]}: isoflop sweep takes --trainer.* and --data.* options besides its own; the "
+                                "grid file sets the objectives and their settings (see isoflop sweep --help)")
     given = parse_args(build_parser(), argv, defaults=False).as_dict()  # only what the command line says
     overrides = {k: given[k] for k in ("trainer", "data") if given.get(k)}
     sweep(given["grid_file"], given.get("out_dir"), overrides, bool(given.get("dry_run")))

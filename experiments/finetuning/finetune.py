@@ -133,7 +133,7 @@ def finetune(
 def _seed_list(seeds: int | list[int]) -> list[int]:
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
-        raise ValueError("seeds must be a positive count or a non-empty list")
+        raise ValueError(f"seeds must be at least 1 (or a non-empty list of seeds), got {seeds!r}")
     return seed_list
 
 
