@@ -26,6 +26,7 @@ from transformers import (
 from downstream.classifier import SequenceClassification, task_metrics
 from downstream.data import TaskDataModule
 from downstream.tasks import get_task
+from experiments import presets
 from experiments.finetuning import finetune as ft
 from experiments.finetuning import scores
 from tests.helpers import error_line, mentions
@@ -436,3 +437,26 @@ def test_local_file_missing_column(ckpt, tmp_path, no_training, capsys):
     code = cli_main(["finetune", "--encoder", ckpt, "--tasks", "[sst2, rte]", "--data_dir", str(data), "--wandb", "false"])
     assert code == 2
     mentions(error_line(capsys.readouterr().err, "finetune"), str(data / "rte" / "train.tsv"), "sentence2")
+
+
+@pytest.mark.parametrize("preset", presets.names())
+def test_every_preset_fine_tunes_at_its_familys_rate(preset, tmp_path):
+    """Every shipped preset's encoder family has a fine-tuning rate for its size (compare fine-tunes any
+    preset), and ``isoflop finetune`` recognises an export of that size from its config.json."""
+    from experiments.config import parse
+    from objectives.encoder import family
+
+    args = parse(["--config", preset]).model.init_args
+    fam = family(args.encoder)
+    rate = fam.finetune_learning_rate[args.size]
+    assert 0 < rate <= 2e-3
+    fam.config(fam.sizes[args.size], 128, 512, 0.1).save_pretrained(tmp_path)
+    assert ft.family_learning_rate(str(tmp_path))[0] == rate
+
+
+def test_an_encoder_of_another_shape_gets_the_base_rate(tmp_path):
+    from objectives.encoder import EncoderShape, family
+
+    family("electra").config(EncoderShape.paper(320, 5, 320), 128, 512, 0.1).save_pretrained(tmp_path)
+    assert ft.family_learning_rate(str(tmp_path))[0] == 1e-4
+    assert ft.family_learning_rate(str(tmp_path / "missing"))[0] == 1e-4
