@@ -735,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meta = write_corpus_files(args.out_dir, force=args.force)
     except (ValueError, OSError, RuntimeError) as err:  # one line, as every isoflop command reports errors
-        print(f"python -m datamodules.corpus: error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.stderr.write(f"python -m datamodules.corpus: error: {' '.join(str(err).split())}\n")
         return 2 if isinstance(err, ValueError) else 1
     state = "unchanged" if old is not None and hashlib.sha256(old).hexdigest() == meta["file_sha256"] else "written"
     print(f"{Path(args.out_dir) / DATA_FILE}: {state}; {meta['documents']} documents, {meta['bytes']} bytes, "

@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"isoflop: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see isoflop --help)",
-              file=sys.stderr)
+        errors.say(f"isoflop: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)} "
+                   "(see isoflop --help)")
         return 2
     try:
         with errors.signals_raise():
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Exception, errors.Preempted, KeyboardInterrupt) as err:
         if debug:
             raise
-        print(errors.report(command, err), file=sys.stderr, flush=True)
+        errors.say(errors.report(command, err))
         return errors.exit_code(err)
 
 

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -103,6 +104,13 @@ def lost_rank(err: BaseException) -> bool:
 def one_line(text: str) -> str:
     """``text`` on one line (whitespace runs, newlines included, become one space)."""
     return " ".join(str(text).split())
+
+
+def say(line: str) -> None:
+    """Write ``line`` and its newline to stderr in one write: stderr is unbuffered, so ``print`` would write the
+    text and the newline separately, and the ranks of a job sharing one stderr could join their lines."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def report(command: str, err: BaseException) -> str:

@@ -25,12 +25,12 @@ def run_study(study, prog: str, doc: str, argv: list[str] | None) -> int:
     """A study's command line: its function's typed arguments are the options, parsed as every isoflop
     command is (:func:`experiments.config.parse_args`); a mistake in them is one line and exit code 2."""
     from experiments.config import new_parser, parse_args
-    from experiments.errors import UsageError
+    from experiments.errors import UsageError, say
 
     parser = new_parser(prog, doc.split("\n\n")[0])
     parser.add_function_arguments(study, as_group=False)
     try:
         return study(**parse_args(parser, list(argv) if argv is not None else sys.argv[1:]).as_dict())
     except UsageError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        say(f"{prog}: error: {err}")
         return 2
