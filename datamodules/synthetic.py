@@ -129,9 +129,10 @@ class SyntheticSource:
         rng = np.random.default_rng(seed)
         z = rng.choice(self.n_topics, size=n_sequences, p=self.topic_prior)
         out = np.empty((n_sequences, length), dtype=np.int64)
-        out[:, 0] = _draw(self.initial[z], rng)
+        out[:, 0] = _draw(self.initial[z].cumsum(-1), rng)
+        cumulative = self.transition.cumsum(-1)  # once, not once per position: the same sums, row by row
         for t in range(1, length):
-            out[:, t] = _draw(self.transition[z, out[:, t - 1]], rng)
+            out[:, t] = _draw(cumulative[z, out[:, t - 1]], rng)
         return out
 
     def examples(self, n_sequences: int, seq_len: int, seed: int) -> dict[str, list]:
@@ -164,28 +165,29 @@ class SyntheticSource:
         B, n = symbols.shape
         N, T = self.spec.symbols, self.n_topics
         evidence = np.where(hidden[..., None], 1.0, np.eye(N)[symbols])  # (B, n, N)
-        alpha = np.empty((T, B, n, N))
+        alpha = np.empty((n, T, B, N))  # by position first: each step reads one contiguous block
         log_z = np.zeros((T, B))
         a = self.initial[:, None, :] * evidence[None, :, 0]  # (T, B, N)
         with np.errstate(divide="ignore"):  # a topic that cannot produce the visible symbols gets log 0
             for t in range(n):
                 if t:
-                    a = np.einsum("tbu,tuv->tbv", a, self.transition) * evidence[None, :, t]
+                    a = np.matmul(a, self.transition) * evidence[None, :, t]  # (T, B, N) @ (T, N, N), in BLAS
                 norm = a.sum(-1, keepdims=True)
                 log_z += np.log(norm[..., 0])
                 a = a / np.where(norm > 0, norm, 1.0)
-                alpha[:, :, t] = a
-            beta = np.ones((T, B, N))
-            post = np.empty((T, B, n, N))
-            for t in range(n - 1, -1, -1):
-                p = alpha[:, :, t] * beta
-                post[:, :, t] = p / np.where(p.sum(-1, keepdims=True) > 0, p.sum(-1, keepdims=True), 1.0)
-                beta = np.einsum("tuv,tbv->tbu", self.transition, evidence[None, :, t] * beta)
-                beta = beta / np.where(beta.sum(-1, keepdims=True) > 0, beta.sum(-1, keepdims=True), 1.0)
+                alpha[t] = a
             log_w = np.log(self.topic_prior)[:, None] + log_z  # (T, B): log P(z) P(visible | z)
         w = np.exp(log_w - log_w.max(0))
-        w = w / w.sum(0)
-        return np.einsum("tb,tbnv->bnv", w, post)
+        w = (w / w.sum(0))[..., None]  # (T, B, 1): the topics' posterior weights, known after the forward pass
+        post = np.empty((B, n, N))
+        beta = np.ones((T, B, N))
+        for t in range(n - 1, -1, -1):
+            p = alpha[t] * beta
+            p = p / np.where(p.sum(-1, keepdims=True) > 0, p.sum(-1, keepdims=True), 1.0)
+            post[:, t] = (w * p).sum(0)
+            beta = np.matmul(evidence[None, :, t] * beta, self.transition.transpose(0, 2, 1))
+            beta = beta / np.where(beta.sum(-1, keepdims=True) > 0, beta.sum(-1, keepdims=True), 1.0)
+        return post
 
     def bayes_mlm_loss(self, symbols: np.ndarray, hidden: np.ndarray) -> float:
         """Mean of -log P(x_t | visible symbols) over the hidden positions."""
@@ -207,11 +209,10 @@ class SyntheticSource:
         return {"unigram_entropy": self.unigram_entropy(), "bayes_mlm_loss": self.bayes_mlm_loss(symbols, hidden)}
 
 
-def _draw(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One draw per row of (B, N) probabilities."""
-    cumulative = probabilities.cumsum(-1)
-    u = rng.random(len(probabilities))[:, None] * cumulative[:, -1:]
-    return (cumulative < u).sum(-1).clip(max=probabilities.shape[-1] - 1)
+def _draw(cumulative: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One draw per row of (B, N) cumulative probabilities."""
+    u = rng.random(len(cumulative))[:, None] * cumulative[:, -1:]
+    return (cumulative < u).sum(-1).clip(max=cumulative.shape[-1] - 1)
 
 
 def _stationary(transition: np.ndarray, steps: int = 100_000) -> np.ndarray:

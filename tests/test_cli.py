@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from experiments import presets
@@ -29,27 +30,60 @@ def run(argv):
         return exit_info.code
 
 
-def run_preset(preset: str, run_dir: Path, cache_dir: Path, *extra: str) -> int:
-    config = presets.load(preset)
+def size_of(preset: str) -> str | None:
+    return presets.load(preset)["model"]["init_args"].get("size")
+
+
+# One step of a large preset (335M parameters: their initialisation and optimiser state alone) costs more on a
+# CPU than every other preset's step together; they are checked as every run is before it starts instead.
+LARGE = [p for p in PRESETS if size_of(p) == "large"]
+
+
+def preset_args(preset: str, run_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
     args = ["pretrain", "--config", preset, "--run_dir", str(run_dir), "--data.cache_dir", str(cache_dir),
             "--trainer.max_steps", "1", *QUICK, *extra]
-    if config["model"]["init_args"].get("size") != "tiny":
+    if size_of(preset) != "tiny":
         # Real sizes keep their encoder; the data shrinks (and is the embedded corpus: tests are offline),
         # and so does the vocabulary (DeBERTa-v3's 128,100 entries would be most of the step's time).
         args += ["--data.dataset", "null", "--data.dataset_config", "null", "--data.max_seq_length", "32",
                  "--data.batch_size", "2", "--data.max_documents", "300", "--data.num_workers", "0",
                  "--data.num_proc", "null", "--data.max_val_examples", "4", "--trainer.enable_checkpointing", "false",
                  "--data.vocab_size", "4096"]
-    return main(args)
+    return args
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+def run_preset(preset: str, run_dir: Path, cache_dir: Path, *extra: str) -> int:
+    return main(preset_args(preset, run_dir, cache_dir, *extra))
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p not in LARGE])
 def test_preset_runs_one_step(preset, tmp_path, cache_dir, one_thread):
     assert run_preset(preset, tmp_path / "run", cache_dir) == 0
     metrics = (tmp_path / "run" / "csv" / "metrics.csv").read_text()
     assert "train/loss" in metrics and "val/loss" in metrics
-    if presets.load(preset)["model"]["init_args"].get("size") == "tiny":  # real sizes skip the multi-GB checkpoint
+    if size_of(preset) == "tiny":  # real sizes skip the multi-GB checkpoint
         assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("preset", LARGE)
+def test_large_preset_passes_the_checks_of_a_run(preset, tmp_path, cache_dir):
+    """A large preset goes through what ``pretrain`` checks before any compute (options, data, the objective
+    built on the meta device, one step's FLOPs), with the size of the paper's Large models: 24 layers of
+    width 1024 (ELECTRA, Table 6), about 335M parameters with BERT's vocabulary."""
+    from experiments.run.budget import meta_objective
+    from experiments.run.prepare import check
+
+    checked = check(preset_args(preset, tmp_path / "run", cache_dir)[1:])
+    assert checked.step_flops > 0 and not (tmp_path / "run").exists()
+    objective = meta_objective(checked.config)
+    with torch.device("meta"):
+        objective.build_networks()
+    encoder = objective.discriminator if hasattr(objective, "discriminator") else objective.model
+    config = encoder.config
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (24, 1024, 4096)
+    body = sum(p.numel() for name, p in encoder.base_model.named_parameters() if "word_embeddings" not in name)
+    with_bert_vocabulary = body + 30522 * 1024
+    assert 330e6 < with_bert_vocabulary < 340e6, with_bert_vocabulary
 
 
 @pytest.mark.parametrize("cls", OBJECTIVES, ids=lambda c: c.__name__)

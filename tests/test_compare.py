@@ -3,8 +3,10 @@
 import csv
 import json
 import os
+import platform
 
 import pytest
+import torch
 
 from experiments.cli import main
 from experiments.comparison.compare import PAPER_REFERENCE
@@ -66,6 +68,10 @@ def test_results_files(compare_dir):
     for name in ("MaskedLM", "ReplacedTokenDetection"):
         config = json.loads((compare_dir / name / "export" / "config.json").read_text())
         assert config["hidden_size"] == 64 and config["vocab_size"] == 1024
+    # each run says what its figures were computed on, and results.md says it once for the table
+    machine = json.loads((compare_dir / "MaskedLM" / "result.json").read_text())["machine"]
+    mentions(machine, "1 x", "1 torch thread(s)", f"torch {torch.__version__}", f"Python {platform.python_version()}")
+    mentions((compare_dir / "results.md").read_text(), f"Pre-trained on {machine}.")
 
 
 def test_rerun_skips_finished_runs(compare_dir, monkeypatch):

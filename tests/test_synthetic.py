@@ -48,7 +48,7 @@ def test_floors_of_the_default_chain():
     assert floors["unigram_entropy"] == pytest.approx(-(p[p > 0] * np.log(p[p > 0])).sum())
     assert 5.0 < floors["unigram_entropy"] < np.log(256)  # near-uniform stationary distribution
     assert 0.0 < floors["bayes_mlm_loss"] < 0.2  # 4 successors: neighbours nearly pin a symbol down
-    topics = SyntheticSource(SyntheticSpec.parse("synthetic:topics")).floors(64, 0.15)
+    topics = SyntheticSource(SyntheticSpec.parse("synthetic:topics")).floors(64, 0.15, n_sequences=64)
     assert 1.0 < topics["bayes_mlm_loss"] < topics["unigram_entropy"]  # the bag of words helps, order cannot
 
 

@@ -38,7 +38,7 @@ def summary_of(result: dict) -> dict:
     """The columns of a run in the results table, from its saved result (experiments.run.pretrain.RunResult)."""
     val = dict(result.get("val") or {})
     return {"steps": result["steps"], "tokens": result["tokens"], "flops": result["flops"],
-            "val_loss": val.get("val/loss", result.get("val_loss")), "val": val}
+            "val_loss": val.get("val/loss", result.get("val_loss")), "val": val, "machine": result.get("machine", "")}
 
 
 def validation_curve(run_dir: Path) -> list[dict]:
@@ -127,7 +127,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for name, members in groups.items():
         entry = {k: members[0][k] for k in ("objective", "steps", "tokens", "flops", "val_loss")}
-        entry.update(name=name, seeds=len(members), curve=members[0].get("curve", []))
+        entry.update(name=name, seeds=len(members), curve=members[0].get("curve", []),
+                     machines=[m["machine"] for m in members if m.get("machine")])
         keys = {k for m in members for k in m.get("val", {})}
         entry["val"] = {k: median([m["val"][k] for m in members if k in m.get("val", {})]) for k in keys}
         entry["tasks"] = {}
@@ -209,6 +210,11 @@ def markdown(entries: list[dict], task_names: list[str], budget: float, referenc
     if reference:
         md.append(f"That is 1/{reference[1] / budget:,.0f} of {reference[0]} ({reference[1]:.2e} FLOPs), the "
                   "smallest point of the ELECTRA paper: results this far below it need not carry over.")
+    machines = list(dict.fromkeys(m for e in entries for m in e.get("machines", [])))
+    if machines:
+        md += ["", "Pre-trained on " + " and ".join(machines) + ". The same command trains on the same data and "
+               "tokenizer everywhere, but float arithmetic differs between CPUs, thread counts and GPUs: another "
+               "machine's figures differ by run-to-run variance."]
     cols = ["objective", "steps", "FLOPs", "val loss", "disc AUROC", "disc gain (points)"]
     cols += [f"{t} (median [95% CI])" for t in task_names] + ["average"]
     md += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -42,6 +42,7 @@ class RunResult:
     budget: float | None
     checkpoint: Path | None
     val: dict[str, float] = field(default_factory=dict)
+    machine: str = ""  # what the figures were computed on (throughput.describe_machine); "" in older results
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint or "") or None}
@@ -95,6 +96,7 @@ def _train(run: PreparedRun, checkpoint: Path | None, world: World, state: dict)
     import lightning as L
 
     from experiments.run.loggers import finish_loggers
+    from experiments.run.throughput import describe_machine
 
     cfg, run_dir, budget = run.config, run.run_dir, run.budget
     L.seed_everything(cfg.seed_everything, workers=True, verbose=False)
@@ -114,7 +116,8 @@ def _train(run: PreparedRun, checkpoint: Path | None, world: World, state: dict)
         finish_loggers(trainer.loggers)
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     result = RunResult(run_dir=run_dir, objective=cfg.model.class_path, finished=finished, steps=trainer.global_step,
-                       tokens=int(model.tokens_seen), flops=counter.total, budget=budget, checkpoint=last, val=val)
+                       tokens=int(model.tokens_seen), flops=counter.total, budget=budget, checkpoint=last, val=val,
+                       machine=describe_machine(model.device, trainer.world_size))
     if finished and trainer.is_global_zero:
         rundir.write_result(run_dir, result.to_json(), run.dumped)  # last: its presence means "finished"
     return result

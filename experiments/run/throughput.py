@@ -211,6 +211,31 @@ def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.float32,
     return measured_matmul_flops(device, dtype), f"measured: {dtype_name} matmul on {device}{where}"
 
 
+def describe_machine(device: torch.device | str, devices: int = 1) -> str:
+    """What a run's figures were computed on, in one line: the device (a GPU's name; a CPU's model and torch's
+    thread count), how many, and the versions of torch and Python. Floating-point results depend on all of
+    them (a sum's order changes with the vector units, the thread count and the kernels), so a results table
+    says where it was made (``rtd/reliability.rst``, same command, same table)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = f"{_cpu_model() or device.type}, {torch.get_num_threads()} torch thread(s)"
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"{devices} x {what}; torch {torch.__version__}, Python {python}"
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name on Linux (``/proc/cpuinfo``), else None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
 def _lightning_takes_tf32(device: torch.device) -> bool:
     """Whether Lightning gives float32 matmuls on ``device`` the TF32 rate: torch allows TF32 and the GPU
     has it (Ampere or later)."""
