@@ -106,6 +106,15 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+@contextlib.contextmanager
+def option_error(option: str) -> Iterator[None]:
+    """A ``ValueError`` raised in the block as a mistake in ``option``: ``--objectives: unknown objective ...``."""
+    try:
+        yield
+    except ValueError as err:
+        raise UsageError(f"{option}: {err}") from None
+
+
 def say(line: str) -> None:
     """Write ``line`` and its newline to stderr in one write: stderr is unbuffered, so ``print`` would write the
     text and the newline separately, and the ranks of a job sharing one stderr could join their lines."""

@@ -41,7 +41,7 @@ from jsonargparse import Namespace
 
 from datamodules.cache import write_atomic
 from experiments.comparison.results import summary_of, validation_curve, write_plots, write_tables
-from experiments.errors import RunError, UsageError
+from experiments.errors import RunError, UsageError, option_error
 from experiments.run.prepare import CheckedRun, PreparedRun
 
 DEFAULT_OBJECTIVES = ["objectives.MaskedLM", "objectives.ReplacedTokenDetection"]
@@ -97,10 +97,8 @@ def check_runs(base: Namespace, runs: list[RunSpec]) -> list[tuple[RunSpec, Chec
         raise UsageError(f"run names must be unique, got {[r.name for r in runs]}")
     checked = []
     for run in runs:
-        try:
+        with option_error("--objectives"):
             resolve(run.objective)  # an unknown objective lists the available ones
-        except ValueError as err:
-            raise UsageError(f"--objectives: {err}") from None
         settings = {"model": {"class_path": run.objective, "init_args": run.init_args},
                     "seed_everything": int(base.seed_everything or 0) + run.seed}
         checked.append((run, check(parse(settings, base=base))))
@@ -293,10 +291,8 @@ def check_finetune(args: dict) -> None:
         raise UsageError(f"unknown fine-tuning option(s) {', '.join(sorted(unknown))}: see isoflop finetune --help")
     if isinstance(args["seeds"], int) and args["seeds"] < 1:
         raise UsageError(f"--finetune.seeds must be at least 1, got {args['seeds']}")
-    try:
+    with option_error("--finetune.tasks"):
         names = resolve_tasks(as_list(args["tasks"], "--finetune.tasks"))
-    except ValueError as err:
-        raise UsageError(f"--finetune.tasks: {err}") from None
     for name in names:
         spec = get_task(name)
         try:

@@ -349,6 +349,7 @@ def bench(
     from types import SimpleNamespace
 
     from experiments.config import as_list
+    from experiments.run.throughput import describe_machine
     from experiments.run.throughput import peak_flops as device_peak
     from objectives.encoder import ElectraFamily
 
@@ -368,7 +369,7 @@ def bench(
     device_, names = _device(device), _objectives(as_list(objectives, "--objectives"))
     dtype = PRECISIONS[precision]
     peak, source = device_peak(device_, dtype or torch.float32, peak_flops)
-    print(f"isoflop bench: {device_}, torch threads {torch.get_num_threads()}, size {size}, batch {batch_size} x "
+    print(f"isoflop bench: {describe_machine(device_)}; size {size}, batch {batch_size} x "
           f"seq {max_seq_length}, vocab {vocab_size}, {'bf16 autocast' if dtype else 'fp32'}"
           f"{', torch.compile' if compile else ''}; {rounds} interleaved rounds of {steps_per_round} steps per "
           f"side after {WARMUP_STEPS + bool(compile)} warm-up steps; load average {_load()}", flush=True)
@@ -407,10 +408,8 @@ def _objectives(names: list[str]) -> list[str]:
         return list(discover())
     out = []
     for name in names:
-        try:
+        with errors.option_error("--objectives"):
             out.append(resolve(name).__name__)
-        except ValueError as err:
-            raise errors.UsageError(f"--objectives: {err}") from None
     return out
 
 

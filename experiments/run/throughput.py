@@ -28,6 +28,7 @@ itself (:func:`measured_matmul_flops`: the CPU, or a device neither table has).
 from __future__ import annotations
 
 import functools
+import platform
 import re
 import resource
 import sys
@@ -221,8 +222,7 @@ def describe_machine(device: torch.device | str, devices: int = 1) -> str:
         what = torch.cuda.get_device_name(device)
     else:
         what = f"{_cpu_model() or device.type}, {torch.get_num_threads()} torch thread(s)"
-    python = ".".join(map(str, sys.version_info[:3]))
-    return f"{devices} x {what}; torch {torch.__version__}, Python {python}"
+    return f"{devices} x {what}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def _cpu_model() -> str | None:
