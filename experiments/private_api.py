@@ -8,6 +8,8 @@ The functions:
   ``wandb.init`` (its private ``_wandb_init``), about which wandb warns on every run.
 - :func:`launched_processes`: the processes Lightning's subprocess launcher started (its ``procs``), so that a
   signal reaches every rank of a run.
+- :func:`replace_child_observer`: puts isoflop's watch over those processes in place of Lightning's, which
+  kills the whole job, this process included, as soon as one of them exits with a non-zero code.
 - :func:`jsonargparse_error`: the option and the reason of a jsonargparse parse error, read from its message
   text (jsonargparse gives no structured error).
 - :class:`PlainHelpFormatter`: jsonargparse's help formatter with Lightning's reST markup and its own
@@ -72,6 +74,30 @@ def launched_processes(launcher: Any) -> list:
     the attribute (torchrun, SLURM: the ranks are not this process's children) gives ``[]``.
     """
     return list(getattr(launcher, "procs", None) or [])
+
+
+def replace_child_observer(start: Any) -> None:
+    """Make Lightning's subprocess launchers call ``start(procs)`` where they start their own child observer.
+
+    When a plain command starts the other local ranks (``lightning.fabric.strategies.launchers.subprocess_script``
+    and its ``lightning.pytorch`` twin, which imports the same function by name), the launcher calls its private
+    ``_launch_process_observer(procs)``: a thread that polls the children every 5 s and, the first time one has
+    a non-zero exit code, SIGKILLs every child and this process. isoflop's ranks exit non-zero by design (1 for
+    a failure, 128 + N after saving on signal N), and this process then ends by itself with its own line and
+    exit code; the observer's SIGKILL raced it (the job ended with -9 and no line, or with the line of a rank
+    the observer killed). No public switch turns the observer off. ``start`` (:func:`experiments.run.ranks.watch`)
+    keeps what it is for, a job that cannot hang on a dead rank, without the race.
+
+    Checked on lightning 2.6.6 (the same function, called the same way, since 2.1). A Lightning without it is
+    left alone. Idempotent.
+    """
+    import importlib
+
+    for name in ("lightning.fabric.strategies.launchers.subprocess_script",
+                 "lightning.pytorch.strategies.launchers.subprocess_script"):
+        module = importlib.import_module(name)
+        if hasattr(module, "_launch_process_observer"):
+            module._launch_process_observer = start
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from lightning.pytorch import Callback
@@ -32,12 +33,16 @@ class RecordBatches(Callback):
 
 
 class FailOnRank(Callback):
-    """Raises on rank ``$ISOFLOP_TEST_FAIL_RANK`` after step ``$ISOFLOP_TEST_FAIL_AT`` (a rank that fails alone)."""
+    """Raises on rank ``$ISOFLOP_TEST_FAIL_RANK`` after step ``$ISOFLOP_TEST_FAIL_AT`` (a rank that fails alone);
+    the other ranks first sleep ``$ISOFLOP_TEST_OTHERS_SLEEP`` seconds there (0 by default), as a rank busy
+    between two collectives would, so that the failed rank is long gone before they next need it."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if str(trainer.global_rank) == os.environ.get("ISOFLOP_TEST_FAIL_RANK") \
-                and str(trainer.global_step) == os.environ.get("ISOFLOP_TEST_FAIL_AT"):
+        if str(trainer.global_step) != os.environ.get("ISOFLOP_TEST_FAIL_AT"):
+            return
+        if str(trainer.global_rank) == os.environ.get("ISOFLOP_TEST_FAIL_RANK"):
             raise RunError(f"injected failure at step {trainer.global_step}")
+        time.sleep(float(os.environ.get("ISOFLOP_TEST_OTHERS_SLEEP", "0")))
 
 
 def read_records(folder: Path) -> list[dict]:

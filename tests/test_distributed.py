@@ -227,15 +227,20 @@ def test_compare_on_two_ranks(how, compare_one, tmp_path, cache_dir):
 
 
 def test_a_failing_rank_ends_the_comparison_with_its_error(tmp_path, cache_dir):
-    """Rank 1 fails alone in the first pre-training: the job ends (no rank waits: a hang would run into
-    TIMEOUT), with rank 1's line."""
+    """Rank 1 fails alone in the first pre-training while rank 0 is busy for 8 s before its next collective: the
+    job ends (no rank waits: a hang would run into TIMEOUT) with rank 1's line, then rank 0's, and exit code 1.
+    Lightning's own child observer would have SIGKILLed rank 0 in those 8 s (it polls every 5 s), leaving
+    exit code -9 and no line of rank 0: the observer is replaced (experiments.run.ranks.watch)."""
     proc = launch([*COMPARE, *TWO_CPUS, "--data.batch_size", "4", "--out_dir", str(tmp_path / "out"),
                    "--trainer.callbacks+=tests.dist_helpers.FailOnRank"], cache_dir, tmp_path,
-                  ISOFLOP_TEST_FAIL_RANK="1", ISOFLOP_TEST_FAIL_AT="2")
-    assert proc.returncode == 1  # a runtime failure
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("isoflop compare (rank 1): error: ")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    assert lines[0].endswith(": injected failure at step 2")  # the error FailOnRank raised, passed on whole
+                  ISOFLOP_TEST_FAIL_RANK="1", ISOFLOP_TEST_FAIL_AT="2", ISOFLOP_TEST_OTHERS_SLEEP="8")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # a runtime failure
+    ones = [line for line in proc.stderr.splitlines() if line.startswith("isoflop compare (rank 1): error: ")]
+    zeros = [line for line in proc.stderr.splitlines() if line.startswith("isoflop compare: error: ")]
+    assert len(ones) == 1 and len(zeros) == 1, proc.stderr[-3000:]
+    assert ones[0].endswith(": injected failure at step 2")  # the error FailOnRank raised, passed on whole
+    mentions(zeros[0], "rank")  # rank 0's own line: it lost the other rank
+    assert "Forcefully terminating" not in proc.stderr
     assert not (tmp_path / "out" / "results.csv").exists()
 
 
@@ -402,3 +407,40 @@ def test_deepspeed_installed_but_no_gpu_fails_before_compute(tmp_path, capsys, m
     assert main(argv) == 2
     mentions(error_line(capsys.readouterr().err, "pretrain"), "--trainer.strategy", "deepspeed_stage_2", "CUDA", "ddp")
     assert not (tmp_path / "run").exists()
+
+
+WATCHED = """
+import subprocess, sys, time
+from experiments.run.ranks import Watch
+child = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit({child})"])
+Watch([child], grace={grace}, period=0.05).start()
+time.sleep({busy})
+sys.exit(5)  # this process ends by itself
+"""
+
+
+def watched(child: int, grace: float, busy: float) -> subprocess.CompletedProcess:
+    """A process that started one rank (exiting with ``child``) and is busy for ``busy`` seconds, watched."""
+    return subprocess.run([sys.executable, "-c", WATCHED.format(child=child, grace=grace, busy=busy)], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+
+
+def test_the_watch_ends_a_job_whose_first_rank_outlives_a_failed_rank_only_after_the_grace():
+    """A rank that failed leaves the first one the grace to end by itself with its own code (5 here); one that
+    does not (it would wait in a collective for ever) is ended with exit code 1 and a line naming the rank and how
+    it ended; a rank that ended well changes nothing. Lightning's observer, which the watch replaces in both its
+    launchers, would have SIGKILLed the first process in every case with a failed rank."""
+    from experiments.run import ranks
+
+    ranks.use_isoflop_watch()
+    import lightning.fabric.strategies.launchers.subprocess_script as fabric_launcher
+    import lightning.pytorch.strategies.launchers.subprocess_script as trainer_launcher
+
+    assert fabric_launcher._launch_process_observer is ranks.watch
+    assert trainer_launcher._launch_process_observer is ranks.watch
+    assert watched(child=1, grace=5.0, busy=1.0).returncode == 5  # ended by itself within the grace
+    assert watched(child=0, grace=0.2, busy=1.0).returncode == 5  # the other rank ended well
+    stuck = watched(child=3, grace=0.2, busy=30.0)
+    assert stuck.returncode == 1
+    line = error_line(stuck.stderr, None)
+    mentions(line, "local rank 1", "exit code 3", "0.2")

@@ -132,7 +132,7 @@ def _trainer(run: PreparedRun, trainer_args: Namespace, world: World):
     from experiments.run.callbacks import DataFloors, FlopsBudget, NonFiniteGuard, Preemption, RunSummary, StepSeeds
     from experiments.run.checkpoints import AtomicCheckpointIO
     from experiments.run.loggers import make_loggers
-    from experiments.run.ranks import strategy_name
+    from experiments.run.ranks import strategy_name, use_isoflop_watch
     from experiments.run.resume import ResumeState, ScheduleKeeper
     from experiments.run.throughput import performance_callbacks
 
@@ -163,6 +163,7 @@ def _trainer(run: PreparedRun, trainer_args: Namespace, world: World):
         plugins.append(AtomicCheckpointIO())
     # The data's sampler splits the data across ranks itself, resumably (datamodules.sampler).
     kwargs.update(callbacks=callbacks, plugins=plugins, default_root_dir=str(run_dir), use_distributed_sampler=False)
+    use_isoflop_watch()  # should fit start the other ranks: a rank that fails does not SIGKILL this one
     trainer = Trainer(**kwargs)
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": run.dumped})  # the fully resolved configuration, as the run's config

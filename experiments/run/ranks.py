@@ -15,6 +15,11 @@ bookkeeping (:meth:`World.barrier`, :meth:`World.broadcast`), which works whatev
 backend (NCCL) and waits with a timeout, so no rank waits forever. When the pre-training is done
 (:meth:`World.close`), the process group is destroyed and every rank but rank 0 returns: rank 0
 fine-tunes, tabulates and plots alone, as one process.
+
+The process that started the other ranks watches them (:func:`watch`, in place of Lightning's own child
+observer): a rank that fails makes this one fail too, on its own, with its own line, as soon as a collective
+finds the rank gone; only if it has not ended :data:`GRACE_S` later (stuck in a collective that cannot
+notice, as NCCL's can) does the watch end the job, in one line and with exit code 1.
 """
 
 from __future__ import annotations
@@ -23,18 +28,25 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from experiments.errors import RunError, UsageError, one_line
+from experiments.errors import RunError, UsageError, one_line, say
 
 # How long a rank waits for the others at a barrier of the comparison (an export, say) before failing.
 WAIT = timedelta(hours=1)
-# How long the process that started the other ranks gives them to stop by themselves when it fails.
+# How long the process that started the other ranks gives them to stop by themselves when it fails, and
+# how long its watch gives it to end by itself when one of them failed.
 GRACE_S = 30.0
+# How long it first lets them end by themselves after its own error (they fail at their next collective).
+SETTLE_S = 10.0
+# How often the watch looks at the ranks this process started.
+POLL_S = 1.0
 # Strategies whose launcher spawns a function instead of re-running the command line.
 SPAWNING = ("ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_false_spawn", "xla", "spawn")
 
@@ -88,6 +100,7 @@ class World:
         if dist.is_initialized():
             dist.destroy_process_group()
         self.group = None
+        stop_watching()  # the other ranks leave now: what they do no longer concerns this process
 
     def abandon(self) -> None:
         """On a failure: drop the bookkeeping group, so that ranks waiting in it fail now, not in an hour."""
@@ -98,18 +111,101 @@ class World:
                 dist.destroy_process_group(self.group)
             self.group = None
 
-    def stop_children(self, signum: int) -> None:
-        """On a failure of the process that started them: pass the signal on, give them
-        :data:`GRACE_S` to stop by themselves (a preempted rank finishes its step), then kill them."""
+    def stop_children(self, signum: int | None) -> None:
+        """On a failure of the process that started them: stop them. After a signal (``signum``), pass it on at
+        once (a preempted rank finishes its step and saves). After an error, first give them :data:`SETTLE_S`
+        to end by themselves: they fail at their next collective with their own line, which a signal could cut
+        off. Then the signal (SIGTERM after an error), :data:`GRACE_S` more, and a kill."""
+        stop_watching()  # this process ends them now, and says why
         alive = [p for p in self.procs if p.poll() is None]
+        if signum is None:
+            _wait_for(alive, SETTLE_S)
+            signum = signal.SIGTERM
         for proc in alive:
-            proc.send_signal(signum)
-        deadline = time.monotonic() + GRACE_S
-        while any(p.poll() is None for p in alive) and time.monotonic() < deadline:
-            time.sleep(0.2)
+            if proc.poll() is None:
+                proc.send_signal(signum)
+        _wait_for(alive, GRACE_S)
         for proc in alive:
             if proc.poll() is None:
                 proc.kill()
+
+
+def _wait_for(procs: list[subprocess.Popen], seconds: float) -> None:
+    """Until every one of ``procs`` has ended, or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+class Watch(threading.Thread):
+    """Watches the ranks this process started. When one ends with a non-zero code, this process is given
+    ``grace`` seconds to end by itself (it fails on its own at the next collective, with its own line, and
+    ends the others: :meth:`World.stop_children`); if it is still running then, the watch says so in one
+    line, kills the other ranks and ends this process with exit code 1."""
+
+    def __init__(self, procs: list[subprocess.Popen], grace: float = GRACE_S, period: float = POLL_S):
+        super().__init__(daemon=True, name="isoflop-rank-watch")  # ends with the process
+        self.procs, self.grace, self.period = list(procs), grace, period
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.period):
+            codes = [p.poll() for p in self.procs]
+            if all(code == 0 for code in codes):
+                return
+            failed = next((k for k, code in enumerate(codes) if code), None)
+            if failed is None:
+                continue
+            if self.stopped.wait(self.grace):
+                return
+            rank = failed + 1  # the launcher's children are local ranks 1, 2, ...
+            say(f"isoflop: error: local rank {rank} ended with {describe_exit(codes[failed])} and this rank had not "
+                f"stopped {self.grace:g} s later (it waits for that rank in a collective): ending the job; "
+                f"rank {rank}'s own error, if it had time to write one, is above")
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.kill()
+            sys.stderr.flush()
+            os._exit(1)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+_WATCHES: list[Watch] = []
+
+
+def watch(procs: list[subprocess.Popen]) -> None:
+    """Start watching ``procs``, the ranks this process just started (called by Lightning's launchers in place
+    of their own observer: :func:`experiments.private_api.replace_child_observer`)."""
+    if procs:
+        _WATCHES.append(Watch(procs))
+        _WATCHES[-1].start()
+
+
+def stop_watching() -> None:
+    """Stop every watch of this process: its ranks may now end as they will."""
+    while _WATCHES:
+        _WATCHES.pop().stop()
+
+
+def use_isoflop_watch() -> None:
+    """Have the ranks Lightning starts for this process watched by :func:`watch` instead of Lightning's own
+    observer, which SIGKILLs this process the moment another rank exits non-zero (as a failing or preempted
+    rank does by design), before this one can say why it ends."""
+    from experiments.private_api import replace_child_observer
+
+    replace_child_observer(watch)
+
+
+def describe_exit(code: int) -> str:
+    """``exit code 1``, ``signal SIGKILL`` (a ``Popen.returncode``)."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
 
 
 def count_processes(devices: Any, num_nodes: Any, accelerator: Any = "auto") -> int:
@@ -177,6 +273,7 @@ def _start(trainer) -> World:
     accelerator = trainer.accelerator if isinstance(trainer.accelerator, str) else "auto"
     fabric = Fabric(accelerator=accelerator, devices=trainer.devices, num_nodes=trainer.num_nodes or 1,
                     strategy=DDPStrategy())
+    use_isoflop_watch()
     fabric.launch()  # the other local ranks, re-running this command, or those torchrun / srun started
     import torch.distributed as dist
 
@@ -199,5 +296,5 @@ def started(trainer) -> Iterator[World]:
     except BaseException as err:
         world.abandon()
         if world.procs:
-            world.stop_children(getattr(err, "signum", signal.SIGTERM))
+            world.stop_children(getattr(err, "signum", None))
         raise
