@@ -36,7 +36,7 @@ from datamodules.streaming import PackedStream, StreamTracker, source_of, traini
 from datamodules.synthetic import SyntheticSource, SyntheticSpec, is_synthetic, synthetic_tokenizer
 from datamodules.tokenizer import cached_wordpiece, load_tokenizer, tokenizer_hash
 
-PACK_VERSION = "pack-1"
+PACK_VERSION = "pack-3"  # pack-3: examples filled to max_seq_length; with short_seq_prob 0 no short last example
 _FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 # Sentence boundary: end punctuation followed by space and an upper-case letter or digit, or a line break.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n+")
@@ -93,10 +93,13 @@ class Packer:
             for start in range(0, len(ids), self.max_len - 3):  # split over-long sentences
                 chunk.append((ids[start:start + self.max_len - 3], words[start:start + self.max_len - 3]))
                 length += len(chunk[-1][0])
-                if length >= target - 3:
+                if length >= target - 2:  # enough for [CLS] A [SEP] B [SEP], and for [CLS] A [SEP] alone
                     self._emit(chunk, target, rng, out)
                     chunk, length, target = [], 0, self._target(rng)
-        if chunk:
+        if chunk and self.short_seq_prob > 0:
+            # The documents' last sentences fill less than an example. Kept (padded) where short examples are
+            # wanted anyway; dropped where every example is full (at most one example's tokens per batch of
+            # documents), so that training batches carry no padding and attention needs no mask.
             self._emit(chunk, target, rng, out)
         return out
 
@@ -115,6 +118,8 @@ class Packer:
                 a_len += len(sentence[0])
             else:
                 b.append(sentence)
+        if b and sum(len(s[0]) for s in a) >= self.max_len - 3:
+            a, b = a + b, []  # no room for B and its [SEP]: A alone fills the example
         ids_a, words_a = self._concat(a, 0)
         ids_a, words_a = ids_a[: self.max_len - 2], words_a[: self.max_len - 2]
         n_words = max(words_a, default=-1) + 1
@@ -155,7 +160,8 @@ def collate(examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_o
     tensor cores).
 
     Returns (B, L) tensors: input_ids, token_type_ids, attention_mask (long), special_tokens_mask
-    (bool) and word_ids (long, -1 for special tokens and padding; unique per word within a row); and,
+    (bool) and word_ids (long, -1 for special tokens and padding; unique per word within a row); ``padded``,
+    a Python bool: whether any row has padding; and,
     when the examples carry them, ``example_id`` (B,) and the stream position of the last example
     (``stream_position``, which the datamodule takes off before the batch reaches the model).
     """
@@ -184,6 +190,10 @@ def collate(examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_o
         "special_tokens_mask": torch.from_numpy(special),
         "word_ids": torch.from_numpy(word_ids),
     }
+    # Known here, on the host: whether any row is padded. Objectives run attention without a mask on a
+    # batch that is not (objectives.base.PretrainingObjective.attention_mask), which lets SDPA take its
+    # flash kernel and needs no device-side check of the mask.
+    batch["padded"] = bool(min(lengths) < L_)
     if "example_id" in examples[0]:
         batch["example_id"] = torch.tensor([e["example_id"] for e in examples], dtype=torch.long)
     if "stream_position" in examples[-1]:
@@ -229,7 +239,12 @@ class PretrainingDataModule(L.LightningDataModule):
         batch_size: examples per device per step (the global batch is this x devices x nodes x accumulation).
         val_fraction: share of documents held out for validation when the source has no validation split.
         max_val_examples: cap on validation examples (validation then costs little beside training).
-        short_seq_prob: share of examples packed to a random shorter length.
+        short_seq_prob: share of examples packed to a random shorter length (ELECTRA's official
+            ``build_pretraining_dataset.py`` uses 0.05, BERT's 0.1). 0 (the default) fills every training example
+            to ``max_seq_length``: batches then hold no padding, and the encoders run attention with no mask
+            (flash attention on GPUs). Any other value pads short examples, and nearly every batch then needs
+            an attention mask (at 0.05 and batch 128, all but 0.1% of them): on a GPU, SDPA's slower
+            masked kernels instead of flash.
         single_segment_prob: share of examples with one segment only (no B).
         seed: seed for the split, packing and shuffling; the same seed gives the same order.
         num_workers: DataLoader worker processes.
@@ -259,7 +274,7 @@ class PretrainingDataModule(L.LightningDataModule):
         batch_size: int = 32,
         val_fraction: float = 0.02,
         max_val_examples: int | None = 1024,
-        short_seq_prob: float = 0.05,
+        short_seq_prob: float = 0.0,
         single_segment_prob: float = 0.1,
         seed: int = 0,
         num_workers: int = 0,
@@ -274,6 +289,8 @@ class PretrainingDataModule(L.LightningDataModule):
         self.save_hyperparameters(logger=False)  # the run logs its whole resolved configuration instead
         if max_seq_length < 8:
             raise ValueError(f"max_seq_length must be at least 8, got {max_seq_length}")
+        if not 0.0 <= short_seq_prob < 1.0:
+            raise ValueError(f"short_seq_prob must lie in [0, 1), got {short_seq_prob}: 0 fills every example")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
         if batch_size < 1:
@@ -302,7 +319,7 @@ class PretrainingDataModule(L.LightningDataModule):
             check_data_files(self.data_files, fmt, text_column, self.cache_dir)
         self._resume: dict | None = None  # where the next training epoch starts (resume_at)
         self.stream_source = None  # streaming: a datamodules.streaming.StreamSource
-        self.holdout_every: int | None = None  # streaming without a validation split: every k-th document
+        self.holdout_every: int | None = None  # streaming without a validation split: every k-th document of each shard
         self.tracker = StreamTracker()  # streaming: positions of the consumed training batches
         self.train_sampler: ResumableSampler | None = None
         self._tokenizer = None
@@ -407,6 +424,7 @@ class PretrainingDataModule(L.LightningDataModule):
 
         key = {"source": source.fingerprint(), "streaming": {"sample": hp.sample_documents,
                                                              "holdout_every": self.holdout_every,
+                                                             "holdout": "index in shard",
                                                              "max_documents": hp.max_documents}}
         self._tokenizer = cached_wordpiece(texts, key, self.cache_dir, hp.vocab_size, hp.lowercase)
 
@@ -583,7 +601,14 @@ class PretrainingDataModule(L.LightningDataModule):
             collate_fn=self._train_collate,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
+            pin_memory=self._pin_memory(),
         )
+
+    def _pin_memory(self) -> bool:
+        """Page-locked batches when training on a CUDA device: Lightning then copies them to the device
+        without blocking the host (``non_blocking``), overlapping the copy with the step."""
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def _stream_loader(self) -> DataLoader:
         """The stream of this rank, its workers dealt its slots (rotated to continue a resumed run)."""
@@ -595,7 +620,7 @@ class PretrainingDataModule(L.LightningDataModule):
         if hp.num_workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # each worker tokenises
         return DataLoader(stream, batch_size=hp.batch_size, collate_fn=self._train_collate, num_workers=hp.num_workers,
-                          generator=torch.Generator().manual_seed(hp.seed))
+                          generator=torch.Generator().manual_seed(hp.seed), pin_memory=self._pin_memory())
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         # Called on the batch the training loop is about to train on (not on batches prefetched ahead).

@@ -94,7 +94,10 @@ RUN_OPTIONS: dict[str, tuple[Any, Any, str, str]] = {
                                 "refused).", RUN),
     "peak_flops": (float | None, None, "Peak FLOP/s of one device, for train/mfu (default: Lightning's table of known "
                                        "GPUs, else a measured matmul; see experiments.run.throughput).", RUN),
-    "compile": (bool, False, "torch.compile the objective's Hugging Face backbones before the first step.", RUN),
+    "compile": (bool, False, "torch.compile the objective's whole training step (masking, generator, sampling, "
+                             "networks, losses; fullgraph) before the first step; validation stays eager.", RUN),
+    "compile_mode": (str | None, None, "With --compile: torch.compile's mode: default, reduce-overhead (CUDA graphs: "
+                                       "for launch-bound steps such as ELECTRA-Small's) or max-autotune.", RUN),
 }
 # The top-level options besides the run options; every model.* option (the objective's class and its
 # settings) is what the run trains.

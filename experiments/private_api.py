@@ -20,6 +20,8 @@ Kept elsewhere, for layering (objectives import nothing above them):
 
 - ``objectives.optim.unscale_before_step``: clears torch's private ``_step_supports_amp_scaling`` flag on a
   fused AdamW, so that Lightning unscales and clips its gradients under mixed precision.
+- ``objectives.optim.skip_step_if``: sets the ``found_inf`` attribute torch's fused AdamW reads (as the
+  GradScaler does), so that a non-finite step is skipped on the device, without a host read-back.
 
 Replaced by public calls (for the record): Lightning's logger connector's ``should_update_logs``
 (``objectives.base.logs_this_step``, from ``log_every_n_steps``, ``global_step`` and ``should_stop``);

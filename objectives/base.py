@@ -108,6 +108,12 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         # them every step; they are logged on the steps the loggers write (on_train_batch_end).
         self.step_metrics: dict[str, Tensor] = {}
         self._step_at_batch_start = 0  # trainer.global_step when this batch's training_step ran
+        # Whether compute() works out the metrics beside the losses (accuracies, detection metrics: argmaxes and
+        # reductions over the batch). Always in validation and outside a Trainer; in training only on the steps
+        # whose row the loggers write (training_step): the other steps need the loss alone.
+        self.full_metrics = True
+        self._compiled_compute = None  # compile_step(): torch.compile of compute, the whole training computation
+        self.step_grad_norm: Tensor | None = None  # this step's total gradient norm, when a callback took it
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -149,9 +155,17 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         return F.linear(transform(hidden), words, bias)
 
     @staticmethod
+    def attention_mask(batch: dict[str, Tensor]) -> Tensor | None:
+        """The attention mask the encoders get for ``batch``: None when the batch is known, on the host, to hold no
+        padding (``batch["padded"]`` False, set by ``datamodules.pretraining.collate``), so attention runs with no
+        mask at all (SDPA may take its flash kernel; transformers builds no (B, 1, L, L) mask and checks nothing on
+        the device); else the batch's mask. A mask of ones and no mask give the same outputs."""
+        return None if batch.get("padded") is False else batch["attention_mask"]
+
+    @staticmethod
     def encode(model, batch: dict[str, Tensor], input_ids: Tensor) -> Tensor:
         """The last hidden states (B, L, H) of a network's backbone on ``input_ids`` with the batch's masks."""
-        return model.base_model(input_ids=input_ids, attention_mask=batch["attention_mask"],
+        return model.base_model(input_ids=input_ids, attention_mask=PretrainingObjective.attention_mask(batch),
                                 token_type_ids=batch["token_type_ids"]).last_hidden_state
 
     # -- tokenizer and data checks -------------------------------------------------------------
@@ -249,8 +263,33 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
 
         self.disc_auroc = BinaryAUROC()
 
+    def compile_step(self, **options) -> None:
+        """Compile the whole training computation, :meth:`compute` (masking, generator, sampling, main network,
+        losses; the backward through it, by AOTAutograd), as one graph: ``torch.compile(fullgraph=True)``, so a
+        graph break is an error, not a slowdown. ``options`` go to ``torch.compile`` (``mode="reduce-overhead"``
+        adds CUDA graphs: the step has no host sync and static shapes; ``backend``). Validation and fine-tuning
+        stay eager. Training compiles one graph for the steps that log and one for those that do not
+        (:attr:`full_metrics`), and one more for padded batches if there are any (``short_seq_prob`` > 0)."""
+        self._compiled_compute = torch.compile(self.compute, fullgraph=True, **options)
+
+    def logs_at(self, step: int) -> bool:
+        """Whether the loggers will write the row of optimiser step ``step`` (1-based: the step this batch
+        takes), as far as is known before it runs: every ``log_every_n_steps``, the last step of the schedule
+        (``max_steps``, or a FLOPs budget's steps), and every step under ``fast_dev_run``. A stop nobody
+        planned (a signal) writes its row with the losses only."""
+        trainer = self.trainer
+        if trainer.fast_dev_run:
+            return True
+        every = trainer.log_every_n_steps
+        last = self.scheduled_steps if self.scheduled_steps is not None else trainer.max_steps
+        return bool(every) and (step % every == 0 or step == last)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        metrics = self.compute(batch, None)
+        self.full_metrics = self.logs_at(self.global_step + 1)
+        try:
+            metrics = (self._compiled_compute or self.compute)(batch, None)
+        finally:
+            self.full_metrics = True
         metrics.pop(DETECTION, None)
         tokens = batch["attention_mask"].sum()
         if _world_size(self) > 1:
@@ -318,8 +357,13 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
             return
         algorithm = gradient_clip_algorithm or "norm"
         root = sharded_root(self.trainer.strategy)
+        norm, self.step_grad_norm = self.step_grad_norm, None
         if root is not None and algorithm == "norm":
             root.clip_grad_norm_(clip)
+        elif norm is not None and algorithm == "norm":
+            # The norm the non-finite check took of these very gradients (experiments.run.callbacks.NonFiniteGuard):
+            # clipping with it computes no second norm. No GradScaler then (it would have to unscale first).
+            torch.nn.utils.clip_grads_with_norm_([p for p in self.parameters() if p.grad is not None], clip, norm)
         else:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=algorithm)
 
@@ -393,14 +437,23 @@ def sharded_root(strategy) -> torch.nn.Module | None:
     return model if isinstance(model, FullyShardedDataParallel) else None
 
 
-def masked_lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def masked_lm_loss(logits: Tensor, labels: Tensor, accuracy: bool = True) -> tuple[Tensor, Tensor | None]:
     """Cross entropy and accuracy over labelled slots; ``labels`` is -100 where nothing is predicted.
 
     logits: (B, K, V); labels: (B, K). The loss is taken in float32 (bf16 logits lose precision in
-    the log-sum-exp). No boolean indexing, so no host-device sync.
+    the log-sum-exp: under autocast ``cross_entropy`` runs in float32 whatever its input). No boolean indexing,
+    so no host-device sync. ``accuracy`` False: no argmax over (B, K, V), and None for the accuracy.
     """
-    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    if not accuracy:
+        return loss, None
     valid = labels != -100
     correct = (logits.argmax(-1) == labels) & valid
     acc = correct.sum() / valid.sum().clamp(min=1)
     return loss, acc
+
+
+def with_metrics(metrics: dict[str, Tensor], **values: Tensor | None) -> dict[str, Tensor]:
+    """``metrics`` with ``values`` added, leaving out those not computed this step (None)."""
+    metrics.update({k: v for k, v in values.items() if v is not None})
+    return metrics

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from objectives.base import PretrainingObjective, masked_lm_loss
+from objectives.base import PretrainingObjective, masked_lm_loss, with_metrics
 from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.masking import MaskedPositions, apply_mask
 
@@ -75,19 +75,29 @@ class Corruption:
     gen_logits: Tensor | None
 
 
-def gumbel_sample(logits: Tensor, temperature: float = 1.0, rng: torch.Generator | None = None) -> Tensor:
+def gumbel_sample(logits: Tensor, temperature: float = 1.0, rng: torch.Generator | None = None,
+                  exclude: Tensor | None = None) -> Tensor:
     """Sample token ids from softmax(logits / temperature) with the Gumbel-max trick, in float32.
 
     float32 because Gumbel noise in half precision saturates (-log(-log(u)) of a rounded u) and the
     argmax then picks badly; the known NaN failures of fp16 ELECTRA ports come from here.
+
+    One float32 buffer of the logits' size and no other: the noise is drawn into it as Exp(1) variates E
+    (``Tensor.exponential_``; -log E is Gumbel(0, 1), the same as -log(-log u) of a uniform u), and
+    argmax(logits / T + G) = argmax(logits + T x G) for T > 0, so the temperature scales the noise in place
+    and the logits (bf16 under mixed precision) are added into the buffer without a float32 copy of
+    their own. ``exclude`` (B, K): a token id per slot that must not be sampled (``disallow_correct``),
+    written into the buffer as -inf instead of into a copy of the logits. (Under ``--compile`` the whole
+    chain fuses into one kernel.)
     """
-    logits = logits.float()
+    noise = torch.empty(logits.shape, device=logits.device, dtype=torch.float32)
+    noise.exponential_(generator=rng).clamp_(min=1e-20).log_().neg_()  # Gumbel(0, 1)
     if temperature != 1.0:
-        logits = logits / temperature
-    u = torch.rand(logits.shape, device=logits.device, generator=rng).clamp_(1e-9, 1.0 - 1e-9)
-    # logits + Gumbel noise, -log(-log(u)), in place in u: one buffer of (B, K, V) instead of five
-    # (on one CPU thread at ELECTRA-Small's 16 x 20 x 30522: 84 ms instead of 185, the same samples).
-    return u.log_().neg_().log_().neg_().add_(logits).argmax(dim=-1)
+        noise.mul_(temperature)
+    noise.add_(logits)
+    if exclude is not None:
+        noise.scatter_(-1, exclude.unsqueeze(-1), float("-inf"))
+    return noise.argmax(dim=-1)
 
 
 def materialised_copy(model: PreTrainedModel) -> PreTrainedModel:
@@ -228,15 +238,15 @@ class GeneratorObjective(PretrainingObjective):
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.trains_generator):
                 hidden = self.encode(self.generator, batch, gen_input)  # (B, L, H_g)
                 gen_logits = self.mlm_logits(self.generator, masked.gather(hidden))  # (B, K, V)
-            metrics["gen_loss"], metrics["gen_acc"] = masked_lm_loss(gen_logits, labels)
+            metrics["gen_loss"], acc = masked_lm_loss(gen_logits, labels, accuracy=self.full_metrics)
+            with_metrics(metrics, gen_acc=acc)
             with torch.no_grad():
-                logits = gen_logits.detach().float()
-                if self.hparams.disallow_correct:
-                    logits = logits.scatter(-1, labels.clamp(min=0).unsqueeze(-1), float("-inf"))
-                sampled = gumbel_sample(logits, self.hparams.temperature, rng)  # (B, K)
+                exclude = labels.clamp(min=0) if self.hparams.disallow_correct else None
+                sampled = gumbel_sample(gen_logits.detach(), self.hparams.temperature, rng, exclude)  # (B, K)
         corrupted = masked.scatter(original, sampled)
         replaced = corrupted != original  # padding and unchosen positions are never replaced
-        metrics["replaced_frac"] = replaced.sum() / batch["attention_mask"].sum()
+        if self.full_metrics:
+            metrics["replaced_frac"] = replaced.sum() / batch["attention_mask"].sum()
         return Corruption(masked, corrupted, replaced, labels, gen_logits), metrics
 
     def generator_loss(self, metrics: dict[str, Tensor]) -> Tensor:

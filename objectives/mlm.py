@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from objectives.base import PretrainingObjective, masked_lm_loss
+from objectives.base import PretrainingObjective, masked_lm_loss, with_metrics
 from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.masking import MaskedPositions, apply_mask
 
@@ -35,7 +35,7 @@ class MaskedLM(PretrainingObjective):
     def build_networks(self) -> None:
         self.model = self.family.masked_lm(self.encoder_config())
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor,
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor,
                 masked: MaskedPositions) -> Tensor:
         """MLM logits at the chosen positions: (B, K, V)."""
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
@@ -46,10 +46,10 @@ class MaskedLM(PretrainingObjective):
         original = batch["input_ids"]  # (B, L)
         masked = self.choose_positions(batch, rng)
         inputs = apply_mask(original, masked, self.mask_token_id, self.vocab_size, self.mask_style, rng=rng)
-        logits = self(inputs, batch["attention_mask"], batch["token_type_ids"], masked)  # (B, K, V)
+        logits = self(inputs, self.attention_mask(batch), batch["token_type_ids"], masked)  # (B, K, V)
         labels = torch.where(masked.valid, masked.gather(original), -100)  # (B, K)
-        loss, acc = masked_lm_loss(logits, labels)
-        return {"loss": loss, "mlm_loss": loss, "mlm_acc": acc}
+        loss, acc = masked_lm_loss(logits, labels, accuracy=self.full_metrics)
+        return with_metrics({"loss": loss, "mlm_loss": loss}, mlm_acc=acc)
 
     def flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
         """The encoder and the MLM head on the K chosen slots, forward and backward."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from objectives.base import masked_lm_loss
+from objectives.base import masked_lm_loss, with_metrics
 from objectives.flops import mlm_head_flops, train_multiplier
 from objectives.generator import materialised_copy
 from objectives.masking import choose_positions
@@ -64,11 +64,12 @@ class MLMPlusRTD(ReplacedTokenDetection):
         hidden = self.encode(self.discriminator, batch, disc_input)  # (B, L, H)
         rtd_logits = self.family.disc_head(self.discriminator)(hidden)  # (B, L)
         weights = batch["attention_mask"].bool() & ~own.chosen  # [MASK]ed tokens are neither original nor replaced
-        disc_loss, disc_metrics = rtd_loss(rtd_logits, corruption.replaced, weights)
+        disc_loss, disc_metrics = rtd_loss(rtd_logits, corruption.replaced, weights, self.full_metrics)
         metrics.update(disc_metrics)
         labels = torch.where(own.valid, own.gather(batch["input_ids"]), -100)  # (B, K')
         mlm_logit = self.mlm_logits(self.discriminator_mlm, own.gather(hidden))  # (B, K', V)
-        metrics["mlm_loss"], metrics["mlm_acc"] = masked_lm_loss(mlm_logit, labels)
+        metrics["mlm_loss"], acc = masked_lm_loss(mlm_logit, labels, accuracy=self.full_metrics)
+        with_metrics(metrics, mlm_acc=acc)
         hp = self.hparams
         metrics["loss"] = self.generator_loss(metrics) + hp.disc_weight * disc_loss + hp.mlm_weight * metrics["mlm_loss"]
         return metrics

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from objectives.base import masked_lm_loss
+from objectives.base import masked_lm_loss, with_metrics
 from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.generator import GeneratorObjective
 
@@ -48,6 +48,7 @@ class ReplaceMLM(GeneratorObjective):
         corruption, metrics = self.corrupt(batch, rng)
         hidden = self.encode(self.mlm, batch, corruption.corrupted)  # (B, L, H)
         logits = self.mlm_logits(self.mlm, corruption.masked.gather(hidden))  # (B, K, V)
-        metrics["mlm_loss"], metrics["mlm_acc"] = masked_lm_loss(logits, corruption.labels)
+        metrics["mlm_loss"], acc = masked_lm_loss(logits, corruption.labels, accuracy=self.full_metrics)
+        with_metrics(metrics, mlm_acc=acc)
         metrics["loss"] = self.generator_loss(metrics) + metrics["mlm_loss"]
         return metrics

@@ -19,7 +19,7 @@ from objectives.flops import disc_head_flops, encoder_flops, train_multiplier
 from objectives.generator import Corruption, GeneratorObjective
 
 
-def rtd_loss(logits: Tensor, replaced: Tensor, weights: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def rtd_loss(logits: Tensor, replaced: Tensor, weights: Tensor, full: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
     """Sigmoid cross entropy of "replaced" over the weighted tokens, with the metrics that say whether
     the discriminator learned more than its label prior.
 
@@ -30,13 +30,16 @@ def rtd_loss(logits: Tensor, replaced: Tensor, weights: Tensor) -> tuple[Tensor,
     accuracy over the all-original baseline (``1 -`` the replaced share of the scored tokens: what
     answering "original" everywhere scores); ``disc_label_entropy``, the binary entropy of that share
     (what ``disc_loss`` is when only the prior is learned); and, under ``DETECTION``, the per-token
-    scores and labels that validation turns into an AUROC.
+    scores and labels that validation turns into an AUROC. ``full`` False: ``disc_loss`` alone (a training
+    step that logs nothing).
     """
     weights = weights.float()
     target = replaced.float()
     per_token = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
     n = weights.sum().clamp(min=1)
     loss = (per_token * weights).sum() / n
+    if not full:
+        return loss, {"disc_loss": loss}
     said = logits > 0  # "replaced"
     predicted = said.float() * weights
     true_pos = (predicted * target).sum()
@@ -118,9 +121,10 @@ class ReplacedTokenDetection(GeneratorObjective):
             metrics["loss"] = self.generator_loss(metrics)
             return metrics
         logits = self.discriminator(
-            input_ids=corruption.corrupted, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+            input_ids=corruption.corrupted, attention_mask=self.attention_mask(batch), token_type_ids=batch["token_type_ids"]
         ).logits  # (B, L)
-        disc_loss, disc_metrics = rtd_loss(logits, corruption.replaced, self.disc_loss_mask(batch, corruption))
+        disc_loss, disc_metrics = rtd_loss(logits, corruption.replaced, self.disc_loss_mask(batch, corruption),
+                                           self.full_metrics)
         metrics.update(disc_metrics)
         metrics["loss"] = self.hparams.disc_weight * disc_loss + self.generator_loss(metrics)
         return metrics

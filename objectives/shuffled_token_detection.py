@@ -50,10 +50,11 @@ class ShuffledTokenDetection(PretrainingObjective):
         masked, shuffled = self.shuffle(batch, rng)
         replaced = shuffled != batch["input_ids"]  # (B, L): a token on a copy of itself is original
         logits = self.discriminator(
-            input_ids=shuffled, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+            input_ids=shuffled, attention_mask=self.attention_mask(batch), token_type_ids=batch["token_type_ids"]
         ).logits  # (B, L)
-        loss, metrics = rtd_loss(logits, replaced, batch["attention_mask"])
-        metrics["replaced_frac"] = replaced.sum() / batch["attention_mask"].sum()
+        loss, metrics = rtd_loss(logits, replaced, batch["attention_mask"], self.full_metrics)
+        if self.full_metrics:
+            metrics["replaced_frac"] = replaced.sum() / batch["attention_mask"].sum()
         return {"loss": loss, **metrics}
 
     def flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:

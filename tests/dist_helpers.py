@@ -48,3 +48,79 @@ class FailOnRank(Callback):
 def read_records(folder: Path) -> list[dict]:
     """Every recorded batch of every rank."""
     return [json.loads(line) for path in sorted(Path(folder).glob("rank*.jsonl")) for line in path.read_text().splitlines()]
+
+
+class HostSync(Exception):
+    """A host-device synchronisation inside a training step that logs nothing (tests.dist_helpers.NoSyncGuard)."""
+
+
+def _syncs(func, args) -> str | None:
+    """The name of ``func`` when calling it with ``args`` reads a device value back to the host (or makes a
+    shape that depends on one), else None."""
+    import torch
+
+    name = getattr(func, "__name__", str(func))
+    if name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "masked_select",
+                "nonzero_static", "unique", "argwhere", "masked_scatter"):
+        return name
+    if name == "__getitem__" and len(args) > 1:
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index):
+            return "boolean-mask indexing"
+    return None
+
+
+class NoSyncGuard(Callback):
+    """Fails on any call that reads a device value back to the host (``Tensor.item``, ``tolist``, ``__bool__``,
+    ``nonzero``, boolean-mask indexing ...) inside every training step whose metrics are not logged: from the
+    first ``on_train_batch_start`` hook (it puts itself first among the callbacks) to the module's own
+    ``on_train_batch_end``, which Lightning runs after every callback's; so the forward, the backward, every
+    callback and the optimiser step, not the data loading between steps. Through a ``TorchFunctionMode``. A
+    call found raises :class:`HostSync` (the run fails with its name); :attr:`last` is the guard of the last
+    run, with the steps it checked."""
+
+    last: "NoSyncGuard | None" = None
+
+    def __init__(self):
+        import torch.overrides
+
+        guard = self
+
+        class Mode(torch.overrides.TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                what = _syncs(func, args)
+                if what is not None:
+                    raise HostSync(f"{what} in training step {guard.step}, which logs nothing")
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.active = False
+        self.step = 0
+        self.checked: list[int] = []
+        NoSyncGuard.last = self
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        trainer.callbacks.remove(self)
+        trainer.callbacks.insert(0, self)  # the first on_train_batch_start hook
+        end = pl_module.on_train_batch_end
+
+        def stop_then_end(*args, **kwargs):
+            self.stop()
+            return end(*args, **kwargs)
+
+        pl_module.on_train_batch_end = stop_then_end  # the last on_train_batch_end hook
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.step = trainer.global_step + 1
+        if not pl_module.logs_at(self.step):
+            self.mode.__enter__()
+            self.active = True
+            self.checked.append(self.step)
+
+    def stop(self) -> None:
+        if self.active:
+            self.mode.__exit__(None, None, None)
+            self.active = False
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.stop()

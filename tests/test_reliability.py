@@ -169,6 +169,31 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(nan_at_
     assert skipped[0] == (NAN_STEP - 1, 1.0) and {count for _, count in skipped} == {1.0}  # a running count
 
 
+def test_a_nonfinite_step_between_log_steps_is_never_applied_and_ends_the_run(nan_at_step, tmp_path, cache_dir,
+                                                                               one_thread, capsys):
+    """Logging every 10 steps, the check reads nothing back before step 10 (no host sync): the NaN step 5 is
+    skipped on the device, and the run stops at its next read, the checkpoint of step 6, which is then not
+    written (last.ckpt stays step 4's), with exit 1 and a line naming step 5. With --skip_nonfinite 1 the same
+    run ends well, the bad step reported once and never applied."""
+    run_dir = tmp_path / "run"
+    argv = [*command(10, run_dir), "--trainer.log_every_n_steps", "10"]
+    assert main(argv) == 1
+    mentions(error_line(capsys.readouterr().err, "pretrain", last=True), "train/loss", "nan", NAN_STEP,
+             f"{run_dir}/checkpoints/last.ckpt")
+    good = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert good["global_step"] == NAN_STEP - 1
+    assert not (run_dir / "result.json").exists() and not (run_dir / "export").exists()
+
+    skipping = tmp_path / "skipping"
+    assert main([*command(10, skipping), "--trainer.log_every_n_steps", "10", "--skip_nonfinite", "1"]) == 0
+    reported = [line for line in capsys.readouterr().out.splitlines() if "train/loss" in line and "nan" in line]
+    assert len(reported) == 1
+    mentions(reported[0], NAN_STEP)
+    final = torch.load(skipping / "checkpoints" / "last.ckpt", weights_only=False)
+    assert final["global_step"] == 10
+    assert all(torch.isfinite(t).all() for t in final["state_dict"].values() if t.is_floating_point())
+
+
 class DiskFull(OSError):
     def __init__(self):
         super().__init__(errno.ENOSPC, "No space left on device")

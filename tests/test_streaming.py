@@ -1,5 +1,7 @@
 """Streaming pre-training data: ranks and workers read disjoint documents (checked on the text itself), and a
-run stopped by a signal resumes its stream with the next examples, on two ranks of two workers each."""
+run stopped by a signal resumes its stream with the next examples, on two ranks of two workers each; with a
+sharded source (8 files), each (rank, worker) slot opens only its own files and a stopped stream resumes
+with exactly the next batches."""
 
 from __future__ import annotations
 
@@ -111,3 +113,140 @@ def test_a_stopped_stream_resumes_with_the_next_examples(corpus, tmp_path, cache
         assert after[rank][3] == before[rank][3] and after[rank][3] != before[rank][0]
         assert not {after[rank][4], after[rank][5]} & set(before[rank].values())  # then examples never trained on
     assert not set(before[0].values()) & set(before[1].values())  # the ranks' batches differ
+
+
+# -- sharded sources: each (rank, worker) slot reads only its own shards ---------------------------
+
+SHARDS, PER_SHARD = 8, 40
+
+
+def marks(texts) -> set[int]:
+    """The documents (``Docmark`` numbers) some texts hold."""
+    return {int(m) for text in texts for m in re.findall(r"Docmark(\d+)", text)}
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, cache_dir):
+    """Eight JSONL files of 40 documents each (document ``i`` of file ``f`` names itself ``Docmark{100 f + i}``)
+    read as a stream, holding out every 10th document of each file; and the files."""
+    from datamodules import PretrainingDataModule
+
+    rng, folder = random.Random(1), tmp_path_factory.mktemp("shards")
+    files = [folder / f"part{f}.jsonl" for f in range(SHARDS)]
+    for f, path in enumerate(files):
+        path.write_text("".join(json.dumps({"text": f"Docmark{100 * f + i} " + " ".join(
+            rng.choice(WORDS) for _ in range(rng.randint(5, 12))) + "."}) + "\n" for i in range(PER_SHARD)))
+    dm = PretrainingDataModule(data_files=[str(p) for p in files], vocab_size=512, max_seq_length=32, batch_size=4,
+                               streaming=True, num_workers=2, shuffle_buffer=16, val_fraction=0.1,
+                               max_val_examples=8, cache_dir=str(cache_dir))
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm, files
+
+
+class RecordingPacker:
+    """The stream's packer, recording the pass and the texts of every chunk it packs."""
+
+    def __init__(self, packer):
+        self.packer, self.text_column, self.chunks = packer, packer.text_column, []
+
+    def __call__(self, columns, indices):
+        self.chunks.append((indices[0] >> 40, list(columns[self.text_column])))
+        return self.packer(columns, indices)
+
+
+def one_pass(stream, rank: int, world: int, workers: int, worker: int, monkeypatch) -> tuple[set[str], set[int]]:
+    """The files one (rank, worker) slot opens while it packs its first pass, and the documents of that pass."""
+    import builtins
+
+    from datamodules import streaming
+
+    opened, real_open = set(), builtins.open
+
+    def spying(file, *args, **kwargs):
+        if str(file).endswith(".jsonl"):
+            opened.add(Path(file).name)
+        return real_open(file, *args, **kwargs)
+
+    recorder = RecordingPacker(stream.packer)
+    monkeypatch.setattr(stream, "packer", recorder)
+    monkeypatch.setattr(streaming, "get_worker_info", lambda: SimpleNamespace(num_workers=workers, id=worker))
+    stream.rank, stream.world_size, stream.positions, stream.rotation = rank, world, {}, 0
+    with monkeypatch.context() as patch:
+        patch.setattr(builtins, "open", spying)
+        for example in iter(stream):
+            if example["stream_position"][1] == 1:  # the next pass began: the first is all packed
+                break
+    return opened, marks(t for pass_, texts in recorder.chunks if pass_ == 0 for t in texts)
+
+
+@pytest.mark.parametrize("world, workers", [(2, 2), (1, 3)])
+def test_each_slot_reads_only_its_own_shards(sharded, world, workers, monkeypatch):
+    """8 files over 2 ranks x 2 workers (2 files a slot) or 1 x 3 (3, 3 and 2): slot s opens only the files
+    i = s mod slots, packs only their training documents, and the slots' passes are disjoint and together
+    hold every training document (none of the held-out ones: index in the file a multiple of 10)."""
+    dm, files = sharded
+    stream, slots = dm.train_dataset, world * workers
+    assert stream.num_shards == SHARDS and stream.reads_shards(slots)
+    training = {100 * f + i for f in range(SHARDS) for i in range(PER_SHARD) if i % 10}
+    seen: dict[int, set[int]] = {}
+    for rank in range(world):
+        for worker in range(workers):
+            slot = rank * workers + worker
+            opened, docs = one_pass(stream, rank, world, workers, worker, monkeypatch)
+            own = list(range(slot, SHARDS, slots))
+            assert opened == {files[i].name for i in own}, (slot, opened)
+            assert {d // 100 for d in docs} == set(own) and docs, slot
+            assert not docs & {d for other in seen.values() for d in other}, slot  # disjoint
+            seen[slot] = docs
+    assert set().union(*seen.values()) == training  # every training document, once a pass
+    held_out = marks(dm.tokenizer.decode(e["input_ids"], skip_special_tokens=True).replace(" ", "").replace(
+        "docmark", "Docmark") for e in dm.val_dataset)
+    assert held_out and all(d % 100 % 10 == 0 for d in held_out)  # validation's: every 10th of each file
+
+
+def test_a_sharded_stream_resumes_with_the_next_batches(sharded):
+    """2 ranks x 2 real loader workers, by shard: a run stopped after 3 batches and resumed from the positions
+    its checkpoint holds reads on every rank exactly batches 4 to 7 of the uninterrupted run."""
+    from datamodules.streaming import StreamTracker
+
+    dm, _ = sharded
+    uninterrupted, saved = {}, []
+    for rank in (0, 1):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, accumulate_grad_batches=1)
+        dm.tracker = StreamTracker()
+        batches = iter(dm.train_dataloader())
+        uninterrupted[rank] = []
+        for step in range(7):
+            uninterrupted[rank].append(dm.on_before_batch_transfer(next(batches), 0))
+            if step == 2:
+                saved.append(dm.state_dict()["stream"][0])  # this rank's positions at the checkpoint
+        del batches
+    assert [s["batches"] for s in saved] == [3, 3]
+    for rank in (0, 1):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, accumulate_grad_batches=1)
+        dm.tracker = StreamTracker()
+        dm.load_state_dict({"stream": saved})
+        batches = iter(dm.train_dataloader())
+        for step in range(3, 7):
+            batch, expected = next(batches), uninterrupted[rank][step]
+            assert torch.equal(batch["input_ids"], expected["input_ids"]), (rank, step)
+            assert torch.equal(batch["example_id"], expected["example_id"]), (rank, step)
+        del batches
+    first = {int(i) for b in uninterrupted[0] for i in b["example_id"]}
+    assert not first & {int(i) for b in uninterrupted[1] for i in b["example_id"]}  # the ranks' examples differ
+
+
+def test_a_saved_dataset_is_sharded_by_its_arrow_files(tmp_path):
+    """A ``save_to_disk`` directory of 8 Arrow files is a stream of 8 shards, shard i being file i; every 10th
+    document of a shard (by its index there) is validation's, never a training one."""
+    import datasets
+
+    from datamodules.streaming import StreamSource, read_documents, shard_documents
+
+    datasets.Dataset.from_dict({"text": [f"doc{i}" for i in range(80)]}).save_to_disk(tmp_path / "saved", num_shards=8)
+    source = StreamSource("disk", name=str(tmp_path / "saved"))
+    assert source.num_shards() == 8
+    for shard in range(8):
+        assert list(shard_documents(source, [shard], 10)) == [f"doc{10 * shard + k}" for k in range(1, 10)]
+    assert [(i, k) for i, k, _ in read_documents(source)][9:12] == [(9, 9), (10, 0), (11, 1)]

@@ -50,7 +50,7 @@ DEFAULT_FINETUNE = {"tasks": "offline", "seeds": 3}
 
 # The pre-training options a comparison shares (the rest it sets per run: run_dir, budget, resume).
 SHARED_RUN_OPTIONS = ("wandb", "flops_convention", "checkpoint_every", "skip_nonfinite", "reschedule", "peak_flops",
-                      "compile")
+                      "compile", "compile_mode")
 
 
 @dataclass

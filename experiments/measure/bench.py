@@ -38,7 +38,9 @@ WARMUP_STEPS = 2  # steps per side before timing: allocator, kernels, and any co
 
 
 def random_batch(batch: int, seq: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """A full-length packed batch: [CLS] A [SEP] B [SEP], words of one piece each."""
+    """A full-length packed batch, as training's are (``datamodules.pretraining``: every example fills
+    ``max_seq_length``, no padding, so ``padded`` is False and attention runs with no mask): [CLS] A [SEP] B
+    [SEP], words of one piece each."""
     ids = torch.randint(10, vocab, (batch, seq), device=device)
     special = torch.zeros(batch, seq, dtype=torch.bool, device=device)
     special[:, 0] = special[:, seq // 2] = special[:, -1] = True
@@ -50,6 +52,7 @@ def random_batch(batch: int, seq: int, vocab: int, device: torch.device) -> dict
         "token_type_ids": (positions > seq // 2).long(),
         "special_tokens_mask": special,
         "word_ids": torch.where(special, -1, positions),
+        "padded": False,
     }
 
 
@@ -88,9 +91,12 @@ def isoflop_step(model, data: dict, dtype: torch.dtype | None) -> Callable[[], N
     params = [p for g in optimizer.param_groups for p in g["params"]]
     clip = model.hparams.max_grad_norm
 
+    model.full_metrics = False  # a step that logs nothing, as nearly all training steps are
+    compute = model._compiled_compute or model.compute
+
     def step() -> None:
         with _autocast(model.device, dtype):
-            loss = model.compute(data, None)["loss"]
+            loss = compute(data, None)["loss"]
         _finish_step(loss, params, optimizer, scheduler, clip)
 
     return step
@@ -259,7 +265,8 @@ def time_round(side: Side, steps: int, device: torch.device) -> None:
 
 def build_sides(name: str, args, device: torch.device, dtype: torch.dtype | None) -> tuple[object, list[Side]]:
     """The objective at the asked size on a random batch, and its sides: isoflop's step, and the plain
-    loop where there is one (both compiled with ``--compile``)."""
+    loop where there is one (with ``--compile``: isoflop's whole step, as a run compiles it, and the plain
+    loop's networks)."""
     from experiments.run.throughput import compile_networks
     from objectives import resolve
 
@@ -270,7 +277,7 @@ def build_sides(name: str, args, device: torch.device, dtype: torch.dtype | None
     model.mask_token_id.fill_(4)  # any id outside the data's [10, vocab) range
     data = random_batch(args.batch_size, args.max_seq_length, args.vocab_size, device)
     if args.compile:
-        compile_networks(model)
+        model.compile_step()  # the whole training computation, as --compile true compiles a run's
     sides = [Side("isoflop", isoflop_step(model, data, dtype), model.flops_per_batch(args.batch_size, args.max_seq_length, "actual"))]
     plain = plain_loop(model)
     if plain is not None:

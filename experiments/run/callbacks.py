@@ -260,22 +260,29 @@ class Preemption(Callback):
 
 
 class NonFiniteGuard(Callback):
-    """Stop (or skip the update) when a loss component or the gradient norm is NaN or infinite.
+    """Stop (or skip the update) when a loss or the gradient norm is NaN or infinite.
 
-    Checked in ``on_before_optimizer_step``, after the backward pass and before the weights change,
-    so a bad step never reaches the weights nor a checkpoint. Deciding there costs one host-device
-    sync per step (one small tensor of every loss and metric of the step, the objective's
-    ``step_metrics``, and the total gradient norm is read back), as AMP's GradScaler pays for its own
-    overflow test. With fp16 mixed precision the gradient check is the GradScaler's (it skips
-    overflowing steps by design).
+    Checked in ``on_before_optimizer_step``, after the backward pass and before the weights change, so a
+    bad step never reaches the weights nor a checkpoint. A non-finite step raises
+    :class:`~experiments.errors.NonFiniteError` naming the step (1-based) and the components; the last good
+    checkpoint stays as it was. With ``skip`` > 0 up to that many such steps are skipped instead (no update;
+    the step still counts for the schedule, the FLOPs and the tokens), each logged as ``train/skipped_steps``
+    and printed.
 
-    A non-finite step raises :class:`~experiments.errors.NonFiniteError` naming the step (1-based, the
-    step that was about to be taken) and the components; the last good checkpoint stays as it was. With
-    ``skip`` > 0 up to that many such steps are skipped instead (no update: the gradients are dropped;
-    the step still counts for the schedule, the FLOPs and the tokens), each logged as
-    ``train/skipped_steps`` and printed. On several ranks all ranks decide alike: under DDP on the
-    gradient norm, the same on every rank after the gradient all-reduce; under FSDP and DeepSpeed, whose
-    ranks each hold part of the gradient, through one collective per step.
+    Without a host-device sync in the steps that log nothing, where the optimiser allows it (torch's fused
+    AdamW, isoflop's default, without fp16's GradScaler): every step decides on the device whether it is bad
+    and, if so, the optimiser's kernel skips its update (``objectives.optim.skip_step_if``); the count of bad
+    steps, the first one and its values stay on the device and are read back on the steps whose metrics are
+    logged (``log_every_n_steps``), before every checkpoint is written and when training ends. So a run stops
+    at most ``log_every_n_steps - 1`` steps after its first non-finite step (the stop names that step); in
+    between, every non-finite step's update was skipped, so the weights, every checkpoint and the export are
+    those of good steps only, and the run exits non-zero. With ``skip`` > 0 the limit is checked at the same
+    reads (a run may take up to ``log_every_n_steps - 1`` skipped steps beyond it before it stops; none of them
+    is applied). Elsewhere (fp16, another optimiser) the values are read back every step, as before.
+
+    On several ranks all ranks decide alike: under DDP on the gradient norm, the same on every rank after the
+    gradient all-reduce; under FSDP through an all-reduce of the flag (on the device), or, read back every
+    step, through one collective.
     """
 
     def __init__(self, skip: int = 0):
@@ -283,41 +290,115 @@ class NonFiniteGuard(Callback):
             raise ValueError(f"skip_nonfinite must be 0 or more, got {skip}")
         self.allowed = skip
         self.skipped = 0
+        self._pending: dict | None = None  # on-device record of the bad steps since the last read
+        self._trainer = None
 
     def state_dict(self) -> dict:
+        if self._trainer is not None:
+            self._read(self._trainer)  # a checkpoint is never written over an unread bad step
         return {"skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
         self.skipped = int(state.get("skipped", 0))
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._trainer = trainer
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        from objectives.optim import skip_step_if, skips_on_device
+
+        names, values = self._values(trainer, pl_module, optimizer)
+        if not values:
+            return
+        checked = torch.stack([v.detach().float().reshape(()).to(pl_module.device) for v in values])
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is None and skips_on_device(optimizer) and _on_device_decision(trainer.strategy):
+            if names[-1] == "gradient norm" and hasattr(pl_module, "step_grad_norm"):
+                pl_module.step_grad_norm = checked[-1]  # the objective clips with it (no second norm)
+            bad = self._device_flag(trainer, names, checked)
+            skip_step_if(optimizer, bad.float())
+            self._remember(trainer.global_step + 1, names, checked, bad)
+            logs_at = getattr(pl_module, "logs_at", None)
+            if logs_at is None or logs_at(trainer.global_step + 1):
+                self._read(trainer, log=True)
+            return
+        finite = torch.isfinite(checked).tolist()  # read back every step
+        if self._decide(trainer, names, finite):
+            self._bad_step(trainer, pl_module, optimizer, trainer.global_step + 1,
+                           ", ".join(f"{n} = {v:g}" for n, v, ok in zip(names, checked.tolist(), finite) if not ok)
+                           or "values on another rank", 1)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._read(trainer)
+
+    @staticmethod
+    def _values(trainer, pl_module, optimizer) -> tuple[list[str], list]:
+        """This step's losses (and metrics, on a logged step) and, unless fp16's GradScaler tests the gradients
+        itself, the total gradient norm."""
         logged = {f"train/{k}": v for k, v in getattr(pl_module, "step_metrics", {}).items() if v.is_floating_point()}
         names, values = list(logged), list(logged.values())
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if grads and getattr(trainer.precision_plugin, "scaler", None) is None:
             names.append("gradient norm")
             values.append(torch.nn.utils.get_total_norm(grads))
-        if not values:
+        return names, values
+
+    @staticmethod
+    def _device_flag(trainer, names: list[str], checked: torch.Tensor) -> torch.Tensor:
+        """Whether this step is bad, as a device tensor, the same on every rank (see the class docstring)."""
+        if trainer.world_size > 1 and "gradient norm" in names and _replicated_gradients(trainer.strategy):
+            return ~torch.isfinite(checked[-1])
+        bad = ~torch.isfinite(checked).all()
+        if trainer.world_size > 1:
+            flag = bad.float()
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            bad = flag > 0
+        return bad
+
+    def _remember(self, step: int, names: list[str], checked: torch.Tensor, bad: torch.Tensor) -> None:
+        """Count the bad step and, for the first one since the last read, keep its number and values: device
+        tensors only (no read-back)."""
+        pending = self._pending
+        if pending is None:
+            zero = torch.zeros((), dtype=torch.long, device=checked.device)
+            pending = self._pending = {"count": zero, "first": zero.clone(), "values": {}}
+        newly = bad & (pending["count"] == 0)
+        pending["first"] = torch.where(newly, step, pending["first"])
+        for name, value in zip(names, checked.unbind()):
+            pending["values"][name] = torch.where(newly, value, pending["values"].get(name, value))
+        pending["count"] = pending["count"] + bad.long()
+
+    def _read(self, trainer, log: bool = False) -> None:
+        """Read back the bad steps since the last read (one small transfer) and act on them."""
+        pending, self._pending = self._pending, None
+        if pending is None:
             return
-        checked = torch.stack([v.detach().float().reshape(()).to(pl_module.device) for v in values])
-        finite = torch.isfinite(checked).tolist()  # the one host sync per step
-        if not self._decide(trainer, names, finite):
+        names = list(pending["values"])
+        row = torch.cat([torch.stack([pending["count"], pending["first"]]).double(),
+                         torch.stack([pending["values"][n] for n in names]).double()]).tolist()
+        count, first = int(row[0]), int(row[1])
+        if count == 0:
             return
-        step = trainer.global_step + 1
-        what = ", ".join(f"{n} = {v:g}" for n, v, ok in zip(names, checked.tolist(), finite) if not ok) \
-            or "values on another rank"
-        if self.skipped < self.allowed:
-            self.skipped += 1
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    p.grad = None  # the optimiser skips parameters without a gradient: no update at all
-            pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False, reduce_fx="max")
+        what = ", ".join(f"{n} = {v:g}" for n, v in zip(names, row[2:]) if not math.isfinite(v)) or "values on another rank"
+        if count > 1:
+            what += f" (and {count - 1} more non-finite step(s) up to step {trainer.global_step + 1}, none applied)"
+        self._bad_step(trainer, trainer.lightning_module if log else None, None, first, what, count)
+
+    def _bad_step(self, trainer, pl_module, optimizer, step: int, what: str, count: int) -> None:
+        """Skip (``optimizer`` given: drop its gradients now; None: already skipped on the device) or stop."""
+        if self.skipped + count <= self.allowed:
+            self.skipped += count
+            if optimizer is not None:
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        p.grad = None  # the optimiser skips parameters without a gradient: no update at all
+            if pl_module is not None:  # a hook where Lightning lets callbacks log
+                pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False, reduce_fx="max")
             say(f"[pretrain] step {step}: non-finite {what}; update skipped ({self.skipped} of {self.allowed} allowed)")
             return
-        raise NonFiniteError(f"non-finite {what} at step {step}: stopped before updating the weights"
+        raise NonFiniteError(f"non-finite {what} at step {step}: stopped; no non-finite update reached the weights"
                              f"{_kept(trainer)}; lower the learning rate, or pass --skip_nonfinite N to skip up "
                              "to N such steps")
-
 
     @staticmethod
     def _decide(trainer, names: list[str], finite: list[bool]) -> bool:
@@ -331,6 +412,14 @@ class NonFiniteGuard(Callback):
         if "gradient norm" in names and _replicated_gradients(trainer.strategy):
             return not finite[-1]
         return trainer.strategy.reduce_boolean_decision(bad, all=False)
+
+
+def _on_device_decision(strategy) -> bool:
+    """Whether the strategy lets every rank decide on the device: one process, DDP (replicated gradients) or
+    FSDP (an all-reduce of the flag); not DeepSpeed, whose engine steps its own optimiser."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    return not isinstance(strategy, DeepSpeedStrategy)
 
 
 def _replicated_gradients(strategy) -> bool:

@@ -153,7 +153,7 @@ def _trainer(run: PreparedRun, trainer_args: Namespace, world: World):
     callbacks = [counter, ResumeState(), StepSeeds(cfg.seed_everything), ScheduleKeeper(cfg.reschedule),
                  NonFiniteGuard(cfg.skip_nonfinite), summary, DataFloors(), *(kwargs.get("callbacks") or []),
                  Preemption(last if checkpointing else None, world.procs)]
-    callbacks[-1:-1] = performance_callbacks(cfg.peak_flops, cfg.compile)  # tokens/s, FLOP/s, MFU, memory; compile
+    callbacks[-1:-1] = performance_callbacks(cfg.peak_flops, cfg.compile, cfg.compile_mode)  # tokens/s, FLOP/s, MFU, memory; compile
     if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
         # Checkpoints beside the logs, with last.ckpt always there to resume from.
         callbacks.append(ModelCheckpoint(dirpath=last.parent, save_last=True, every_n_train_steps=cfg.checkpoint_every))

@@ -22,7 +22,7 @@ table :data:`DEVICE_PEAKS` (the devices Lightning's table names wrongly or not a
 (``lightning.fabric.utilities.throughput.get_available_flops``), or a matmul measured on the device
 itself (:func:`measured_matmul_flops`: the CPU, or a device neither table has).
 
-:func:`compile_networks` is the opt-in ``torch.compile`` of a run (``--compile true``).
+:class:`CompileStep` is the opt-in ``torch.compile`` of a run's whole training step (``--compile true``).
 """
 
 from __future__ import annotations
@@ -367,15 +367,27 @@ class Throughput(Callback):
             self._pause_start = None
 
 
-class CompileNetworks(Callback):
-    """``--compile true``: :func:`compile_networks` on the objective once its networks are built and
-    on their device (fit start), before the first step."""
+class CompileStep(Callback):
+    """``--compile true``: the objective's whole training computation compiled as one graph
+    (``objectives.base.PretrainingObjective.compile_step``: masking, generator, sampling, main network,
+    losses and the backward through them) once its networks are built and on their device (fit start),
+    before the first step; ``mode`` is ``torch.compile``'s (``--compile_mode reduce-overhead``: CUDA graphs).
+    A module without ``compile_step`` gets its Hugging Face backbones compiled (:func:`compile_networks`)."""
+
+    def __init__(self, mode: str | None = None):
+        self.mode = mode
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        names = compile_networks(pl_module)
+        options = {"mode": self.mode} if self.mode else {}
+        if hasattr(pl_module, "compile_step"):
+            pl_module.compile_step(**options)
+            _say(f"torch.compile: the whole training step (fullgraph{', mode ' + self.mode if self.mode else ''})")
+            return
+        names = compile_networks(pl_module, **options)
         _say(f"torch.compile: {', '.join(names) or 'no Hugging Face network found'}")
 
 
-def performance_callbacks(peak_flops: float | None = None, compile: bool = False) -> list[Callback]:
+def performance_callbacks(peak_flops: float | None = None, compile: bool = False,
+                          compile_mode: str | None = None) -> list[Callback]:
     """The callbacks a run's ``--peak_flops`` and ``--compile`` ask for (what ``_trainer`` registers)."""
-    return [Throughput(peak_flops), *([CompileNetworks()] if compile else [])]
+    return [Throughput(peak_flops), *([CompileStep(compile_mode)] if compile else [])]
