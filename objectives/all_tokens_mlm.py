@@ -64,12 +64,9 @@ class AllTokensMLM(ReplaceMLM):
         weights = batch["attention_mask"].float()
         n = weights.sum()
         metrics["mlm_loss"] = -(log_p * weights).sum() / n
-        if not self.full_metrics:
-            metrics["loss"] = self.generator_loss(metrics) + metrics["mlm_loss"]
-            return metrics
-        # Accuracy of the mixed prediction: copy wins when D > the softmax's best alternative.
-        best_softmax = logits.argmax(-1)
-        predict = torch.where(torch.sigmoid(gate) > 0.5, corrupted, best_softmax)
-        metrics["mlm_acc"] = ((predict == original).float() * weights).sum() / n
         metrics["loss"] = self.generator_loss(metrics) + metrics["mlm_loss"]
+        if self.full_metrics:
+            # Accuracy of the mixed prediction: copy wins when D > the softmax's best alternative.
+            predict = torch.where(torch.sigmoid(gate) > 0.5, corrupted, logits.argmax(-1))
+            metrics["mlm_acc"] = ((predict == original).float() * weights).sum() / n
         return metrics

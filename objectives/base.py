@@ -284,10 +284,15 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         last = self.scheduled_steps if self.scheduled_steps is not None else trainer.max_steps
         return bool(every) and (step % every == 0 or step == last)
 
+    def training_computation(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`compute` as training runs it: compiled when :meth:`compile_step` was called, with the
+        global RNG, the metrics only where :attr:`full_metrics` says (the caller sets it)."""
+        return (self._compiled_compute or self.compute)(batch, None)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         self.full_metrics = self.logs_at(self.global_step + 1)
         try:
-            metrics = (self._compiled_compute or self.compute)(batch, None)
+            metrics = self.training_computation(batch)
         finally:
             self.full_metrics = True
         metrics.pop(DETECTION, None)

@@ -115,7 +115,7 @@ def test_the_whole_training_step_compiles_as_one_graph_without_recompiling(cls, 
     graphs, losses = [], []
     for step in range(1, 21):
         model.full_metrics = step % 10 == 0  # what training_step sets (logs_at)
-        metrics = model._compiled_compute(next(batches), None)
+        metrics = model.training_computation(next(batches))
         metrics["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()

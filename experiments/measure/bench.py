@@ -92,11 +92,10 @@ def isoflop_step(model, data: dict, dtype: torch.dtype | None) -> Callable[[], N
     clip = model.hparams.max_grad_norm
 
     model.full_metrics = False  # a step that logs nothing, as nearly all training steps are
-    compute = model._compiled_compute or model.compute
 
     def step() -> None:
         with _autocast(model.device, dtype):
-            loss = compute(data, None)["loss"]
+            loss = model.training_computation(data)["loss"]
         _finish_step(loss, params, optimizer, scheduler, clip)
 
     return step

@@ -262,8 +262,9 @@ class Preemption(Callback):
 class NonFiniteGuard(Callback):
     """Stop (or skip the update) when a loss or the gradient norm is NaN or infinite.
 
-    Checked in ``on_before_optimizer_step``, after the backward pass and before the weights change, so a
-    bad step never reaches the weights nor a checkpoint. A non-finite step raises
+    The step's losses and the total gradient norm are checked in ``on_before_optimizer_step``, after the
+    backward pass and before the weights change, so a bad step never reaches the weights nor a checkpoint.
+    A non-finite step raises
     :class:`~experiments.errors.NonFiniteError` naming the step (1-based) and the components; the last good
     checkpoint stays as it was. With ``skip`` > 0 up to that many such steps are skipped instead (no update;
     the step still counts for the schedule, the FLOPs and the tokens), each logged as ``train/skipped_steps``
@@ -317,6 +318,8 @@ class NonFiniteGuard(Callback):
                 pl_module.step_grad_norm = checked[-1]  # the objective clips with it (no second norm)
             bad = self._device_flag(trainer, names, checked)
             skip_step_if(optimizer, bad.float())
+            if self._pending is not None and self._pending["names"] != names:
+                self._read(trainer, log=True)  # the losses changed (two-stage ELECTRA's second stage): once
             self._remember(trainer.global_step + 1, names, checked, bad)
             logs_at = getattr(pl_module, "logs_at", None)
             if logs_at is None or logs_at(trainer.global_step + 1):
@@ -333,9 +336,11 @@ class NonFiniteGuard(Callback):
 
     @staticmethod
     def _values(trainer, pl_module, optimizer) -> tuple[list[str], list]:
-        """This step's losses (and metrics, on a logged step) and, unless fp16's GradScaler tests the gradients
-        itself, the total gradient norm."""
-        logged = {f"train/{k}": v for k, v in getattr(pl_module, "step_metrics", {}).items() if v.is_floating_point()}
+        """This step's losses (``loss`` and its parts, ``*_loss``: computed every step, where the other metrics
+        are computed on logged steps only) and, unless fp16's GradScaler tests the gradients itself, the total
+        gradient norm."""
+        logged = {f"train/{k}": v for k, v in getattr(pl_module, "step_metrics", {}).items()
+                  if k == "loss" or k.endswith("_loss")}
         names, values = list(logged), list(logged.values())
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if grads and getattr(trainer.precision_plugin, "scaler", None) is None:
@@ -361,11 +366,10 @@ class NonFiniteGuard(Callback):
         pending = self._pending
         if pending is None:
             zero = torch.zeros((), dtype=torch.long, device=checked.device)
-            pending = self._pending = {"count": zero, "first": zero.clone(), "values": {}}
+            pending = self._pending = {"names": names, "count": zero, "first": zero, "values": checked}
         newly = bad & (pending["count"] == 0)
         pending["first"] = torch.where(newly, step, pending["first"])
-        for name, value in zip(names, checked.unbind()):
-            pending["values"][name] = torch.where(newly, value, pending["values"].get(name, value))
+        pending["values"] = torch.where(newly, checked, pending["values"])
         pending["count"] = pending["count"] + bad.long()
 
     def _read(self, trainer, log: bool = False) -> None:
@@ -373,9 +377,8 @@ class NonFiniteGuard(Callback):
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        names = list(pending["values"])
-        row = torch.cat([torch.stack([pending["count"], pending["first"]]).double(),
-                         torch.stack([pending["values"][n] for n in names]).double()]).tolist()
+        names = pending["names"]
+        row = torch.cat([torch.stack([pending["count"], pending["first"]]).double(), pending["values"].double()]).tolist()
         count, first = int(row[0]), int(row[1])
         if count == 0:
             return

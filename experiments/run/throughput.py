@@ -276,7 +276,9 @@ def reset_peak_rss() -> bool:
 
 
 def compile_networks(module: torch.nn.Module, **options) -> list[str]:
-    """``torch.compile`` every Hugging Face backbone (``base_model``) under ``module``, in place.
+    """``torch.compile`` every Hugging Face backbone (``base_model``) under ``module``, in place (what
+    ``isoflop bench --compile`` does to the plain loops' networks; a run compiles its whole step instead,
+    :class:`CompileStep`).
 
     The backbones (embeddings and transformer layers) are where a step's time goes; the heads,
     masking, sampling and losses stay eager, so masking's random draws and the generator's sampling
@@ -371,20 +373,14 @@ class CompileStep(Callback):
     """``--compile true``: the objective's whole training computation compiled as one graph
     (``objectives.base.PretrainingObjective.compile_step``: masking, generator, sampling, main network,
     losses and the backward through them) once its networks are built and on their device (fit start),
-    before the first step; ``mode`` is ``torch.compile``'s (``--compile_mode reduce-overhead``: CUDA graphs).
-    A module without ``compile_step`` gets its Hugging Face backbones compiled (:func:`compile_networks`)."""
+    before the first step; ``mode`` is ``torch.compile``'s (``--compile_mode reduce-overhead``: CUDA graphs)."""
 
     def __init__(self, mode: str | None = None):
         self.mode = mode
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        options = {"mode": self.mode} if self.mode else {}
-        if hasattr(pl_module, "compile_step"):
-            pl_module.compile_step(**options)
-            _say(f"torch.compile: the whole training step (fullgraph{', mode ' + self.mode if self.mode else ''})")
-            return
-        names = compile_networks(pl_module, **options)
-        _say(f"torch.compile: {', '.join(names) or 'no Hugging Face network found'}")
+        pl_module.compile_step(**({"mode": self.mode} if self.mode else {}))
+        _say(f"torch.compile: the whole training step (fullgraph{', mode ' + self.mode if self.mode else ''})")
 
 
 def performance_callbacks(peak_flops: float | None = None, compile: bool = False,
