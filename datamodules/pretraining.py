@@ -607,8 +607,8 @@ class PretrainingDataModule(L.LightningDataModule):
     def _pin_memory(self) -> bool:
         """Page-locked batches when training on a CUDA device: Lightning then copies them to the device
         without blocking the host (``non_blocking``), overlapping the copy with the step."""
-        trainer = self.trainer
-        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+        device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)  # no Trainer: the CPU
+        return device is not None and device.type == "cuda"
 
     def _stream_loader(self) -> DataLoader:
         """The stream of this rank, its workers dealt its slots (rotated to continue a resumed run)."""
