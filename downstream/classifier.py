@@ -1,11 +1,15 @@
 """Fine-tuning a pre-trained encoder on one classification or regression task, ELECTRA's way.
 
-Every objective is judged by the same downstream recipe (ELECTRA paper, appendix A; official code
-``finetune/`` and ``model/optimization.py``): the [CLS] vector -> dropout 0.1 -> linear (no
-pooler); AdamW with weight decay 0.01 (not on LayerNorm and biases), eps 1e-6; learning rate 1e-4
-with layer-wise decay 0.8, linear warmup over 10% of the steps then linear decay to 0. MSE on
-STS-B's rescaled score, cross entropy elsewhere. The optimiser and schedule are pre-training's
-own (:mod:`objectives.optim`), with a learning rate per depth.
+Every objective is judged by the same downstream recipe, the official ELECTRA code's
+(google-research/electra: ``configure_finetuning.py``, ``run_finetuning.py`` and
+``model/optimization.py``'s ``create_optimizer`` and ``_get_layer_lrs``; paper appendix A): the [CLS]
+vector -> dropout 0.1 -> linear (no pooler); Adam with decoupled weight decay 0.01 (not on LayerNorm
+and biases), betas 0.9/0.999, eps 1e-6 and no bias correction (``AdamWeightDecayOptimizer``); learning
+rate 1e-4 with layer-wise decay 0.8 (0.9 for Large; none for DeBERTa encoders, as DeBERTa's official
+fine-tuning) at the official depths; the official schedule, linear decay from step 0 times a warm-up
+ramp over 10% of the steps. MSE on STS-B's rescaled score, cross entropy elsewhere. The optimiser and schedules are pre-training's own (:mod:`objectives.optim`),
+with a learning rate per depth; ``adam_bias_correction`` and ``lr_schedule`` choose torch's AdamW and
+the other schedules.
 
 The encoder is whatever ``AutoModel.from_pretrained(dir)`` returns: for an isoflop export or any
 ``save_pretrained`` directory of ``ElectraForPreTraining`` / ``ElectraForMaskedLM`` /
@@ -30,7 +34,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from downstream.tasks import TaskSpec, get_task
-from objectives.optim import adamw_with_schedule
+from objectives.optim import adamw_with_schedule, check_schedule
 from objectives.optim import parameter_groups as adamw_groups
 
 # Files any Hugging Face tokenizer is saved as; at least one must be in an encoder directory.
@@ -169,6 +173,36 @@ def encoder_layers(encoder: nn.Module) -> tuple[str, nn.ModuleList]:
     raise ValueError(f"cannot find the transformer layers of {type(encoder).__name__} (no encoder.layer list)")
 
 
+def official_layerwise_lr_decay(config: Any) -> tuple[float, str]:
+    """The layer-wise learning-rate decay of the official fine-tuning of an encoder's family, and why.
+
+    ``config``: the encoder's Hugging Face config (its ``model_type``, ``hidden_size`` and
+    ``num_hidden_layers``). ELECTRA's ``configure_finetuning.py`` sets ``layerwise_lr_decay`` 0.8, and
+    0.9 for ``model_size`` "large": an ELECTRA encoder of the Large shape (:data:`objectives.encoder.FAMILIES`,
+    ``size_of``) gets 0.9. DeBERTa's official fine-tuning (microsoft/DeBERTa, ``DeBERTa/training/optimizer_utils.py``,
+    ``create_xoptimizer``) gives every parameter the one learning rate: 1.0 (no decay) for DeBERTa encoders.
+    Any other encoder (BERT, an ELECTRA of another shape) gets ELECTRA's 0.8.
+    """
+    from objectives.encoder import FAMILIES
+
+    model_type = str(getattr(config, "model_type", "") or "").replace("_", "-")
+    if model_type in ("deberta", "deberta-v2"):
+        return 1.0, "DeBERTa's official fine-tuning has no layer-wise decay"
+    fam = FAMILIES.get(model_type)
+    size = fam.size_of(getattr(config, "hidden_size", None), getattr(config, "num_hidden_layers", None)) \
+        if fam is not None and fam.name == "electra" else None
+    if size == "large":
+        return 0.9, "the official ELECTRA fine-tuning's for Large (configure_finetuning.py)"
+    return 0.8, "the official ELECTRA fine-tuning's (configure_finetuning.py)"
+
+
+def check_layerwise_lr_decay(layerwise_lr_decay: float | None) -> None:
+    """Refuse a decay of 0 or below (None: the official value for the encoder); 1.0 turns the decay off."""
+    if layerwise_lr_decay is not None and not layerwise_lr_decay > 0:
+        raise ValueError(f"layerwise_lr_decay must be above 0 (1.0 turns the decay off; none: the official value "
+                         f"for the encoder), got {layerwise_lr_decay}")
+
+
 # --------------------------------------------------------------------------------------------
 # The LightningModule
 # --------------------------------------------------------------------------------------------
@@ -187,29 +221,43 @@ class SequenceClassification(L.LightningModule):
         encoder: str,
         task: str = "sst2",
         learning_rate: float = 1e-4,
-        layerwise_lr_decay: float = 0.8,
+        layerwise_lr_decay: float | None = None,
         weight_decay: float = 0.01,
         warmup_fraction: float = 0.1,
         adam_epsilon: float = 1e-6,
         classifier_dropout: float = 0.1,
+        adam_bias_correction: bool = False,
+        lr_schedule: str = "electra",
     ) -> None:
         """
         Args:
             encoder: Checkpoint directory (``save_pretrained`` / ``isoflop export``) or hub name; loaded with ``AutoModel``.
             task: Task name (GLUE or offline); sets the number of labels, the loss and the metrics.
-            learning_rate: Peak learning rate of the task head; the top encoder layer gets ``learning_rate * decay``.
-                ELECTRA: 1e-4 (Base), 3e-4 (Small), 5e-5 (Large).
-            layerwise_lr_decay: Each layer further from the head multiplies the rate by this (ELECTRA: 0.8; Large 0.9).
-                1.0 turns the decay off.
+            learning_rate: Peak learning rate of the task head; the top encoder layer gets ``learning_rate * decay**2``
+                (the official depths, :meth:`parameter_groups`). ELECTRA: 1e-4 (Base), 3e-4 (Small), 5e-5 (Large).
+            layerwise_lr_decay: Each depth further from the head multiplies the rate by this; 1.0 turns the decay
+                off. None: the official value for the encoder (:func:`official_layerwise_lr_decay`): ELECTRA's 0.8,
+                0.9 for an ELECTRA-Large-shaped encoder, 1.0 for DeBERTa (its official fine-tuning has no decay).
             weight_decay: Decoupled AdamW weight decay, not applied to biases and LayerNorm weights.
-            warmup_fraction: Fraction of the training steps with linear warmup; then linear decay to 0.
+            warmup_fraction: Fraction of the training steps in the schedule's warm-up.
             adam_epsilon: AdamW epsilon (ELECTRA: 1e-6).
             classifier_dropout: Dropout on the [CLS] vector before the linear head.
+            adam_bias_correction: Adam's bias correction (``torch.optim.AdamW``). False (default): the official
+                ELECTRA fine-tuning's ``AdamWeightDecayOptimizer``, which has none (``objectives.optim.AdamWeightDecay``).
+            lr_schedule: ``electra`` (default; the official ``create_optimizer``'s: linear decay from step 0 times
+                the warm-up ramp ``min(1, step / warmup)``, so the first update has rate 0), ``linear`` (warm-up from
+                the first step, then linear decay from the peak to 0) or ``deberta`` (DeBERTa's ``warmup_linear``);
+                see ``objectives.optim``.
         """
         super().__init__()
         self.save_hyperparameters()
+        check_layerwise_lr_decay(layerwise_lr_decay)
+        check_schedule(lr_schedule)
         self.spec = get_task(task)
         self.encoder = load_encoder(encoder)
+        # None: the official value for this encoder, resolved from its loaded config.
+        self.layerwise_lr_decay = official_layerwise_lr_decay(self.encoder.config)[0] \
+            if layerwise_lr_decay is None else float(layerwise_lr_decay)
         # from_pretrained returns the model in eval mode, and Lightning keeps each module's mode:
         # without this, fine-tuning would run with the encoder's dropout switched off. A probe's
         # encoder stays frozen and in eval mode: fixed features, only the head trains.
@@ -287,40 +335,44 @@ class SequenceClassification(L.LightningModule):
     # -- optimiser --------------------------------------------------------------------------
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """AdamW parameter groups with ELECTRA's layer-wise learning rates.
+        """AdamW parameter groups with the official ELECTRA fine-tuning's layer-wise learning rates.
 
-        With L layers, distance from the top d: head 0, layer L-1 (the top) 1, ..., layer 0 L,
-        embeddings (with the embedding projection, and any other parameter outside the layer list)
-        L+1; a group's rate is ``learning_rate * layerwise_lr_decay ** d``. (ELECTRA's official code
-        leaves one unused depth between the head and the top layer, for BERT's pooler, so its top
-        layer gets decay**2; here, without a pooler, the distances are contiguous.)
+        The depths of ``_get_layer_lrs`` (google-research/electra, ``model/optimization.py``): with n layers,
+        the embeddings (with the embedding projection, and any other encoder parameter outside the layer
+        list) are at depth 0, layer i (0-based) at depth i + 1, the task head at depth n + 2, and a group's
+        rate is ``learning_rate * layerwise_lr_decay ** (n + 2 - depth)``: the head ``decay**0``, the top
+        layer ``decay**2``, layer i ``decay**(n + 1 - i)``, the embeddings ``decay**(n + 2)``. Depth n + 1
+        holds nothing (BERT's pooler's place; ELECTRA's fine-tuning has no pooler), so the top layer's
+        rate is ``decay**2``, not ``decay``, of the head's, as in the official code.
         Each depth is split in two groups: with weight decay, and without it for biases and
         LayerNorm weights (every 1-d parameter). Groups are named ``head``, ``layer.<i>``,
         ``embeddings``, with ``/no_decay`` appended for the second kind; ``param_names`` lists each
         group's parameters (for inspection; the optimiser drops it).
         """
         hp = self.hparams
+        decay = self.layerwise_lr_decay
         prefix, layers = encoder_layers(self.encoder)
         n_layers = len(layers)
 
         def lr_of(pname: str) -> tuple[str, float]:
             if not pname.startswith("encoder."):
-                name, distance = "head", 0
+                name, depth = "head", n_layers + 2
             else:
                 rest = pname[len("encoder."):]
                 if rest.startswith(prefix + "."):
                     index = int(rest[len(prefix) + 1:].split(".", 1)[0])
-                    name, distance = f"layer.{index}", n_layers - index
+                    name, depth = f"layer.{index}", index + 1
                 else:
-                    name, distance = "embeddings", n_layers + 1
-            return name, hp.learning_rate * hp.layerwise_lr_decay**distance
+                    name, depth = "embeddings", 0
+            return name, hp.learning_rate * decay ** (n_layers + 2 - depth)
 
         return adamw_groups(self.named_parameters(), hp.weight_decay, lr_of=lr_of)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW (betas 0.9, 0.999) over :meth:`parameter_groups`, linear warmup then linear decay to 0,
-        stepped every optimiser step. The schedule multiplies each group's own rate, so the layer-wise
-        ratios hold throughout, and the first step already trains (``(step + 1) / warmup``)."""
+        """Adam with decoupled weight decay (betas 0.9, 0.999) over :meth:`parameter_groups`, without bias
+        correction unless ``adam_bias_correction`` (then ``torch.optim.AdamW``), under ``lr_schedule``
+        (default ``electra``, the official: the first update has rate 0), stepped every optimiser step.
+        The schedule multiplies each group's own rate, so the layer-wise ratios hold throughout."""
         hp = self.hparams
         total = max(1, int(self.trainer.estimated_stepping_batches))
         return adamw_with_schedule(
@@ -330,4 +382,6 @@ class SequenceClassification(L.LightningModule):
             eps=hp.adam_epsilon,
             total_steps=total,
             warmup_fraction=hp.warmup_fraction,
+            bias_correction=hp.adam_bias_correction,
+            lr_schedule=hp.lr_schedule,
         )

@@ -8,6 +8,10 @@ original, and the prediction mixes "copy the input token" with the MLM softmax:
 
 The loss is -log p(original token) over all non-pad tokens. This needs full-vocabulary logits at
 every position, (B, L, V): the objective's nature, and the reason it costs more than MLM per step.
+
+With DeBERTa encoders and ``enhanced_mask_decoder`` (the default) the main network's hidden states are its
+enhanced mask decoder's output at every position (the official decoder's equations, applied to all L tokens
+instead of the masked ones), and both the MLM head and the copy gate read them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
+from objectives.flops import emd_flops, encoder_flops, mlm_head_flops, train_multiplier
 from objectives.replace_mlm import ReplaceMLM
 
 
@@ -41,16 +45,19 @@ class AllTokensMLM(ReplaceMLM):
         return super().build_main()
 
     def main_flops(self, batch_size: int, seq_len: int, convention: str) -> float:
-        """The main network, its MLM head on every token and the copy gate, forward and backward."""
+        """The main network (with its enhanced mask decoder if any), its MLM head on every token and the copy gate,
+        forward and backward."""
         gate = 2 * self.shape.hidden_size * seq_len  # the copy gate, Linear(h, 1) on every token
         per_sequence = mlm_head_flops(self.shape, self.vocab_size, seq_len, convention) + gate
         forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention, batch_size) + batch_size * per_sequence
+        if self.uses_emd:
+            forward += emd_flops(self.shape, seq_len, convention, batch_size)
         return train_multiplier(convention) * forward
 
     def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
         corruption, metrics = self.corrupt(batch, rng)
         original, corrupted = batch["input_ids"], corruption.corrupted  # (B, L)
-        hidden = self.encode(self.mlm, batch, corrupted)  # (B, L, H)
+        hidden = self.mlm_hidden(self.mlm, batch, corrupted)  # (B, L, H), the EMD's output if any
         logits = self.mlm_logits(self.mlm, hidden).float()  # (B, L, V)
         gate = self.copy_gate(hidden).squeeze(-1).float()  # (B, L), logit of D(x, t)
         log_p_softmax = logits.log_softmax(-1).gather(-1, original.unsqueeze(-1)).squeeze(-1)  # (B, L)

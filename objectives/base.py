@@ -20,7 +20,7 @@ from torch import Tensor
 from objectives.encoder import EncoderShape, family, resolve_size
 from objectives.flops import predicted_positions
 from objectives.masking import MaskedPositions, check_mask_args, choose_positions, max_predictions
-from objectives.optim import adamw_with_schedule, parameter_groups
+from objectives.optim import BIAS_FREE_MAX_BETA, adamw_with_schedule, check_schedule, parameter_groups
 
 
 # compute() may return per-token detection outputs under this key, (scores, labels, mask) of shape (B, L):
@@ -44,6 +44,12 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         embedding_size: override the preset's embedding width (ELECTRA-Small: 128 < hidden 256).
         max_position_embeddings: longest sequence the encoder accepts.
         dropout: hidden and attention dropout.
+        enhanced_mask_decoder: DeBERTa masked LMs (MaskedLM, the generators, Replace/All-Tokens MLM) predict through
+            DeBERTa's enhanced mask decoder (microsoft/DeBERTa ``masked_language_model.py``, ``EnhancedMaskDecoder``):
+            the last layer run twice more with absolute positions in its queries (their only absolute positions;
+            one layer pass more per step, see ``objectives.deberta``). False: transformers' plain
+            ``DebertaV2ForMaskedLM``. Changes nothing for ELECTRA encoders (with absolute positions in the input the
+            official decoder is the last layer itself), nor for MLMPlusRTD's head on the discriminator.
         mask_prob: share of non-pad tokens chosen for masking; ``None``: the paper's value for the size
             (0.15, or 0.25 at ELECTRA-Large).
         mask_style: ``bert`` (80% [MASK], 10% random, 10% kept), ``electra`` (85% [MASK], 15% kept) or
@@ -53,7 +59,13 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         weight_decay: AdamW weight decay, not applied to biases and LayerNorm weights.
         adam_betas: AdamW betas.
         adam_eps: AdamW epsilon.
-        warmup_fraction: share of training spent in linear warmup; then linear decay to 0.
+        adam_bias_correction: Adam's bias correction (torch's AdamW); false: the update of the official
+            BERT, ELECTRA and DeBERTa optimisers, which have none (``objectives.optim.AdamWeightDecay``;
+            the ``bert-*``, ``electra-*`` and ``deberta-v3-*`` presets).
+        warmup_fraction: share of training spent in linear warmup.
+        lr_schedule: ``linear`` (warm-up from the first step, then linear decay from the peak to 0),
+            ``electra`` (the official code's: linear decay from step 0 times the warm-up ramp) or ``deberta``
+            (DeBERTa's ``warmup_linear``); see ``objectives.optim``.
         max_grad_norm: gradient-norm clipping (0 disables).
         seed: seed of the fixed validation masks (each validation batch is masked the same way every time).
     """
@@ -70,6 +82,7 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         embedding_size: int | None = None,
         max_position_embeddings: int = 512,
         dropout: float = 0.1,
+        enhanced_mask_decoder: bool = True,
         mask_prob: float | None = None,
         mask_style: str = "bert",
         whole_word: bool = False,
@@ -77,7 +90,9 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         weight_decay: float = 0.01,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-6,
+        adam_bias_correction: bool = True,
         warmup_fraction: float = 0.01,
+        lr_schedule: str = "linear",
         max_grad_norm: float = 1.0,
         seed: int = 0,
     ):
@@ -86,10 +101,16 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         self.family = family(encoder)
         self.shape: EncoderShape = resolve_size(encoder, size, hidden_size, num_layers, num_heads, intermediate_size,
                                                 embedding_size)
+        # Whether this objective's masked LMs are built with DeBERTa's enhanced mask decoder (FLOPs need no networks).
+        self.uses_emd = enhanced_mask_decoder and self.family.enhanced_mask_decoder
         self.mask_prob = self.family.mask_prob[size] if mask_prob is None else mask_prob
         check_mask_args(self.mask_prob, mask_style)
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction}")
+        check_schedule(lr_schedule)
+        if not adam_bias_correction and max(adam_betas) > BIAS_FREE_MAX_BETA:
+            raise ValueError(f"adam_betas {tuple(adam_betas)} with adam_bias_correction false: betas above "
+                             f"{BIAS_FREE_MAX_BETA} are not supported there")
         self.learning_rate = self.family.learning_rate[size] if learning_rate is None else learning_rate
         self.vocab_size = vocab_size
         self.mask_style = mask_style
@@ -167,6 +188,15 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         """The last hidden states (B, L, H) of a network's backbone on ``input_ids`` with the batch's masks."""
         return model.base_model(input_ids=input_ids, attention_mask=PretrainingObjective.attention_mask(batch),
                                 token_type_ids=batch["token_type_ids"]).last_hidden_state
+
+    @staticmethod
+    def mlm_hidden(model, batch: dict[str, Tensor], input_ids: Tensor) -> Tensor:
+        """The hidden states (B, L, H) a masked-LM network's head reads on ``input_ids``: the enhanced mask decoder's
+        output for a network that has one (``objectives.deberta.DebertaV2ForMaskedLMWithEMD``), else :meth:`encode`'s
+        last hidden states."""
+        if not hasattr(model, "emd_hidden"):
+            return PretrainingObjective.encode(model, batch, input_ids)
+        return model.emd_hidden(input_ids, PretrainingObjective.attention_mask(batch), batch["token_type_ids"])
 
     # -- tokenizer and data checks -------------------------------------------------------------
 
@@ -346,11 +376,25 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
             return self.scheduled_steps
         return max(1, int(self.trainer.estimated_stepping_batches))
 
+    def optimizer_groups(self) -> list[dict]:
+        """The optimiser's parameter groups (``objectives.optim.parameter_groups``); objectives that give
+        parts of their networks their own rates or clipping override it."""
+        return parameter_groups(self.named_parameters(), self.hparams.weight_decay)
+
+    def schedule_stages(self) -> list[int] | None:
+        """Lengths of consecutive stages that each run the whole learning-rate schedule (None: one stage)."""
+        return None
+
     def configure_optimizers(self):
         hp = self.hparams
-        groups = parameter_groups(self.named_parameters(), hp.weight_decay)
-        return adamw_with_schedule(groups, self.learning_rate, hp.adam_betas, hp.adam_eps, self.total_steps(),
-                                   hp.warmup_fraction)
+        return adamw_with_schedule(self.optimizer_groups(), self.learning_rate, hp.adam_betas, hp.adam_eps,
+                                   self.total_steps(), hp.warmup_fraction, bias_correction=hp.adam_bias_correction,
+                                   lr_schedule=hp.lr_schedule, stages=self.schedule_stages())
+
+    def clipping_sets(self) -> list[list[Tensor]] | None:
+        """Sets of parameters whose gradients are clipped each by its own global norm (decoupled generator and
+        discriminator training); None: one norm over every parameter."""
+        return None
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip the global gradient norm at ``max_grad_norm`` (ELECTRA's 1.0), or at the Trainer's
@@ -363,7 +407,14 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         algorithm = gradient_clip_algorithm or "norm"
         root = sharded_root(self.trainer.strategy)
         norm, self.step_grad_norm = self.step_grad_norm, None
-        if root is not None and algorithm == "norm":
+        sets = self.clipping_sets()
+        if sets is not None and algorithm == "norm":
+            if root is not None:
+                raise ValueError("decoupled_training clips the generator's and the discriminator's gradients each by "
+                                 "its own norm, which FSDP's sharded clipping cannot do: use --trainer.strategy ddp")
+            for params in sets:  # each set by its own global norm (no host sync: torch clips with a clamp)
+                torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip)
+        elif root is not None and algorithm == "norm":
             root.clip_grad_norm_(clip)
         elif norm is not None and algorithm == "norm":
             # The norm the non-finite check took of these very gradients (experiments.run.callbacks.NonFiniteGuard):

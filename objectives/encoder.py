@@ -11,7 +11,8 @@ Every objective trains plain Hugging Face models, so whatever isoflop trains loa
     DeBERTa-v2 encoders with disentangled relative-position attention (content-to-position and
     position-to-content, bucketed relative positions, no absolute position input) as DeBERTa-v3 uses
     them (He et al. 2021, arXiv 2111.09543; official configs ``experiments/language_model/rtd_*.json``
-    of microsoft/DeBERTa): ``DebertaV2Model`` under ``DebertaV2ForMaskedLM`` and, for replaced token
+    of microsoft/DeBERTa): ``DebertaV2Model`` under ``DebertaV2ForMaskedLM`` (or, with DeBERTa's enhanced
+    mask decoder, :class:`objectives.deberta.DebertaV2ForMaskedLMWithEMD`) and, for replaced token
     detection, :class:`DebertaV2ForReplacedTokenDetection`.
 
 A family says how to build each network from an :class:`EncoderShape`, where its backbone and heads
@@ -81,6 +82,8 @@ class EncoderFamily:
         mask_prob: per size, the paper's share of masked tokens.
         learning_rate: per size, the paper's peak pre-training learning rate.
         finetune_learning_rate: per size, the peak fine-tuning learning rate of the family's own recipe.
+        enhanced_mask_decoder: whether the family's masked LMs have an enhanced-mask-decoder variant (DeBERTa's;
+            see ``masked_lm``).
     """
 
     name: str
@@ -89,6 +92,7 @@ class EncoderFamily:
     mask_prob: dict[str, float]
     learning_rate: dict[str, float]
     finetune_learning_rate: dict[str, float]
+    enhanced_mask_decoder: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -109,8 +113,9 @@ class EncoderFamily:
         """The Hugging Face config of an encoder of this shape."""
         raise NotImplementedError
 
-    def masked_lm(self, config):
-        """A masked-LM network (backbone + MLM head whose output matrix is tied to the word embeddings)."""
+    def masked_lm(self, config, enhanced_mask_decoder: bool = False):
+        """A masked-LM network (backbone + MLM head whose output matrix is tied to the word embeddings);
+        ``enhanced_mask_decoder``: DeBERTa's EMD where the family has one (ignored by the others)."""
         raise NotImplementedError
 
     def discriminator(self, config):
@@ -162,7 +167,8 @@ class ElectraFamily(EncoderFamily):
         )
         return config
 
-    def masked_lm(self, config):
+    def masked_lm(self, config, enhanced_mask_decoder: bool = False):
+        # No decoder to add: the official EMD with absolute positions in the input is the last layer itself.
         from transformers import ElectraForMaskedLM
 
         return ElectraForMaskedLM(config)
@@ -204,6 +210,7 @@ class DebertaV2Family(EncoderFamily):
     # Fine-tuning on MNLI, official experiments/glue/mnli.sh: 4.5e-5 (v3-xsmall, v3-small), 1.5e-5 (v3-base),
     # 7e-6 (v3-large); tiny as ELECTRA's.
     finetune_learning_rate = {"tiny": 2e-3, "xsmall": 4.5e-5, "small": 4.5e-5, "base": 1.5e-5, "large": 7e-6}
+    enhanced_mask_decoder = True
 
     def config(self, shape, vocab_size, max_position_embeddings, dropout, pad_token_id=0):
         from transformers import DebertaV2Config
@@ -219,7 +226,11 @@ class DebertaV2Family(EncoderFamily):
             legacy=True,  # the MLM head projects to the embedding width, so a narrow generator can share a wide table
         )
 
-    def masked_lm(self, config):
+    def masked_lm(self, config, enhanced_mask_decoder: bool = False):
+        if enhanced_mask_decoder:  # the official MaskedLanguageModel's EnhancedMaskDecoder
+            from objectives.deberta import DebertaV2ForMaskedLMWithEMD
+
+            return DebertaV2ForMaskedLMWithEMD(config)
         from transformers import DebertaV2ForMaskedLM
 
         return DebertaV2ForMaskedLM(config)

@@ -70,9 +70,10 @@ from objectives.encoder import EncoderShape
 Convention = Literal["paper", "actual"]
 CONVENTIONS: tuple[str, ...] = ("paper", "actual")
 
-# The paper's accounting charges the MLM output on a fixed share of the tokens, 0.15625 = 20/128
-# (the official max_predictions_per_seq at seq 128), also for 25% masking (official code:
-# ``TransformerHparams(output_frac=0.15625)``).
+# The paper's accounting charges the MLM output on a fixed share of the tokens, 0.15625 = 20/128, also for 25%
+# masking: the default ``output_frac`` of the official ``flops_computation.py``'s ``TransformerHparams`` (the
+# pre-training code itself predicts int((0.15 + 0.005) x 128) = 19 positions at length 128,
+# ``configure_pretraining.py``).
 PAPER_MLM_FRACTION = 0.15625
 
 # Per-element costs of element-wise ops in the paper's accounting (official ``flops_computation.py``).
@@ -239,3 +240,14 @@ def predicted_positions(seq_len: int, convention: str, n_slots: int) -> float:
     if n_slots < 0:
         raise ValueError(f"n_slots must be >= 0, got {n_slots}")
     return PAPER_MLM_FRACTION * seq_len if convention == "paper" else float(n_slots)
+
+
+def emd_flops(shape: EncoderShape, seq_len: int, convention: str, batch_size: int = 1) -> float:
+    """Forward FLOPs the enhanced mask decoder adds to a masked LM of ``shape`` over ``batch_size`` sequences:
+    the last layer runs twice over all ``seq_len`` tokens instead of once (``objectives.deberta.DebertaV2ForMaskedLMWithEMD.emd_hidden``
+    skips its ordinary pass, whose output no loss reads), so one :func:`layer_flops` more, the
+    relative embeddings' projection included (per call), plus, when ``embedding_size != hidden_size``, the
+    projection of the ``seq_len`` position vectors (once per call: they are the same for every sequence).
+    Back-propagated like the rest of the network (``train_multiplier``)."""
+    projection = 2 * shape.embedding_size * shape.hidden_size * seq_len if shape.embedding_size != shape.hidden_size else 0
+    return layer_flops(shape, seq_len, convention, batch_size) + projection

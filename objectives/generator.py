@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from objectives.base import PretrainingObjective, masked_lm_loss, with_metrics
-from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
+from objectives.flops import emd_flops, encoder_flops, mlm_head_flops, train_multiplier
 from objectives.masking import MaskedPositions, apply_mask
 
 SHARING_MODES = ("none", "embeddings", "all", "gdes")
@@ -173,8 +173,15 @@ class GeneratorObjective(PretrainingObjective):
         self.uniform_generator = uniform_generator
 
     def build_networks(self) -> None:
-        self.generator = None if self.uniform_generator else self.family.masked_lm(self.encoder_config(self.generator_shape))
+        self.generator = None if self.uniform_generator else self.family.masked_lm(
+            self.encoder_config(self.generator_shape), enhanced_mask_decoder=self.uses_emd)
+        emd = self.uses_emd and self.generator is not None
+        positions = self.generator.base_model.embeddings.position_embeddings if emd else None
         self.share_embeddings(self.build_main())
+        if positions is not None:
+            # Sharing 'all' swaps the generator's backbone for the discriminator's: the decoder's position table
+            # goes with it (the discriminator only looks it up; it adds no absolute position to its input).
+            self.generator.base_model.embeddings.position_embeddings = positions
 
     @abc.abstractmethod
     def build_main(self) -> PreTrainedModel:
@@ -236,7 +243,7 @@ class GeneratorObjective(PretrainingObjective):
         else:
             gen_input = apply_mask(original, masked, self.mask_token_id, self.vocab_size, self.mask_style, rng=rng)
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.trains_generator):
-                hidden = self.encode(self.generator, batch, gen_input)  # (B, L, H_g)
+                hidden = self.mlm_hidden(self.generator, batch, gen_input)  # (B, L, H_g), through the EMD if any
                 gen_logits = self.mlm_logits(self.generator, masked.gather(hidden))  # (B, K, V)
             metrics["gen_loss"], acc = masked_lm_loss(gen_logits, labels, accuracy=self.full_metrics)
             with_metrics(metrics, gen_acc=acc)
@@ -258,14 +265,17 @@ class GeneratorObjective(PretrainingObjective):
     # -- FLOPs ----------------------------------------------------------------------------------------
 
     def generator_flops(self, batch_size: int, seq_len: int, convention: str, trained: bool | None = None) -> float:
-        """FLOPs of the generator on a batch (its encoder and MLM head; sampling is free): forward and
-        backward while it trains (``trained``, default: this step's state), forward only when frozen."""
+        """FLOPs of the generator on a batch (its encoder, its enhanced mask decoder if any, and its MLM head;
+        sampling is free): forward and backward while it trains (``trained``, default: this step's state), forward
+        only when frozen."""
         if self.uniform_generator:
             return 0.0
         trained = self.trains_generator if trained is None else trained
         gen, v = self.generator_shape, self.vocab_size
         n = self.predicted_positions(seq_len, convention)
         forward = encoder_flops(gen, v, seq_len, convention, batch_size) + batch_size * mlm_head_flops(gen, v, n, convention)
+        if self.uses_emd:
+            forward += emd_flops(gen, seq_len, convention, batch_size)
         return (train_multiplier(convention) if trained else 1.0) * forward
 
     @abc.abstractmethod

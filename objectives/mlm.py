@@ -3,8 +3,9 @@
 Choose positions, corrupt them (80% [MASK], 10% random, 10% kept), and predict the original token
 at the chosen positions only. The encoder and head are the family's Hugging Face masked LM
 (``ElectraForMaskedLM``: hidden -> dense(embedding) -> GELU -> LayerNorm -> output matrix tied to the
-word embeddings, the same architecture as the paper's BERT baseline; or ``DebertaV2ForMaskedLM``), so
-export is a plain ``save_pretrained``.
+word embeddings, the same architecture as the paper's BERT baseline; or ``DebertaV2ForMaskedLM``, by default
+with DeBERTa's enhanced mask decoder: :class:`objectives.deberta.DebertaV2ForMaskedLMWithEMD`), so export is a
+plain ``save_pretrained``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from objectives.base import PretrainingObjective, masked_lm_loss, with_metrics
-from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
+from objectives.flops import emd_flops, encoder_flops, mlm_head_flops, train_multiplier
 from objectives.masking import MaskedPositions, apply_mask
 
 
@@ -33,13 +34,13 @@ class MaskedLM(PretrainingObjective):
         super().__init__(size=size, mask_style=mask_style, **kwargs)
 
     def build_networks(self) -> None:
-        self.model = self.family.masked_lm(self.encoder_config())
+        self.model = self.family.masked_lm(self.encoder_config(), enhanced_mask_decoder=self.uses_emd)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor,
                 masked: MaskedPositions) -> Tensor:
-        """MLM logits at the chosen positions: (B, K, V)."""
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                       token_type_ids=token_type_ids).last_hidden_state  # (B, L, H)
+        """MLM logits at the chosen positions: (B, K, V) (through the enhanced mask decoder if the network has one)."""
+        batch = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}  # attention_mask: None or (B, L)
+        hidden = self.mlm_hidden(self.model, batch, input_ids)  # (B, L, H)
         return self.mlm_logits(self.model, masked.gather(hidden))
 
     def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
@@ -52,13 +53,18 @@ class MaskedLM(PretrainingObjective):
         return with_metrics({"loss": loss, "mlm_loss": loss}, mlm_acc=acc)
 
     def flops_per_batch(self, batch_size: int, seq_len: int, convention: str = "actual") -> float:
-        """The encoder and the MLM head on the K chosen slots, forward and backward."""
+        """The encoder (with its enhanced mask decoder if any) and the MLM head on the K chosen slots, forward and
+        backward."""
         n = self.predicted_positions(seq_len, convention)
         forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention, batch_size) + batch_size * mlm_head_flops(
             self.shape, self.vocab_size, n, convention)
+        if self.uses_emd:
+            forward += emd_flops(self.shape, seq_len, convention, batch_size)
         return train_multiplier(convention) * forward
 
     def export(self, out_dir: str | Path) -> None:
-        """``out_dir``: the masked LM with its tokenizer (``AutoModelForMaskedLM`` loads it)."""
+        """``out_dir``: the masked LM with its tokenizer. ``AutoModelForMaskedLM`` loads it; with the enhanced mask
+        decoder, as a plain ``DebertaV2ForMaskedLM`` without it (``DebertaV2ForMaskedLMWithEMD.from_pretrained`` gives
+        the network as trained)."""
         self.model.save_pretrained(out_dir)
         self.save_tokenizer(out_dir)

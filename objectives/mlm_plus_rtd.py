@@ -5,6 +5,11 @@ non-pad tokens, never ones the generator filled) is set to [MASK] in the discrim
 The discriminator then (a) classifies every other non-pad token as original or replaced and
 (b) predicts the original token at its own [MASK] positions with an MLM head tied to its word
 embeddings. Total loss = gen_weight x generator MLM + disc_weight x RTD + mlm_weight x MLM.
+
+The discriminator's MLM head reads the discriminator's own last hidden states, also on DeBERTa encoders with
+``enhanced_mask_decoder``: the official code has no such objective, and a decoder there would add absolute
+positions and two passes of the discriminator's last layer to a network kept for fine-tuning without them. The
+generator still uses the decoder.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ class MLMPlusRTD(ReplacedTokenDetection):
 
     def build_networks(self) -> None:
         super().build_networks()
-        # The discriminator's MLM head: a masked LM of the family whose encoder is the discriminator's.
-        self.discriminator_mlm = self.family.masked_lm(self.encoder_config())
+        # The discriminator's MLM head: a masked LM of the family whose encoder is the discriminator's (plain: no
+        # enhanced mask decoder, see the module's docstring).
+        self.discriminator_mlm = self.family.masked_lm(self.encoder_config(), enhanced_mask_decoder=False)
         setattr(self.discriminator_mlm, self.discriminator_mlm.base_model_prefix, self.discriminator.base_model)
         self.tie_output_embeddings()
 

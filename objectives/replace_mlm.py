@@ -2,7 +2,8 @@
 
 The paper's ablation (section 3.2, Table 5: GLUE 82.4) that tests how much of BERT's deficit comes
 from the pre-train/fine-tune mismatch of the [MASK] token: the main network predicts the original
-token at the chosen positions, but its input there is a plausible sample from the generator.
+token at the chosen positions, but its input there is a plausible sample from the generator. A DeBERTa main
+network predicts through the enhanced mask decoder, as the generator does (``enhanced_mask_decoder``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from objectives.base import masked_lm_loss, with_metrics
-from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
+from objectives.flops import emd_flops, encoder_flops, mlm_head_flops, train_multiplier
 from objectives.generator import GeneratorObjective
 
 
@@ -30,7 +31,8 @@ class ReplaceMLM(GeneratorObjective):
         super().__init__(size=size, mask_style=mask_style, **kwargs)
 
     def build_main(self) -> PreTrainedModel:
-        self.mlm = self.family.masked_lm(self.encoder_config())  # the main network: an MLM on corrupted input
+        # The main network: an MLM on corrupted input (with DeBERTa's enhanced mask decoder when uses_emd).
+        self.mlm = self.family.masked_lm(self.encoder_config(), enhanced_mask_decoder=self.uses_emd)
         return self.mlm
 
     @property
@@ -38,15 +40,18 @@ class ReplaceMLM(GeneratorObjective):
         return self.mlm
 
     def main_flops(self, batch_size: int, seq_len: int, convention: str) -> float:
-        """The main network and its MLM head on the K chosen slots, forward and backward."""
+        """The main network (with its enhanced mask decoder if any) and its MLM head on the K chosen slots, forward
+        and backward."""
         n = self.predicted_positions(seq_len, convention)
         forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention, batch_size) + batch_size * mlm_head_flops(
             self.shape, self.vocab_size, n, convention)
+        if self.uses_emd:
+            forward += emd_flops(self.shape, seq_len, convention, batch_size)
         return train_multiplier(convention) * forward
 
     def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:
         corruption, metrics = self.corrupt(batch, rng)
-        hidden = self.encode(self.mlm, batch, corruption.corrupted)  # (B, L, H)
+        hidden = self.mlm_hidden(self.mlm, batch, corruption.corrupted)  # (B, L, H), through the EMD if any
         logits = self.mlm_logits(self.mlm, corruption.masked.gather(hidden))  # (B, K, V)
         metrics["mlm_loss"], acc = masked_lm_loss(logits, corruption.labels, accuracy=self.full_metrics)
         with_metrics(metrics, mlm_acc=acc)

@@ -66,8 +66,17 @@ class ReplacedTokenDetection(GeneratorObjective):
         mask_style: ``electra`` (85% [MASK], 15% kept; the paper's) or ``bert`` (80/10/10).
         disc_weight: weight of the discriminator loss (the paper's lambda = 50; DeBERTa-v3 uses 10).
         two_stage: train the generator alone first, then initialise the discriminator from it and
-            train the discriminator with the generator frozen (paper section 3.2; needs equal sizes).
+            train the discriminator with the generator frozen (paper section 3.2; needs equal sizes). The
+            generator is frozen whole, embeddings included, so the two networks share no weights: the
+            discriminator's encoder, embeddings included, starts as a copy of the generator's (``none`` and
+            ``embeddings`` sharing give the same run). Each stage runs the whole learning-rate schedule
+            (its own warm-up and decay).
         two_stage_fraction: share of training steps spent in the generator-only stage.
+        decoupled_training: optimise the generator and the discriminator as two optimisers would
+            (DeBERTa-v3's ``--decoupled_training``, official ``DeBERTa/apps/tasks/rtd_task.py``): each
+            network's gradients clipped by their own global norm (the shared embeddings go with the
+            generator), so the discriminator's large gradients no longer shrink the generator's update.
+            False: ELECTRA's one joint loss with one clipping norm (official ``run_pretraining.py``).
         **kwargs: generator settings of :class:`objectives.generator.GeneratorObjective`
             (generator_hidden_fraction, embedding_sharing, temperature, disallow_correct, ...) and the
             shared settings of :class:`objectives.base.PretrainingObjective`.
@@ -80,10 +89,16 @@ class ReplacedTokenDetection(GeneratorObjective):
         disc_weight: float = 50.0,
         two_stage: bool = False,
         two_stage_fraction: float = 0.5,
+        decoupled_training: bool = False,
         **kwargs,
     ):
         super().__init__(size=size, mask_style=mask_style, **kwargs)
         self.track_detection()
+        if decoupled_training and (self.uniform_generator or self.embedding_sharing == "all"):
+            why = "uniform_generator has no generator" if self.uniform_generator else \
+                "embedding_sharing 'all' makes them one network"
+            raise ValueError(f"decoupled_training optimises the generator apart from the discriminator, and {why}: "
+                             "drop one of the two")
         if two_stage:
             if self.uniform_generator or self.generator_shape != self.shape:
                 raise ValueError(
@@ -102,6 +117,21 @@ class ReplacedTokenDetection(GeneratorObjective):
         # training step never reads a device value.
         self.register_buffer("stage", torch.tensor(1 if two_stage else 2))
         self._stage = 1 if two_stage else 2
+
+    def share_embeddings(self, main: PreTrainedModel) -> None:
+        """As :meth:`GeneratorObjective.share_embeddings`, except under two-stage training, where nothing is
+        shared (the generator is frozen whole in stage 2 while the discriminator trains; stage 2 copies the
+        generator's encoder, embeddings included, into the discriminator instead)."""
+        if self.hparams.two_stage:
+            self.tie_output_embeddings()
+            return
+        super().share_embeddings(main)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.hparams.decoupled_training and "fsdp" in type(self.trainer.strategy).__name__.lower():
+            raise ValueError("decoupled_training clips the generator's and the discriminator's gradients each by its "
+                             "own norm, which FSDP's sharded clipping cannot do: use --trainer.strategy ddp")
 
     def build_main(self) -> PreTrainedModel:
         self.discriminator = self.family.discriminator(self.encoder_config())
@@ -171,20 +201,52 @@ class ReplacedTokenDetection(GeneratorObjective):
         self._stage = int(checkpoint["state_dict"].get("stage", torch.tensor(self._stage)))
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if self._stage == 1 and self.global_step >= int(self.hparams.two_stage_fraction * self.total_steps()):
+        if self._stage == 1 and self.global_step >= self.stage_one_steps():
             self.start_discriminator_stage()
 
+    def stage_one_steps(self) -> int:
+        """Optimiser steps of the generator-only stage of two-stage training."""
+        return int(self.hparams.two_stage_fraction * self.total_steps())
+
+    def schedule_stages(self) -> list[int] | None:
+        """Two-stage training runs the learning-rate schedule once per stage (each its own warm-up and decay), as
+        the paper's two trainings of n steps each (section 3.2)."""
+        if not self.hparams.two_stage:
+            return None
+        first = self.stage_one_steps()
+        return [first, self.total_steps() - first]
+
     def start_discriminator_stage(self) -> None:
-        """Initialise the discriminator's encoder from the generator's and freeze the generator."""
-        self.discriminator.base_model.load_state_dict(self.generator.base_model.state_dict())
+        """Initialise the discriminator's encoder (embeddings included) from the generator's and freeze the generator.
+        The discriminator's parameters have had no gradient yet, so their Adam state starts here."""
+        # Everything but the generator's own absolute-position table (its enhanced mask decoder's, DeBERTa), which
+        # the discriminator has no use for: it adds no absolute position to its input.
+        loaded = self.discriminator.base_model.load_state_dict(self.generator.base_model.state_dict(), strict=False)
+        left = [k for k in loaded.unexpected_keys if not (self.uses_emd and k == "embeddings.position_embeddings.weight")]
+        if loaded.missing_keys or left:
+            raise RuntimeError(f"two-stage training cannot copy the generator into the discriminator: missing "
+                               f"{loaded.missing_keys}, unexpected {left}")
         self.freeze_generator()
         self.stage.fill_(2)
         self._stage = 2
 
     def freeze_generator(self) -> None:
-        """No more updates to the generator's own parameters (shared embeddings keep training). Their
+        """No more updates to any generator parameter (two-stage shares none with the discriminator). Their
         gradients stay None, so AdamW skips them: no decay, no momentum."""
-        shared = {id(p) for p in self.discriminator.parameters()}
-        for p in self.generator.parameters():
-            if id(p) not in shared:
-                p.requires_grad_(False)
+        self.generator.requires_grad_(False)
+
+    # -- decoupled training ------------------------------------------------------------------------
+
+    def generator_parameters(self) -> list[Tensor]:
+        """The parameters the generator's loss trains: the generator's own and those it shares (embeddings)."""
+        return [] if self.generator is None else list(self.generator.parameters())
+
+    def clipping_sets(self) -> list[list[Tensor]] | None:
+        """Under ``decoupled_training``: the generator's parameters (shared ones included) and all the others,
+        each clipped by its own global norm."""
+        if not self.hparams.decoupled_training:
+            return None
+        generator = {id(p) for p in self.generator_parameters()}
+        own = [p for p in self.generator_parameters() if p.requires_grad]
+        rest = [p for p in self.parameters() if id(p) not in generator and p.requires_grad]
+        return [own, rest]

@@ -72,6 +72,11 @@ def test_results_files(compare_dir):
     machine = json.loads((compare_dir / "MaskedLM" / "result.json").read_text())["machine"]
     mentions(machine, "1 x", "1 torch thread(s)", f"torch {torch.__version__}", f"Python {platform.python_version()}")
     mentions((compare_dir / "results.md").read_text(), f"Pre-trained on {machine}.")
+    # and which recipe each objective ran: its masking and optimiser settings, as the runs resolved them
+    recipes = dict(line[2:].split(": ", 1) for line in (compare_dir / "results.md").read_text().split("## Recipes")[1]
+                   .splitlines() if line.startswith("- "))
+    mentions(recipes["MaskedLM"], "mask_style bert", "adam_bias_correction true", "lr_schedule linear")
+    mentions(recipes["ReplacedTokenDetection"], "mask_style electra", "disc_weight 50", "embedding_sharing embeddings")
 
 
 def test_rerun_skips_finished_runs(compare_dir, monkeypatch):

@@ -178,16 +178,40 @@ def test_glue_average_is_mean_of_task_medians_without_wnli():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["electra-pretraining", "bert-mlm"])
-def test_layerwise_lr_decay_groups(tmp_path, model):
-    path = make_tiny_checkpoint(tmp_path / model, model=model, layers=3)
+def official_depth_rates(learning_rate: float, decay: float, n_layers: int) -> dict[int, float]:
+    """The official ELECTRA fine-tuning's learning rate per depth (google-research/electra,
+    ``model/optimization.py``, ``_get_layer_lrs``), restated: the task-specific head is at depth n + 2 with the
+    full rate, and each depth below multiplies it by ``decay`` once more, down to depth 0 (the embeddings and
+    the embedding projection). Layer i (0-based) is at depth i + 1; depth n + 1 holds nothing."""
+    rates = {n_layers + 2: learning_rate}
+    for depth in range(n_layers + 1, -1, -1):
+        rates[depth] = rates[depth + 1] * decay
+    return rates
+
+
+def official_depth(group: str, n_layers: int) -> int:
+    """The official depth of an isoflop group: ``task_specific/`` (head), ``encoder/layer_<i>/``,
+    ``/embeddings/`` and ``/embeddings_project/``."""
+    if group == "head":
+        return n_layers + 2
+    if group.startswith("layer."):
+        return int(group.split(".")[1]) + 1
+    assert group == "embeddings", group
+    return 0
+
+
+@pytest.mark.parametrize(("model", "layers"), [("electra-pretraining", 4), ("electra-pretraining", 12),
+                                               ("bert-mlm", 4)])
+def test_layerwise_lr_decay_groups_are_the_official_table(tmp_path, model, layers):
+    path = make_tiny_checkpoint(tmp_path / model, model=model, layers=layers)
     module = SequenceClassification(path, task="mrpc", learning_rate=1e-4, layerwise_lr_decay=0.8, weight_decay=0.01)
     groups = {g["name"]: g for g in module.parameter_groups()}
-    expected = {"head": 1e-4, "layer.2": 8e-5, "layer.1": 6.4e-5, "layer.0": 5.12e-5, "embeddings": 4.096e-5}
-    assert {name.split("/")[0] for name in groups} == set(expected)
+    table = official_depth_rates(1e-4, 0.8, layers)
+    bases = {name.split("/")[0] for name in groups}
+    assert bases == {"head", "embeddings", *(f"layer.{i}" for i in range(layers))}
     for name, group in groups.items():
         base = name.split("/")[0]
-        assert group["lr"] == pytest.approx(expected[base], rel=1e-12), name
+        assert group["lr"] == pytest.approx(table[official_depth(base, layers)], rel=1e-12), name
         assert group["weight_decay"] == (0.0 if name.endswith("/no_decay") else 0.01)
         for pname, p in zip(group["param_names"], group["params"]):
             if base.startswith("layer."):
@@ -198,42 +222,135 @@ def test_layerwise_lr_decay_groups(tmp_path, model):
                 assert pname.startswith("classifier."), pname
             # No weight decay exactly on biases and LayerNorm weights.
             assert name.endswith("/no_decay") == (p.ndim == 1), pname
+    if layers == 4:  # the numbers themselves: the top layer at decay**2 of the head, the embeddings at decay**6
+        expected = {"head": 1e-4, "layer.3": 6.4e-5, "layer.2": 5.12e-5, "layer.1": 4.096e-5, "layer.0": 3.2768e-5,
+                    "embeddings": 2.62144e-5}
+        assert {b: groups[b]["lr"] for b in expected} == pytest.approx(expected, rel=1e-12)
     if model == "electra-pretraining":  # the 16 -> 32 embedding projection sits with the embeddings
         assert any(n.startswith("encoder.embeddings_project.") for n in groups["embeddings"]["param_names"])
-    # Every trainable parameter exactly once; BERT's unused pooler is gone.
+    # Every trainable parameter in exactly one group; BERT's unused pooler is gone.
     listed = [id(p) for g in groups.values() for p in g["params"]]
+    assert len(listed) == len(set(listed))
     assert sorted(listed) == sorted(id(p) for p in module.parameters())
     assert not any("pooler" in n for g in groups.values() for n in g["param_names"])
 
 
-def test_warmup_then_linear_decay_keeps_layer_ratios(ckpt):
-    seen: list[list[float]] = []
+def test_default_decay_is_the_official_one_for_the_encoder(ckpt, tmp_path, monkeypatch):
+    from transformers import DebertaV2Config
+
+    from downstream.classifier import official_layerwise_lr_decay
+    from objectives.encoder import FAMILIES, EncoderShape
+
+    electra, deberta = FAMILIES["electra"], FAMILIES["deberta-v2"]
+    # configure_finetuning.py: 0.8, and 0.9 for model_size "large"; configs only, no weights built.
+    for size in electra.sizes:
+        config = electra.config(electra.sizes[size], 128, 512, 0.1)
+        assert official_layerwise_lr_decay(config)[0] == (0.9 if size == "large" else 0.8), size
+    # DeBERTa's official fine-tuning (create_xoptimizer) has one rate for every parameter.
+    for size in deberta.sizes:
+        assert official_layerwise_lr_decay(deberta.config(deberta.sizes[size], 128, 512, 0.1))[0] == 1.0, size
+    assert official_layerwise_lr_decay(DebertaV2Config(hidden_size=1024, num_hidden_layers=24))[0] == 1.0
+    # A BERT encoder of the Large shape is not an ELECTRA-Large: ELECTRA's 0.8.
+    assert official_layerwise_lr_decay(BertConfig(hidden_size=1024, num_hidden_layers=24))[0] == 0.8
+    # isoflop finetune reads the same from an encoder directory (and records it).
+    electra.config(electra.sizes["large"], 128, 512, 0.1).save_pretrained(tmp_path / "large")
+    assert ft.family_layerwise_lr_decay(str(tmp_path / "large"))[0] == 0.9
+    deberta.config(deberta.sizes["base"], 128, 512, 0.1).save_pretrained(tmp_path / "deberta")
+    assert ft.family_layerwise_lr_decay(str(tmp_path / "deberta"))[0] == 1.0
+
+    # The module resolves None from its loaded encoder: 0.8 for the tiny checkpoint...
+    module = SequenceClassification(ckpt, task="sst2", learning_rate=1e-4)
+    assert module.hparams.layerwise_lr_decay is None and module.layerwise_lr_decay == 0.8
+    rates = {g["name"]: g["lr"] for g in module.parameter_groups()}
+    assert rates["embeddings"] == pytest.approx(1e-4 * 0.8 ** 4) and rates["layer.1"] == pytest.approx(1e-4 * 0.8 ** 2)
+    # ... and 0.9 once its shape is ELECTRA-Large's (the tiny shape made the Large one for this test).
+    monkeypatch.setitem(electra.sizes, "large", EncoderShape(hidden_size=32, num_layers=2, num_heads=2,
+                                                             intermediate_size=64, embedding_size=16))
+    module = SequenceClassification(ckpt, task="sst2", learning_rate=5e-5)
+    assert module.layerwise_lr_decay == 0.9
+    rates = {g["name"]: g["lr"] for g in module.parameter_groups()}
+    assert rates["embeddings"] == pytest.approx(5e-5 * 0.9 ** 4) and rates["layer.1"] == pytest.approx(5e-5 * 0.9 ** 2)
+
+
+def _fit_recording_rates(ckpt: str, steps: int = 10, **options) -> tuple[L.Trainer, list[dict[str, float]]]:
+    """Fine-tune the tiny checkpoint on the SST-2 fixture for ``steps`` steps; each step's rate per group."""
+    seen: list[dict[str, float]] = []
 
     class Record(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen.append([g["lr"] for g in trainer.optimizers[0].param_groups])
+            seen.append({g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups})
 
     dm = TaskDataModule(ckpt, task="sst2", data_dir=str(FIXTURES), batch_size=4)
     dm.setup("fit")
     L.seed_everything(0, verbose=False)
-    module = SequenceClassification(ckpt, task="sst2", learning_rate=1e-3, warmup_fraction=0.2)
-    trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    module = SequenceClassification(ckpt, task="sst2", learning_rate=1e-3, **options)
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[Record()])
     trainer.fit(module, train_dataloaders=dm.train_dataloader())
-    names = [g["name"] for g in trainer.optimizers[0].param_groups]
-    head, emb = names.index("head"), names.index("embeddings")
+    return trainer, seen
+
+
+def test_default_optimiser_and_schedule_are_the_official_ones(ckpt):
+    from objectives.optim import AdamWeightDecay
+
+    trainer, seen = _fit_recording_rates(ckpt, warmup_fraction=0.2)
+    assert type(trainer.optimizers[0]) is AdamWeightDecay  # no bias correction: AdamWeightDecayOptimizer's rule
+    # create_optimizer's schedule: (1 - step / total) x min(1, step / warmup), 10 steps, 2 of warm-up.
+    official = [(1 - s / 10) * min(1.0, s / 2) for s in range(11)]
+    assert [lrs["head"] / 1e-3 for lrs in seen] == pytest.approx(official[:10], abs=1e-12)
+    assert seen[0]["head"] == 0.0 and seen[2]["head"] == pytest.approx(0.8e-3)  # step 0 and the end of warm-up
+    after = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}  # the rate a step 10 would take
+    assert after["head"] == pytest.approx(official[10], abs=1e-15) == 0.0
+    # The schedule multiplies every group's rate: the official depths' ratios hold at every step (2 layers:
+    # the embeddings at decay**4 of the head).
+    for lrs in seen:
+        assert lrs["embeddings"] == pytest.approx(lrs["head"] * 0.8 ** 4, abs=1e-15)
+        assert lrs["layer.1"] == pytest.approx(lrs["head"] * 0.8 ** 2, abs=1e-15)
+
+
+def test_no_bias_correction_holds_under_trainer_fit(ckpt):
+    """Under ``Trainer.fit`` (a closure passed to ``optimizer.step``) the default optimiser's states start at the
+    offset step count that switches the bias correction off."""
+    from objectives.optim import BIAS_FREE_STEP
+
+    trainer, _ = _fit_recording_rates(ckpt, steps=3)
+    states = list(trainer.optimizers[0].state.values())
+    assert states and all(float(state["step"]) == BIAS_FREE_STEP + 3 for state in states)
+
+
+def test_bias_correction_and_the_linear_schedule_on_request(ckpt):
+    trainer, seen = _fit_recording_rates(ckpt, warmup_fraction=0.2, adam_bias_correction=True, lr_schedule="linear")
+    assert type(trainer.optimizers[0]) is torch.optim.AdamW
     # 10 steps, 2 of warmup: step s trains at (s + 1)/2 of the peak, then (10 - s) / 8 of it.
     expected = [(s + 1) / 2 if s < 2 else (10 - s) / 8 for s in range(10)]
-    assert [round(lrs[head] / 1e-3, 9) for lrs in seen] == pytest.approx(expected)
-    ratio = 0.8 ** 3  # embeddings: two layers plus one below the head
-    assert all(lrs[emb] == pytest.approx(lrs[head] * ratio) for lrs in seen)
+    assert [round(lrs["head"] / 1e-3, 9) for lrs in seen] == pytest.approx(expected)
+    assert all(lrs["embeddings"] == pytest.approx(lrs["head"] * 0.8 ** 4) for lrs in seen)
 
 
+def test_bad_optimiser_settings_are_refused(ckpt, tmp_path, no_training):
+    from experiments.comparison.compare import check_finetune
+    from experiments.errors import UsageError
 
-def test_first_finetuning_step_trains(ckpt):
-    """The first optimiser step runs at a learning rate above 0 in every group, and moves the weights.
+    with pytest.raises(ValueError, match="cosine"):
+        SequenceClassification(ckpt, task="sst2", lr_schedule="cosine")
+    with pytest.raises(ValueError, match="layerwise_lr_decay"):
+        SequenceClassification(ckpt, task="sst2", layerwise_lr_decay=0.0)
+    with pytest.raises(ValueError) as err:
+        ft.finetune(ckpt, tasks="sst2", data_dir=str(FIXTURES), out_dir=str(tmp_path / "o"), lr_schedule="cosine",
+                    wandb=False)
+    mentions(str(err.value), "cosine", "electra", "linear", "deberta")
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(UsageError) as err:
+        check_finetune({"tasks": "offline", "seeds": 1, "lr_schedule": "cosine"})
+    mentions(str(err.value), "--finetune.lr_schedule", "cosine")
+    with pytest.raises(UsageError) as err:
+        check_finetune({"tasks": "offline", "seeds": 1, "layerwise_lr_decay": -0.5})
+    mentions(str(err.value), "--finetune.layerwise_lr_decay", "-0.5")
 
-    (A warmup of ``step / warmup`` would give step 0 a rate of exactly 0: a wasted batch.)"""
+
+def test_first_finetuning_step_trains_under_the_linear_schedule(ckpt):
+    """Under ``lr_schedule linear`` the first optimiser step runs at a learning rate above 0 in every group, and
+    moves the weights. (The official ``electra`` schedule, the default, gives step 0 a rate of exactly 0.)"""
     seen: list[dict[str, float]] = []
 
     class Record(L.Callback):
@@ -246,7 +363,7 @@ def test_first_finetuning_step_trains(ckpt):
     dm = TaskDataModule(ckpt, task="sst2", data_dir=str(FIXTURES), batch_size=4)
     dm.setup("fit")
     L.seed_everything(0, verbose=False)
-    module = SequenceClassification(ckpt, task="sst2", learning_rate=1e-3, warmup_fraction=0.4)
+    module = SequenceClassification(ckpt, task="sst2", learning_rate=1e-3, warmup_fraction=0.4, lr_schedule="linear")
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[Record()])
@@ -257,6 +374,33 @@ def test_first_finetuning_step_trains(ckpt):
     assert not torch.equal(before["classifier.weight"], module.classifier.weight.detach())
     assert not torch.equal(before["encoder.embeddings.word_embeddings.weight"],
                            module.encoder.embeddings.word_embeddings.weight.detach())
+
+
+def test_finetune_passes_and_records_the_optimiser_settings(ckpt, tmp_path, monkeypatch):
+    made = []
+
+    class Spy(SequenceClassification):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "SequenceClassification", Spy)
+    common = dict(tasks="sst2", seeds=1, data_dir=str(FIXTURES), max_steps=1, batch_size=8, wandb=False)
+    ft.finetune(ckpt, out_dir=str(tmp_path / "default"), **common)
+    ft.main(["--encoder", ckpt, "--tasks", "sst2", "--seeds", "1", "--data_dir", str(FIXTURES), "--max_steps", "1",
+             "--batch_size", "8", "--wandb", "false", "--out_dir", str(tmp_path / "cli"), "--adam_bias_correction",
+             "true", "--lr_schedule", "deberta", "--layerwise_lr_decay", "0.9"])
+    pick = ("layerwise_lr_decay", "adam_bias_correction", "lr_schedule")
+    assert [{k: m[k] for k in pick} for m in made] == [
+        {"layerwise_lr_decay": 0.8, "adam_bias_correction": False, "lr_schedule": "electra"},  # resolved, official
+        {"layerwise_lr_decay": 0.9, "adam_bias_correction": True, "lr_schedule": "deberta"},
+    ]
+    import json
+
+    recorded = json.loads((tmp_path / "default" / "config.json").read_text())
+    assert {k: recorded[k] for k in pick} == {"layerwise_lr_decay": 0.8, "adam_bias_correction": False,
+                                              "lr_schedule": "electra"}
+
 
 # --------------------------------------------------------------------------------------------
 # Dev metrics logged by the module == independent computation on its own predictions

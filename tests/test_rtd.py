@@ -230,7 +230,7 @@ def test_two_stage(tiny_data, batch):
     assert torch.equal(model.discriminator.electra.encoder.layer[0].output.dense.weight,
                        model.generator.electra.encoder.layer[0].output.dense.weight)
     assert not model.generator.generator_predictions.dense.weight.requires_grad
-    assert model.discriminator.electra.embeddings.word_embeddings.weight.requires_grad  # shared, still trained
+    assert model.discriminator.electra.embeddings.word_embeddings.weight.requires_grad  # its own copy, trained
     second = model.compute(batch, None)
     assert "disc_loss" in second and int(model.stage) == 2
 

@@ -34,7 +34,13 @@ def masks_seen(model) -> list:
 
     seen: list = []
     for module in model.modules():
-        if isinstance(module, PreTrainedModel) and module.base_model is not module:
+        if hasattr(module, "emd_hidden"):  # DeBERTa's enhanced mask decoder runs the backbone's parts itself
+            def decoder(input_ids, attention_mask=None, *args, _run=module.emd_hidden, **kwargs):
+                seen.append(attention_mask)
+                return _run(input_ids, attention_mask, *args, **kwargs)
+
+            module.emd_hidden = decoder
+        elif isinstance(module, PreTrainedModel) and module.base_model is not module:
             module.base_model.register_forward_pre_hook(
                 lambda _, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True)
     return seen

@@ -40,7 +40,7 @@ from pathlib import Path
 from jsonargparse import Namespace
 
 from datamodules.cache import write_atomic
-from experiments.comparison.results import summary_of, validation_curve, write_plots, write_tables
+from experiments.comparison.results import recipe_of, summary_of, validation_curve, write_plots, write_tables
 from experiments.errors import RunError, UsageError, option_error
 from experiments.run.prepare import CheckedRun, PreparedRun
 
@@ -86,22 +86,51 @@ def with_seeds(runs: list[RunSpec], pretrain_seeds: int) -> list[RunSpec]:
                     r.group or r.name, k) for r in runs for k in range(pretrain_seeds)]
 
 
-def check_runs(base: Namespace, runs: list[RunSpec]) -> list[tuple[RunSpec, CheckedRun]]:
-    """Each run's configuration, parsed and checked once, before any compute. A run of seed index ``k``
-    pre-trains with ``seed_everything`` + ``k`` (weights, masks, sampling, dropout and data order)."""
+def without_model_settings(base: Namespace, objective: str) -> Namespace:
+    """``base`` with its model reduced to the class path ``objective``: parsing settings over it fills the
+    objective's own defaults, not those of ``base``'s objective."""
+    fresh = base.clone()
+    fresh.model = Namespace(class_path=objective)
+    return fresh
+
+
+def shared_model_settings(base: Namespace) -> dict:
+    """The model settings a comparison's shared configuration sets: those of its objective (the preset's, MaskedLM
+    by default) whose values differ from that objective's own defaults (the preset's size, learning rate, ...).
+    They carry over to every compared objective that takes them; every other setting takes each objective's own
+    default, so ReplacedTokenDetection masks as ELECTRA does (``mask_style electra``), not as MaskedLM's default
+    (``bert``). A setting given at the value of the shared objective's default is not told apart from one left
+    unset: to give several objectives one such value, set it per objective (``--objectives`` presets or a sweep)."""
     from experiments.config import parse
+
+    given = base.model.init_args.as_dict() if base.model.get("init_args") is not None else {}
+    defaults = parse({"model": {"class_path": base.model.class_path}},
+                     base=without_model_settings(base, base.model.class_path)).model.init_args.as_dict()
+    missing = object()
+    return {k: v for k, v in given.items() if defaults.get(k, missing) != v}
+
+
+def check_runs(base: Namespace, runs: list[RunSpec]) -> list[tuple[RunSpec, CheckedRun]]:
+    """Each run's configuration, parsed and checked once, before any compute: the shared configuration's model
+    settings (:func:`shared_model_settings`) that the run's objective takes, then the run's own, over that
+    objective's defaults. A run of seed index ``k`` pre-trains with ``seed_everything`` + ``k`` (weights, masks,
+    sampling, dropout and data order)."""
+    from experiments.config import accepted_args, parse
     from experiments.run.prepare import check
     from objectives import resolve
 
     if len({r.name for r in runs}) != len(runs):
         raise UsageError(f"run names must be unique, got {[r.name for r in runs]}")
+    shared = shared_model_settings(base)
     checked = []
     for run in runs:
         with option_error("--objectives"):
-            resolve(run.objective)  # an unknown objective lists the available ones
-        settings = {"model": {"class_path": run.objective, "init_args": run.init_args},
+            cls = resolve(run.objective)  # an unknown objective lists the available ones
+        taken = accepted_args(cls)
+        init_args = {**{k: v for k, v in shared.items() if k in taken}, **run.init_args}
+        settings = {"model": {"class_path": run.objective, "init_args": init_args},
                     "seed_everything": int(base.seed_everything or 0) + run.seed}
-        checked.append((run, check(parse(settings, base=base))))
+        checked.append((run, check(parse(settings, base=without_model_settings(base, run.objective)))))
     return checked
 
 
@@ -242,7 +271,8 @@ def finish(rung: Rung, finetune_args: dict, reference: tuple[str, float] | None)
     for (spec, run), summary in zip(rung.runs, rung.summaries):
         results = finetune_once(spec, run, finetune_args)
         rows.append({"name": spec.name, "objective": spec.objective, "group": spec.group or spec.name,
-                     "seed": spec.seed, **summary, "curve": validation_curve(run.run_dir), "tasks": results})
+                     "seed": spec.seed, **summary, "curve": validation_curve(run.run_dir), "tasks": results,
+                     "recipe": recipe_of(run.dumped)})
     write_tables(rows, rung.out, rung.budget, reference)
     write_plots(rows, rung.out)
     print(f"[compare] results in {rung.out}: results.md, results.csv, val_loss_vs_flops.png, downstream.png",
@@ -279,18 +309,26 @@ def paper_reference(convention: str) -> tuple[str, float] | None:
 
 
 def check_finetune(args: dict) -> None:
-    """The fine-tuning's options before any pre-training: its tasks exist, and every task's data can be had
-    (local GLUE files under ``data_dir``, or the hub: offline, a one-line error says to use ``data_dir``)."""
+    """The fine-tuning's options before any pre-training: its tasks exist, its optimiser settings are valid
+    (``layerwise_lr_decay``, ``lr_schedule``), and every task's data can be had (local GLUE files under
+    ``data_dir``, or the hub: offline, a one-line error says to use ``data_dir``)."""
+    from downstream.classifier import check_layerwise_lr_decay
     from downstream.glue import find_local_files, load_hub_task
     from downstream.tasks import get_task, resolve_tasks
     from experiments.config import as_list
     from experiments.finetuning.finetune import finetune
+    from objectives.optim import check_schedule
 
     unknown = set(args) - set(inspect.signature(finetune).parameters) - {"wandb"}
     if unknown:
         raise UsageError(f"unknown fine-tuning option(s) {', '.join(sorted(unknown))}: see isoflop finetune --help")
     if isinstance(args["seeds"], int) and args["seeds"] < 1:
         raise UsageError(f"--finetune.seeds must be at least 1, got {args['seeds']}")
+    with option_error("--finetune.layerwise_lr_decay"):
+        check_layerwise_lr_decay(args.get("layerwise_lr_decay"))
+    if "lr_schedule" in args:
+        with option_error("--finetune.lr_schedule"):
+            check_schedule(args["lr_schedule"])
     with option_error("--finetune.tasks"):
         names = resolve_tasks(as_list(args["tasks"], "--finetune.tasks"))
     for name in names:

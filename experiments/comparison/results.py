@@ -34,6 +34,19 @@ PRIOR_AUROC, PRIOR_GAIN = 0.55, 0.001
 DOCS_PAGE = "rtd/objectives.rst, 'Reading the discriminator's metrics' (the documentation's Objectives page)"
 
 
+# The settings an objective's recipe is told by, where the official recipes and the defaults can differ
+# (rtd/fidelity.rst): results.md lists them per objective, so a reader sees which recipe each arm ran.
+RECIPE = ("encoder", "size", "mask_style", "mask_prob", "learning_rate", "warmup_fraction", "lr_schedule",
+          "adam_bias_correction", "disc_weight", "generator_hidden_fraction", "generator_layers_fraction",
+          "embedding_sharing", "enhanced_mask_decoder", "decoupled_training", "two_stage")
+
+
+def recipe_of(config: dict) -> dict:
+    """The :data:`RECIPE` settings of a run's resolved configuration (``run.json``'s ``config``)."""
+    init = (config.get("model") or {}).get("init_args") or {}
+    return {k: init[k] for k in RECIPE if k in init}
+
+
 def summary_of(result: dict) -> dict:
     """The columns of a run in the results table, from its saved result (experiments.run.pretrain.RunResult)."""
     val = dict(result.get("val") or {})
@@ -66,8 +79,11 @@ def load_rows(out_dir: str | Path) -> list[dict]:
         legacy = run_dir / "pretrain_done.json"  # written by isoflop before result.json
         summary = summary_of(json.loads((run_dir / "result.json" if not legacy.exists() else legacy).read_text()))
         tasks = json.loads((run_dir / "finetune" / "results.json").read_text())
+        info = run_dir / "run.json"
+        recipe = recipe_of(json.loads(info.read_text()).get("config", {})) if info.exists() else {}
         rows.append({"name": run["name"], "objective": run["objective"], "group": run.get("group", run["name"]),
-                     "seed": run.get("seed", 0), **summary, "curve": validation_curve(run_dir), "tasks": tasks})
+                     "seed": run.get("seed", 0), **summary, "curve": validation_curve(run_dir), "tasks": tasks,
+                     "recipe": recipe})
     return rows
 
 
@@ -127,7 +143,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for name, members in groups.items():
         entry = {k: members[0][k] for k in ("objective", "steps", "tokens", "flops", "val_loss")}
-        entry.update(name=name, seeds=len(members), curve=members[0].get("curve", []),
+        entry.update(name=name, seeds=len(members), curve=members[0].get("curve", []), recipe=members[0].get("recipe", {}),
                      machines=[m["machine"] for m in members if m.get("machine")])
         keys = {k for m in members for k in m.get("val", {})}
         entry["val"] = {k: median([m["val"][k] for m in members if k in m.get("val", {})]) for k in keys}
@@ -229,7 +245,23 @@ def markdown(entries: list[dict], task_names: list[str], budget: float, referenc
                "seeds, with a 95% bootstrap interval of that median. val loss is each objective's own loss on "
                "held-out text (not comparable across objectives)."]
     md += _at_chance(entries, task_names) + _differences(entries, task_names) + _plateau(entries) + _diagnostics(entries)
+    md += _recipes(entries)
     return "\n".join(md) + "\n"
+
+
+def _recipes(entries: list[dict]) -> list[str]:
+    """A line per objective with the settings its recipe is told by (:data:`RECIPE`; unset ones left out)."""
+    lines = []
+    for e in entries:
+        recipe = {k: v for k, v in e.get("recipe", {}).items() if v is not None}
+        if recipe:
+            lines.append(f"- {e['name']}: " + ", ".join(f"{k} {str(v).lower() if isinstance(v, bool) else v}"
+                                                         for k, v in recipe.items()))
+    if not lines:
+        return []
+    return ["", "## Recipes", "", "The settings each objective ran with where recipes differ (masking, optimiser, "
+            "schedule, generator; unset ones take the objective's defaults); the documentation's Fidelity page "
+            "(rtd/fidelity.rst) holds them against the official code.", "", *lines]
 
 
 # A task "no encoder reaches" when every objective's median is within this many points of its majority baseline.

@@ -25,11 +25,17 @@ from typing import Any
 import lightning as L
 
 from datamodules.cache import write_atomic
-from downstream.classifier import SequenceClassification, check_encoder
+from downstream.classifier import (
+    SequenceClassification,
+    check_encoder,
+    check_layerwise_lr_decay,
+    official_layerwise_lr_decay,
+)
 from downstream.data import TaskDataModule
 from downstream.tasks import TaskSpec, resolve_tasks
 from experiments.finetuning.scores import TaskResult, write_results
 from experiments.run.loggers import finish_loggers, make_loggers
+from objectives.optim import check_schedule
 
 
 def encoder_tag(encoder: str) -> str:
@@ -43,11 +49,11 @@ def encoder_tag(encoder: str) -> str:
 # (config.json, and each run's logged config; tasks and seeds as resolved).
 _DATA_OPTIONS = ("data_dir", "cache_dir", "max_seq_length", "batch_size", "both_orders", "max_train_examples",
                  "max_eval_examples", "num_workers")
-_RUN_OPTIONS = ("max_steps", "learning_rate", "layerwise_lr_decay", "weight_decay", "warmup_fraction", "accelerator",
-                "devices", "precision", "wandb", "progress_bar")
+_RUN_OPTIONS = ("max_steps", "learning_rate", "layerwise_lr_decay", "weight_decay", "warmup_fraction",
+                "adam_bias_correction", "lr_schedule", "accelerator", "devices", "precision", "wandb", "progress_bar")
 _RECORDED = ("encoder", "tasks", "seeds", "data_dir", "epochs", "max_steps", "max_train_examples", "max_eval_examples",
              "batch_size", "max_seq_length", "learning_rate", "layerwise_lr_decay", "weight_decay", "warmup_fraction",
-             "both_orders", "precision")
+             "adam_bias_correction", "lr_schedule", "both_orders", "precision")
 
 
 def finetune(
@@ -64,9 +70,11 @@ def finetune(
     batch_size: int = 32,
     max_seq_length: int = 128,
     learning_rate: float | None = None,
-    layerwise_lr_decay: float = 0.8,
+    layerwise_lr_decay: float | None = None,
     weight_decay: float = 0.01,
     warmup_fraction: float = 0.1,
+    adam_bias_correction: bool = False,
+    lr_schedule: str = "electra",
     both_orders: bool = True,
     accelerator: str = "auto",
     devices: int | str = 1,
@@ -83,23 +91,25 @@ def finetune(
             docpair), a task name, or a list of these (``[mrpc, rte]``).
         seeds: Number of fine-tuning seeds (0..n-1), or an explicit list of seeds.
         out_dir: Output directory; default ``runs/finetune/<encoder's last two path parts>``.
-        data_dir: Local GLUE files (``<data_dir>/<task>/train.tsv``, ``validation.tsv``, hub column names);
-            default: download ``nyu-mll/glue`` from the Hugging Face hub.
+        data_dir: Local GLUE files (``<data_dir>/<task>/train.tsv``, ``validation.tsv``); default: the hub's GLUE.
         cache_dir: Cache for the embedded corpus and the offline tasks (default ``$ISOFLOP_CACHE`` or ``~/.cache/isoflop``).
         epochs: Epochs for every task; default each task's own (3; RTE and STS-B 10).
-        max_steps: Stop each run after this many optimiser steps, or at the end of its epochs if sooner
-            (-1: run the epochs); for quick runs.
+        max_steps: Stop each run after this many optimiser steps or its epochs, what comes first (-1: epochs).
         max_train_examples: Use only this many training examples per task (a fixed subset); for quick runs.
         max_eval_examples: Use only this many examples per dev split (a fixed subset); for quick runs.
         batch_size: Training batch size.
         max_seq_length: Maximum tokens per example (both sentences together).
-        learning_rate: Peak learning rate (of the head); default: the encoder family's own for the encoder's
-            size (ELECTRA paper Table 7: 3e-4 Small, 1e-4 Base, 5e-5 Large; DeBERTa-v3's MNLI recipe: 4.5e-5
-            xsmall and small, 1.5e-5 base, 7e-6 large; see objectives.encoder), 1e-4 for an encoder of
-            another shape.
-        layerwise_lr_decay: Learning-rate factor per layer of distance from the head (ELECTRA: 0.8).
+        learning_rate: Peak learning rate (of the head); default: the encoder family's own for the encoder's size
+            (``objectives.encoder``: ELECTRA paper Table 7, DeBERTa-v3's MNLI recipe), 1e-4 for another shape.
+        layerwise_lr_decay: Learning-rate factor per depth from the head, at the official ELECTRA depths
+            (``model/optimization.py``, ``_get_layer_lrs``); 1.0 turns it off. Default: the official value for the
+            encoder: 0.8, 0.9 at ELECTRA-Large (``configure_finetuning.py``), 1.0 for DeBERTa (none officially).
         weight_decay: AdamW weight decay (not on biases and LayerNorm).
-        warmup_fraction: Fraction of steps with linear warmup (then linear decay to 0).
+        warmup_fraction: Fraction of steps in the schedule's warm-up.
+        adam_bias_correction: Adam's bias correction (torch's AdamW); default false, as the official fine-tuning's
+            ``AdamWeightDecayOptimizer`` (``objectives.optim.AdamWeightDecay``).
+        lr_schedule: ``electra`` (default; the official ``create_optimizer``'s), ``linear`` or ``deberta``
+            (``objectives.optim``).
         both_orders: Also train MRPC and STS-B on swapped sentence pairs.
         accelerator: Lightning accelerator (auto, cpu, gpu ...).
         devices: Devices per run.
@@ -108,17 +118,15 @@ def finetune(
         wandb: Log each run to wandb too (offline by itself without credentials or network).
         progress_bar: Show Lightning's progress bar.
 
-    Returns:
-        Results per task name (in GLUE points, x100); ``average(results)`` gives the GLUE-style mean.
+    Returns: results per task name (in GLUE points, x100); ``average(results)`` gives the GLUE-style mean.
     """
     options = dict(locals())  # the parameters by name, dealt out below with the tuples above
-    # Every check (task names, seeds, encoder, data files and columns) before any training compute.
+    # Every check (task names, seeds, optimiser settings, encoder, data files and columns) before any training compute.
     names, seed_list = resolve_tasks(tasks), _seed_list(seeds)
+    _check_optimiser(options)
     modules = _prepare_tasks(encoder, names, **{k: options[k] for k in _DATA_OPTIONS})
     out = Path(out_dir) if out_dir else Path("runs") / "finetune" / encoder_tag(encoder)
-    if learning_rate is None:
-        options["learning_rate"], why = family_learning_rate(encoder)
-        print(f"[finetune] learning rate {options['learning_rate']:g} ({why})", flush=True)
+    _family_defaults(encoder, options)
     settings = {**{k: options[k] for k in _RECORDED}, "tasks": names, "seeds": seed_list}
     write_atomic(out / "config.json", json.dumps(settings, indent=2) + "\n")
     run = {k: options[k] for k in _RUN_OPTIONS}
@@ -128,6 +136,23 @@ def finetune(
         # After every task, so a crash keeps what is done.
         write_results(results, out, f"Fine-tuning `{encoder}` (median over seeds, GLUE points)")
     return results
+
+
+def _check_optimiser(options: dict) -> None:
+    """One-line errors for a bad layer-wise decay or schedule, before any compute."""
+    check_layerwise_lr_decay(options["layerwise_lr_decay"])
+    check_schedule(options["lr_schedule"])
+
+
+def _family_defaults(encoder: str, options: dict) -> None:
+    """Fill the learning rate and the layer-wise decay left unset (None) in ``options`` with the encoder family's
+    own, and say which."""
+    if options["learning_rate"] is None:
+        options["learning_rate"], why = family_learning_rate(encoder)
+        print(f"[finetune] learning rate {options['learning_rate']:g} ({why})", flush=True)
+    if options["layerwise_lr_decay"] is None:
+        options["layerwise_lr_decay"], why = family_layerwise_lr_decay(encoder)
+        print(f"[finetune] layer-wise learning-rate decay {options['layerwise_lr_decay']:g} ({why})", flush=True)
 
 
 def _seed_list(seeds: int | list[int]) -> list[int]:
@@ -151,6 +176,15 @@ def family_learning_rate(encoder: str) -> tuple[float, str]:
     if size is None:
         return 1e-4, f"no isoflop size has this {config.get('model_type')} encoder's shape: the ELECTRA paper's Base rate"
     return family.finetune_learning_rate[size], f"{family.name} {size}'s fine-tuning rate"
+
+
+def family_layerwise_lr_decay(encoder: str) -> tuple[float, str]:
+    """The layer-wise learning-rate decay of the official fine-tuning of an encoder's family, from its config,
+    and why (:func:`downstream.classifier.official_layerwise_lr_decay`). The encoder must have passed
+    :func:`~downstream.classifier.check_encoder` (its config loads)."""
+    from transformers import AutoConfig
+
+    return official_layerwise_lr_decay(AutoConfig.from_pretrained(encoder))
 
 
 def _prepare_tasks(encoder: str, names: list[str], **data_options: Any) -> dict[str, TaskDataModule]:
@@ -192,14 +226,16 @@ def _run_task(
 
 def _run_one(
     dm: TaskDataModule, spec: TaskSpec, seed: int, *, encoder: str, out: Path, settings: dict, epochs: int,
-    max_steps: int, learning_rate: float, layerwise_lr_decay: float, weight_decay: float, warmup_fraction: float,
-    accelerator: str, devices: int | str, precision: str, wandb: bool, progress_bar: bool,
+    max_steps: int, learning_rate: float, layerwise_lr_decay: float | None, weight_decay: float, warmup_fraction: float,
+    adam_bias_correction: bool, lr_schedule: str, accelerator: str, devices: int | str, precision: str, wandb: bool,
+    progress_bar: bool,
 ) -> dict[str, float]:
     """One fine-tuning run; returns every dev metric after training, in GLUE points."""
     L.seed_everything(seed, workers=True, verbose=False)  # head init, dropout and data order
     model = SequenceClassification(
         encoder, task=spec.name, learning_rate=spec.learning_rate or learning_rate, layerwise_lr_decay=layerwise_lr_decay,
-        weight_decay=weight_decay, warmup_fraction=warmup_fraction,
+        weight_decay=weight_decay, warmup_fraction=warmup_fraction, adam_bias_correction=adam_bias_correction,
+        lr_schedule=lr_schedule,
     )
     loggers = make_loggers(
         out, f"{spec.name}/seed{seed}", wandb=wandb, group=f"{encoder_tag(encoder)}-{spec.name}",

@@ -44,11 +44,17 @@ def restore_objective(cls, checkpoint: dict):
     (``strict_loading``: every key, by default). On the CPU, where the checkpoint's tensors are."""
     import inspect
 
+    from experiments.config import accepted_args
+
     hparams = dict(checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {})
     params = inspect.signature(cls).parameters.values()
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         names = {p.name for p in params}
         hparams = {k: v for k, v in hparams.items() if k in names}  # as Lightning: the arguments cls takes
+    # Checkpoints saved before DeBERTa's enhanced mask decoder became a setting (on by default) were trained
+    # without it and hold no position table for it.
+    if "enhanced_mask_decoder" in accepted_args(cls):
+        hparams.setdefault("enhanced_mask_decoder", False)
     module = cls(**hparams)
     module.configure_model()
     module.on_load_checkpoint(checkpoint)
