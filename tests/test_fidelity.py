@@ -11,18 +11,10 @@ import pytest
 import torch
 
 from experiments import presets
-from objectives import MaskedLM, ReplacedTokenDetection
+from objectives import MaskedLM
 from objectives.optim import BIAS_FREE_STEP, AdamWeightDecay, schedule
-from tests.conftest import TINY_SEQ, TINY_VOCAB
 from tests.helpers import mentions
-
-
-def tiny(cls=ReplacedTokenDetection, tokenizer=None, **kwargs):
-    model = cls(size="tiny", vocab_size=TINY_VOCAB, max_position_embeddings=TINY_SEQ, **kwargs)
-    model.configure_model()
-    if tokenizer is not None:
-        model.attach_tokenizer(tokenizer)
-    return model
+from tests.test_rtd import tiny
 
 
 # The official optimisers' weight-decay exclusions, by name: ELECTRA's create_optimizer (model/optimization.py,
