@@ -77,6 +77,7 @@ def test_results_files(compare_dir):
                    .splitlines() if line.startswith("- "))
     mentions(recipes["MaskedLM"], "mask_style bert", "adam_bias_correction true", "lr_schedule linear")
     mentions(recipes["ReplacedTokenDetection"], "mask_style electra", "disc_weight 50", "embedding_sharing embeddings")
+    assert "enhanced_mask_decoder" not in recipes["MaskedLM"]  # DeBERTa's setting, idle on ELECTRA encoders
 
 
 def test_rerun_skips_finished_runs(compare_dir, monkeypatch):

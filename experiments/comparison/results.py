@@ -44,7 +44,10 @@ RECIPE = ("encoder", "size", "mask_style", "mask_prob", "learning_rate", "warmup
 def recipe_of(config: dict) -> dict:
     """The :data:`RECIPE` settings of a run's resolved configuration (``run.json``'s ``config``)."""
     init = (config.get("model") or {}).get("init_args") or {}
-    return {k: init[k] for k in RECIPE if k in init}
+    recipe = {k: init[k] for k in RECIPE if k in init}
+    if recipe.get("encoder") != "deberta-v2":
+        recipe.pop("enhanced_mask_decoder", None)  # DeBERTa's only: it changes nothing for ELECTRA encoders
+    return recipe
 
 
 def summary_of(result: dict) -> dict:
