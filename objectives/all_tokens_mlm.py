@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from objectives.flops import emd_flops, encoder_flops, mlm_head_flops, train_multiplier
+from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.replace_mlm import ReplaceMLM
 
 
@@ -50,8 +50,7 @@ class AllTokensMLM(ReplaceMLM):
         gate = 2 * self.shape.hidden_size * seq_len  # the copy gate, Linear(h, 1) on every token
         per_sequence = mlm_head_flops(self.shape, self.vocab_size, seq_len, convention) + gate
         forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention, batch_size) + batch_size * per_sequence
-        if self.uses_emd:
-            forward += emd_flops(self.shape, seq_len, convention, batch_size)
+        forward += self.decoder_flops(self.shape, batch_size, seq_len, convention)
         return train_multiplier(convention) * forward
 
     def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:

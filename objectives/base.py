@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from objectives.encoder import EncoderShape, family, resolve_size
-from objectives.flops import predicted_positions
+from objectives.flops import emd_flops, predicted_positions
 from objectives.masking import MaskedPositions, check_mask_args, choose_positions, max_predictions
 from objectives.optim import BIAS_FREE_MAX_BETA, adamw_with_schedule, check_schedule, parameter_groups
 
@@ -235,6 +235,10 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
 
     # -- FLOPs -------------------------------------------------------------------------------------
 
+    def decoder_flops(self, shape: EncoderShape, batch_size: int, seq_len: int, convention: str) -> float:
+        """Forward FLOPs a masked LM of ``shape`` adds for DeBERTa's enhanced mask decoder (0 without it)."""
+        return emd_flops(shape, seq_len, convention, batch_size) if self.uses_emd else 0.0
+
     def mlm_slots(self, seq_len: int, mask_prob: float | None = None) -> int:
         """The static number K of positions per row an MLM head runs on (``masking.max_predictions``)."""
         return max_predictions(seq_len, self.mask_prob if mask_prob is None else mask_prob, self.whole_word)
@@ -408,10 +412,7 @@ class PretrainingObjective(L.LightningModule, abc.ABC):
         root = sharded_root(self.trainer.strategy)
         norm, self.step_grad_norm = self.step_grad_norm, None
         sets = self.clipping_sets()
-        if sets is not None and algorithm == "norm":
-            if root is not None:
-                raise ValueError("decoupled_training clips the generator's and the discriminator's gradients each by "
-                                 "its own norm, which FSDP's sharded clipping cannot do: use --trainer.strategy ddp")
+        if sets is not None and algorithm == "norm":  # (objectives that have sets refuse FSDP at setup)
             for params in sets:  # each set by its own global norm (no host sync: torch clips with a clamp)
                 torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip)
         elif root is not None and algorithm == "norm":

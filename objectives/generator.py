@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from objectives.base import PretrainingObjective, masked_lm_loss, with_metrics
-from objectives.flops import emd_flops, encoder_flops, mlm_head_flops, train_multiplier
+from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.masking import MaskedPositions, apply_mask
 
 SHARING_MODES = ("none", "embeddings", "all", "gdes")
@@ -274,8 +274,7 @@ class GeneratorObjective(PretrainingObjective):
         gen, v = self.generator_shape, self.vocab_size
         n = self.predicted_positions(seq_len, convention)
         forward = encoder_flops(gen, v, seq_len, convention, batch_size) + batch_size * mlm_head_flops(gen, v, n, convention)
-        if self.uses_emd:
-            forward += emd_flops(gen, seq_len, convention, batch_size)
+        forward += self.decoder_flops(gen, batch_size, seq_len, convention)
         return (train_multiplier(convention) if trained else 1.0) * forward
 
     @abc.abstractmethod

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from objectives.base import PretrainingObjective, masked_lm_loss, with_metrics
-from objectives.flops import emd_flops, encoder_flops, mlm_head_flops, train_multiplier
+from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.masking import MaskedPositions, apply_mask
 
 
@@ -58,8 +58,7 @@ class MaskedLM(PretrainingObjective):
         n = self.predicted_positions(seq_len, convention)
         forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention, batch_size) + batch_size * mlm_head_flops(
             self.shape, self.vocab_size, n, convention)
-        if self.uses_emd:
-            forward += emd_flops(self.shape, seq_len, convention, batch_size)
+        forward += self.decoder_flops(self.shape, batch_size, seq_len, convention)
         return train_multiplier(convention) * forward
 
     def export(self, out_dir: str | Path) -> None:

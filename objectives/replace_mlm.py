@@ -13,7 +13,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from objectives.base import masked_lm_loss, with_metrics
-from objectives.flops import emd_flops, encoder_flops, mlm_head_flops, train_multiplier
+from objectives.flops import encoder_flops, mlm_head_flops, train_multiplier
 from objectives.generator import GeneratorObjective
 
 
@@ -45,8 +45,7 @@ class ReplaceMLM(GeneratorObjective):
         n = self.predicted_positions(seq_len, convention)
         forward = encoder_flops(self.shape, self.vocab_size, seq_len, convention, batch_size) + batch_size * mlm_head_flops(
             self.shape, self.vocab_size, n, convention)
-        if self.uses_emd:
-            forward += emd_flops(self.shape, seq_len, convention, batch_size)
+        forward += self.decoder_flops(self.shape, batch_size, seq_len, convention)
         return train_multiplier(convention) * forward
 
     def compute(self, batch: dict[str, Tensor], rng: torch.Generator | None) -> dict[str, Tensor]:

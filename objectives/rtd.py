@@ -115,6 +115,7 @@ class ReplacedTokenDetection(GeneratorObjective):
         # 1: generator only (two-stage), 2: the discriminator stage (always 2 without two_stage).
         # A buffer so a resumed run knows which stage it is in; mirrored in a Python int so the
         # training step never reads a device value.
+        self._clipping_sets: list[list[Tensor]] | None = None  # decoupled_training's, once the networks exist
         self.register_buffer("stage", torch.tensor(1 if two_stage else 2))
         self._stage = 1 if two_stage else 2
 
@@ -237,16 +238,14 @@ class ReplacedTokenDetection(GeneratorObjective):
 
     # -- decoupled training ------------------------------------------------------------------------
 
-    def generator_parameters(self) -> list[Tensor]:
-        """The parameters the generator's loss trains: the generator's own and those it shares (embeddings)."""
-        return [] if self.generator is None else list(self.generator.parameters())
-
     def clipping_sets(self) -> list[list[Tensor]] | None:
         """Under ``decoupled_training``: the generator's parameters (shared ones included) and all the others,
-        each clipped by its own global norm."""
+        each clipped by its own global norm. Worked out once (the networks do not change during training);
+        parameters without a gradient are left out at clipping."""
         if not self.hparams.decoupled_training:
             return None
-        generator = {id(p) for p in self.generator_parameters()}
-        own = [p for p in self.generator_parameters() if p.requires_grad]
-        rest = [p for p in self.parameters() if id(p) not in generator and p.requires_grad]
-        return [own, rest]
+        if self._clipping_sets is None:
+            own = list(self.generator.parameters())
+            generator = {id(p) for p in own}
+            self._clipping_sets = [own, [p for p in self.parameters() if id(p) not in generator]]
+        return self._clipping_sets
