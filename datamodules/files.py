@@ -5,20 +5,44 @@ deep in a chained traceback, after a run directory exists; a file of blank lines
 trains a useless tokenizer that stays in the cache. Here each file is read once, as text, and the
 first problem is a one-line ValueError naming the file, the line (or row) and what is wrong.
 
+Text and JSON files may be compressed (``.gz``, ``.xz``, ``.bz2``: ``corpus.jsonl.xz``); they are
+checked through the decompression, as ``datasets`` reads them.
+
 A file that passed is remembered in the cache by path, size and modification time, so a corpus of
 many gigabytes is read through once, not at every run.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import json
+import lzma
 import os
 from pathlib import Path
 
 from datamodules.cache import write_atomic
 
 CHECK_VERSION = "files-1"
+FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+COMPRESSIONS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+
+
+def data_format(path: str) -> str | None:
+    """``text``, ``json`` or ``parquet`` by the file's suffix, a compression suffix of a text or JSON file
+    looked through (``a.jsonl.xz`` is ``json``); None for anything else."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes.pop()
+        fmt = FORMATS.get(suffixes[-1]) if suffixes else None
+        return fmt if fmt in ("text", "json") else None
+    return FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def _open(path: str, mode: str, **kwargs):
+    opener = COMPRESSIONS.get(Path(path).suffix.lower(), open)
+    return opener(path, mode if opener is open or "b" in mode else mode + "t", **kwargs)
 
 
 def _fail(path: str, where: str, problem: str) -> ValueError:
@@ -28,7 +52,7 @@ def _fail(path: str, where: str, problem: str) -> ValueError:
 def _check_text(path: str) -> None:
     """One document per line, UTF-8, at least one line with text."""
     has_text = False
-    with open(path, "rb") as f:
+    with _open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 raw.decode("utf-8")
@@ -56,7 +80,7 @@ def _row_text(row, path: str, where: str, text_column: str, fields: set[str]) ->
 def _check_json(path: str, text_column: str) -> None:
     """JSON Lines (one object per line), or one JSON array of objects."""
     has_text, rows, fields = False, 0, set()
-    with open(path, encoding="utf-8", errors="strict") as f:
+    with _open(path, "r", encoding="utf-8", errors="strict") as f:
         try:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():

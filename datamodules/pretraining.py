@@ -30,14 +30,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.cache import default_cache_dir
-from datamodules.files import check_data_files
+from datamodules.files import COMPRESSIONS, FORMATS, check_data_files, data_format
 from datamodules.sampler import ResumableSampler
 from datamodules.streaming import PackedStream, StreamTracker, source_of, training_documents, validation_examples
 from datamodules.synthetic import SyntheticSource, SyntheticSpec, is_synthetic, synthetic_tokenizer
 from datamodules.tokenizer import cached_wordpiece, load_tokenizer, tokenizer_hash
 
 PACK_VERSION = "pack-3"  # pack-3: examples filled to max_seq_length; with short_seq_prob 0 no short last example
-_FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 # Sentence boundary: end punctuation followed by space and an upper-case letter or digit, or a line break.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n+")
 
@@ -56,9 +55,10 @@ def resolve_data_files(data_files: str | list[str]) -> list[str]:
         if not matches:
             raise FileNotFoundError(f"no data file matches {pattern!r} (looked in {os.path.abspath(os.path.dirname(pattern) or '.')})")
         found += matches
-    formats = {_FORMATS.get(Path(f).suffix.lower()) for f in found}
+    formats = {data_format(f) for f in found}
     if None in formats or len(formats) != 1:
-        raise ValueError(f"data_files must all be one of {', '.join(sorted(_FORMATS))} files, got {found[:5]}")
+        raise ValueError(f"data_files must all be one of {', '.join(sorted(FORMATS))} files (text and JSON may end "
+                         f"in {', '.join(sorted(COMPRESSIONS))}), of one format, got {found[:5]}")
     return found
 
 
@@ -315,7 +315,7 @@ class PretrainingDataModule(L.LightningDataModule):
         # construction, before anything is computed or cached.
         self.data_files = resolve_data_files(data_files) if data_files is not None else None
         if self.data_files is not None:
-            fmt = _FORMATS[Path(self.data_files[0]).suffix.lower()]
+            fmt = data_format(self.data_files[0])
             check_data_files(self.data_files, fmt, text_column, self.cache_dir)
         self._resume: dict | None = None  # where the next training epoch starts (resume_at)
         self.stream_source = None  # streaming: a datamodules.streaming.StreamSource
@@ -335,7 +335,7 @@ class PretrainingDataModule(L.LightningDataModule):
 
         hp = self.hparams
         if self.data_files is not None:
-            fmt = _FORMATS[Path(self.data_files[0]).suffix.lower()]
+            fmt = data_format(self.data_files[0])
             ds = datasets.load_dataset(fmt, data_files=self.data_files, split="train")
             fp = {"source": "files", "files": self.data_files, "fingerprint": ds._fingerprint}
             splits = {"train": ds}
@@ -433,7 +433,7 @@ class PretrainingDataModule(L.LightningDataModule):
         ``round(1 / val_fraction)``-th document is held out)."""
         if self.stream_source is None:
             hp = self.hparams
-            fmt = _FORMATS[Path(self.data_files[0]).suffix.lower()] if self.data_files else None
+            fmt = data_format(self.data_files[0]) if self.data_files else None
             source = source_of(hp, self.data_files, fmt, self.cache_dir)
             try:
                 has_validation = source.open("validation") is not None
