@@ -96,10 +96,10 @@ class SourceError(OSError):
 # --------------------------------------------------------------------------------------------
 
 
-def load_sources(path: str | os.PathLike = SOURCES_FILE) -> dict[str, Any]:
-    """The manifest: ``sources`` (package, version, filename, sha256, url, license, kinds) and ``expect``
+def load_sources(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The manifest (default: the shipped one): ``sources`` (package, version, filename, sha256, url, license, kinds) and ``expect``
     (the fingerprint this extractor gives)."""
-    with open(path, encoding="utf-8") as f:
+    with open(path or SOURCES_FILE, encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -297,9 +297,10 @@ def write_corpus(docs: list[dict[str, str]], out_dir: Path) -> dict[str, Any]:
 
 
 def build(out_dir: str | os.PathLike, download_dir: str | os.PathLike | None = None,
-          manifest_path: str | os.PathLike = SOURCES_FILE, log=print) -> dict[str, Any]:
-    """Download (once) and extract every pinned source, filter, and write the corpus to ``out_dir``."""
-    manifest = load_sources(manifest_path)
+          manifest_path: str | os.PathLike | None = None, log=print) -> dict[str, Any]:
+    """Download (once) and extract every pinned source of the manifest (default: the shipped one), filter,
+    and write the corpus to ``out_dir``."""
+    manifest = load_sources(manifest_path or SOURCES_FILE)
     download_dir = Path(download_dir) if download_dir else default_cache_dir() / "pypi-docs" / "releases"
     docs = list(iter_documents(manifest, download_dir, log))
     description = write_corpus(docs, Path(out_dir))
@@ -332,12 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out_dir", default="corpora", help="where to write pypi-docs.jsonl.xz and .json")
     parser.add_argument("--download_dir", default=None, help="where the source releases are kept "
                         "(default: the isoflop cache's pypi-docs/releases)")
+    parser.add_argument("--sources", default=None, help="the manifest of pinned releases (default: the shipped "
+                        "datamodules/data/pypi-docs-sources.json)")
     parser.add_argument("--count_tokens", action="store_true",
                         help="also train a WordPiece tokenizer (30,522 entries) on the corpus, save it to "
                         "<out_dir>/pypi-docs-tokenizer and count the corpus's tokens")
     args = parser.parse_args(argv)
     try:
-        description = build(args.out_dir, args.download_dir)
+        description = build(args.out_dir, args.download_dir, args.sources)
     except (SourceError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

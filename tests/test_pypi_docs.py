@@ -188,12 +188,12 @@ def test_build_filters_dedupes_and_is_reproducible(tmp_path, no_embedded):
     assert pypi_docs.build(tmp_path / "c", download, manifest, log=lambda *_: None)["reproduced"] is True
 
 
-def test_a_release_that_is_not_the_pinned_file_is_refused(tmp_path, no_embedded, capsys, monkeypatch):
+def test_a_release_that_is_not_the_pinned_file_is_refused(tmp_path, no_embedded, capsys):
     manifest, download = _manifest(tmp_path, [_release(tmp_path)])
     path = next(download.iterdir())
     path.write_bytes(path.read_bytes() + b"tampered")
-    monkeypatch.setattr(pypi_docs, "SOURCES_FILE", manifest)
-    assert pypi_docs.main(["--out_dir", str(tmp_path / "out"), "--download_dir", str(download)]) == 1
+    assert pypi_docs.main(["--out_dir", str(tmp_path / "out"), "--download_dir", str(download),
+                           "--sources", str(manifest)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     mentions(err, path.name, "sha256", "delete the file")
@@ -225,3 +225,17 @@ def test_compressed_data_files(tmp_path, cache_dir):
     with pytest.raises(ValueError) as info:
         check_data_files([str(bad)], "json", "text")
     mentions(str(info.value), str(bad), "line 2", "not valid JSON")
+
+
+def test_count_tokens_saves_the_tokenizer_a_run_can_load(tmp_path, no_embedded, capsys):
+    manifest, download = _manifest(tmp_path, [_release(tmp_path)])
+    out = tmp_path / "out"
+    assert pypi_docs.main(["--out_dir", str(out), "--download_dir", str(download), "--sources", str(manifest),
+                           "--count_tokens"]) == 0
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "pypi-docs-tokenizer")
+    texts = [json.loads(line)["text"] for line in lzma.decompress((out / "pypi-docs.jsonl.xz").read_bytes()).splitlines()]
+    tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    assert len(tokenizer) == 30_522 and json.loads((out / "pypi-docs.json").read_text())["tokens"] == tokens > 50
+    mentions(capsys.readouterr().out, f"tokens: {tokens:,}")
