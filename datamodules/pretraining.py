@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from datamodules.batch import DEFAULT_BATCH_SIZE, split_global_batch
 from datamodules.cache import default_cache_dir
 from datamodules.files import COMPRESSIONS, FORMATS, check_data_files, data_format
 from datamodules.sampler import ResumableSampler
@@ -236,7 +237,18 @@ class PretrainingDataModule(L.LightningDataModule):
         vocab_size: size of the trained tokenizer's vocabulary (must equal the encoder's).
         lowercase: lower-case and strip accents before WordPiece (the paper's uncased setting).
         max_seq_length: longest example in tokens, [CLS] and [SEP]s included.
-        batch_size: examples per device per step (the global batch is this x devices x nodes x accumulation).
+        batch_size: examples per device in one forward and backward pass, the micro-batch (default 32).
+            Without ``global_batch_size`` the global batch is this x devices x nodes x
+            ``trainer.accumulate_grad_batches``. With it: unset, the global batch is dealt over the processes
+            (and over the accumulation, when one is given); given, the accumulation makes up the rest. A
+            ``global_batch_size`` given without ``batch_size`` (on the command line, in a preset file or in a
+            sweep's settings) replaces the ``batch_size`` of the preset below it.
+        global_batch_size: examples in one optimiser step over every device and accumulated batch, as the
+            papers give their batch (ELECTRA, Table 6: 128, 256 and 2048 for Small, Base and Large). The
+            per-device batch and ``trainer.accumulate_grad_batches`` are derived from it and the number of
+            processes (devices x nodes) before the run starts (``datamodules.batch.split_global_batch``); one
+            that does not split evenly, or an accumulation (other than 1) that disagrees, is an error. Unset
+            (the default): the global batch is ``batch_size`` x processes x accumulation.
         val_fraction: share of documents held out for validation when the source has no validation split.
         max_val_examples: cap on validation examples (validation then costs little beside training).
         short_seq_prob: share of examples packed to a random shorter length (ELECTRA's official
@@ -271,7 +283,8 @@ class PretrainingDataModule(L.LightningDataModule):
         vocab_size: int = 30522,
         lowercase: bool = True,
         max_seq_length: int = 128,
-        batch_size: int = 32,
+        batch_size: int | None = None,
+        global_batch_size: int | None = None,
         val_fraction: float = 0.02,
         max_val_examples: int | None = 1024,
         short_seq_prob: float = 0.0,
@@ -293,8 +306,12 @@ class PretrainingDataModule(L.LightningDataModule):
             raise ValueError(f"short_seq_prob must lie in [0, 1), got {short_seq_prob}: 0 fills every example")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if global_batch_size is not None and global_batch_size < 1:
+            raise ValueError(f"global_batch_size must be at least 1, got {global_batch_size}")
+        if batch_size is None and global_batch_size is None:
+            self.hparams.batch_size = DEFAULT_BATCH_SIZE
         if num_workers < 0:
             raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
         if dataset is not None and data_files is not None:
@@ -545,11 +562,27 @@ class PretrainingDataModule(L.LightningDataModule):
             self._build()
 
     def setup(self, stage: str | None = None) -> None:
+        self._split_global_batch()
         if self.train_dataset is None:
             self._build()  # loads from the caches prepare_data wrote
         if self.trainer is not None:
             for logger in self.trainer.loggers:
                 logger.log_hyperparams({"data_fingerprint": self.fingerprint})
+
+    def _split_global_batch(self) -> None:
+        """With ``global_batch_size`` and a trainer: the per-device batch, derived from the trainer's processes
+        and accumulation when not given, else checked against them. (``isoflop`` derives both before the run
+        starts, experiments.run.budget.split_batch; this serves a datamodule given to a Trainer directly.)"""
+        hp = self.hparams
+        if hp.global_batch_size is None or self.trainer is None:
+            return
+        _, world, accumulate = self._layout()
+        batch_size, needed = split_global_batch(hp.global_batch_size, world, hp.batch_size, accumulate)
+        if needed != accumulate:
+            raise ValueError(f"the Trainer accumulates {accumulate} batch(es), but --data.global_batch_size "
+                             f"{hp.global_batch_size} with --data.batch_size {batch_size} on {world} process(es) needs "
+                             f"{needed}: give the Trainer accumulate_grad_batches={needed}")
+        hp.batch_size = batch_size
 
     # -- loaders -------------------------------------------------------------------------------
 

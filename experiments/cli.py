@@ -22,7 +22,7 @@ commands:
   compare    pre-train several objectives to one FLOPs budget, fine-tune each, tabulate and plot
   sweep      an ablation grid of objectives and settings at equal FLOPs
   finetune   fine-tune an encoder on downstream tasks over several seeds (GLUE, or offline tasks)
-  export     write a checkpoint as Hugging Face directories (from_pretrained loads them anywhere)
+  export     write a checkpoint as Hugging Face directories with model cards, or publish them on the Hub
   flops      the training FLOPs of a pre-training configuration, per step and in total
   bench      each objective's training step against the same step written with transformers
 
@@ -51,12 +51,22 @@ def export(argv: list[str]) -> int:
     parser = new_parser("isoflop export", "Write a checkpoint as Hugging Face directories.")
     parser.add_argument("checkpoint", type=str, help="A Lightning checkpoint written by isoflop pretrain (a file, or "
                                                      "a directory of FSDP shards or DeepSpeed's).")
-    parser.add_argument("out_dir", type=str, help="Output directory (save_pretrained format, model and tokenizer).")
+    parser.add_argument("out_dir", type=str, help="Output directory (save_pretrained format, model and tokenizer, "
+                                                  "with a model card README.md and isoflop.json in each network's).")
+    parser.add_argument("--push_to_hub", type=str | None, default=None,
+                        help="ORG/NAME: publish the export on the Hugging Face Hub, the main network in ORG/NAME "
+                             "and the others in ORG/NAME-generator, ORG/NAME-discriminator-mlm. A token (HF_TOKEN or "
+                             "hf auth login) and the Hub are checked first.")
     args = parse_args(parser, argv)
     from experiments.run.export import export_checkpoint
+    from experiments.run.hub import Publisher
 
-    for line in export_checkpoint(args.checkpoint, args.out_dir):
+    publisher = Publisher.checked(args.push_to_hub) if args.push_to_hub else None  # before the checkpoint is read
+    for line in export_checkpoint(args.checkpoint, args.out_dir, repo=args.push_to_hub):
         print(line)
+    if publisher is not None:
+        for line in publisher.push(args.out_dir, args.push_to_hub):
+            print(line)
     return 0
 
 

@@ -13,8 +13,9 @@ change all derive from it (:mod:`experiments.run.rundir`):
   accumulation, clipping): part of the run's identity and of its directory's name;
 - ``length``: how long it trains (``max_steps``, ``budget`` ...): part of the name, not of the identity; a
   resume with another length needs ``--reschedule true``;
-- ``layout``: how the global batch is split over devices (devices, nodes, strategy, per-device batch):
-  neither, as long as the global batch is the same (it is part of the identity);
+- ``layout``: how the global batch is split over devices (devices, nodes, strategy, per-device batch), and
+  ``data.global_batch_size``, one way of giving it: neither, as long as the global batch is the same (it is
+  part of the identity);
 - ``run``: how it is run, logged, checkpointed, validated or measured (logging cadence, ``compile``, the MFU
   peak, progress bars, validation cadence, wandb): neither, so adding one to a command still resumes it.
 
@@ -71,7 +72,9 @@ DATA_ROLES = {
     "vocab_size": TRAINS, "lowercase": TRAINS, "max_seq_length": TRAINS, "val_fraction": TRAINS,
     "short_seq_prob": TRAINS, "single_segment_prob": TRAINS, "seed": TRAINS, "max_documents": TRAINS,
     "streaming": TRAINS, "sample_documents": TRAINS, "shuffle_buffer": TRAINS,
-    "batch_size": LAYOUT,
+    # The global batch is part of a run's identity however it is given (experiments.run.rundir.identity: its
+    # "global_batch"), so neither the per-device batch nor the setting of the global batch changes the run.
+    "batch_size": LAYOUT, "global_batch_size": LAYOUT,
     "max_val_examples": RUN, "num_workers": RUN, "num_proc": RUN, "cache_dir": RUN,
 }
 
@@ -117,16 +120,30 @@ def role(key: str) -> str:
     return TOP_ROLES[group]
 
 
+def replace_batch(config: Namespace, gives_global: bool, gives_batch: bool) -> Namespace:
+    """``config`` after a layer of settings (a preset file, the command line, a dict laid over a configuration)
+    that gives ``data.global_batch_size`` and no ``data.batch_size``: the per-device batch of the layers below it
+    (a preset's, such as tiny's 16) goes, so that the global batch is dealt over the devices rather than split
+    into a micro-batch nobody asked for (:func:`experiments.run.budget.split_batch`). A layer that gives both
+    keeps both; one that gives only ``data.batch_size`` sets the micro-batch of the global batch below it."""
+    if gives_global and not gives_batch and config.get("data.global_batch_size") is not None:
+        config["data.batch_size"] = None
+    return config
+
+
 class PresetFile(ActionConfigFile):
     """``--config``: a YAML file or the name of a shipped preset (``electra-small``)."""
 
     def __call__(self, parser, cfg, values, option_string=None):
         try:
             path = str(presets.find(values))
-            presets.load(path)  # bad YAML fails here, naming the file and line
+            loaded = presets.load(path)  # bad YAML fails here, naming the file and line
         except ValueError as err:
             parser.error(str(err))
         super().__call__(parser, cfg, path, option_string)
+        data = loaded.get("data") if isinstance(loaded, dict) else None
+        if isinstance(data, dict):
+            replace_batch(cfg, "global_batch_size" in data, "batch_size" in data)
 
 
 def add_run_groups(parser, groups: tuple[str, ...] = ("trainer", "model", "data")) -> None:
@@ -208,9 +225,11 @@ def parse(args: list[str] | dict | Namespace | None = None, base: Namespace | No
         return parse_args(p, with_default_preset(args))
     settings = args.as_dict() if isinstance(args, Namespace) else args
     try:
-        return p.parse_object(settings, namespace=(base or parse([])).clone())
+        config = p.parse_object(settings, namespace=(base or parse([])).clone())
     except argparse.ArgumentError as err:
         raise argument_error(err, p) from None
+    data = settings.get("data") if isinstance(settings.get("data"), dict) else {}
+    return replace_batch(config, data.get("global_batch_size") is not None, data.get("batch_size") is not None)
 
 
 # A whole number in scientific notation (1e6, 1.5e15): written as its digits before parsing, so that counts
@@ -236,11 +255,14 @@ def plain_numbers(argv: list[str]) -> list[str]:
 def parse_args(p, args: list[str], namespace: Namespace | None = None, defaults: bool = True) -> Namespace:
     """``p.parse_args(args)`` for every subcommand's parser: whole numbers in scientific notation accepted
     (:func:`plain_numbers`), laid over ``namespace`` when given, only the given options when ``defaults`` is
-    False, errors as one-line :class:`~experiments.errors.UsageError` (:func:`argument_error`)."""
+    False, a global batch given alone replacing the preset's per-device batch (:func:`replace_batch`), errors
+    as one-line :class:`~experiments.errors.UsageError` (:func:`argument_error`)."""
     try:
-        return p.parse_args(plain_numbers(args), namespace=namespace, defaults=defaults)
+        parsed = p.parse_args(plain_numbers(args), namespace=namespace, defaults=defaults)
     except argparse.ArgumentError as err:
         raise argument_error(err, p) from None
+    given = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+    return replace_batch(parsed, "--data.global_batch_size" in given, "--data.batch_size" in given)
 
 
 def as_list(value, option: str) -> list:

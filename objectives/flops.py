@@ -32,7 +32,7 @@ Two named conventions (``CONVENTIONS``):
     math path is counted and the match is exact.
 
 The paper's configurations, as the shipped presets give them (``experiments/configs``: steps
-``trainer.max_steps``, global batch ``data.batch_size``, sequence ``data.max_seq_length``), each
+``trainer.max_steps``, global batch ``data.global_batch_size``, sequence ``data.max_seq_length``), each
 computed by its objective through this module (``experiments.run.budget.flops_table`` writes this
 table; a test checks that it is the one below). *published* is the paper's figure (Table 1; Table 8
 for ELECTRA-400K, the Large model at 400k steps); the paper's BERT-Large (Table 8, 1.9e20) is BERT's

@@ -80,6 +80,22 @@ def test_results_files(compare_dir):
     assert "enhanced_mask_decoder" not in recipes["MaskedLM"]  # DeBERTa's setting, idle on ELECTRA encoders
 
 
+def test_exports_carry_model_cards_with_their_scores(compare_dir):
+    """Each run's export holds a model card whose model-index gives that run's fine-tuning medians
+    (finetune/results.json), and a provenance file with the run's FLOPs; the generator's card has no scores."""
+    from huggingface_hub import ModelCard
+
+    for name, r in rows(compare_dir).items():
+        export = compare_dir / name / "export"
+        results = json.loads((compare_dir / name / "finetune" / "results.json").read_text())
+        card = ModelCard.load(export / "README.md")
+        medians = {result.dataset_config: result.metric_value for result in card.data.eval_results}
+        assert medians == pytest.approx({t: v["median"] for t, v in results.items() if t != "average"}, abs=1e-4)
+        assert json.loads((export / "isoflop.json").read_text())["flops"]["actual"] == pytest.approx(float(r["flops"]))
+    generator = ModelCard.load(compare_dir / "ReplacedTokenDetection" / "export" / "generator" / "README.md")
+    assert generator.data.eval_results is None and generator.data.pipeline_tag == "fill-mask"
+
+
 def test_rerun_skips_finished_runs(compare_dir, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a finished run was run again")

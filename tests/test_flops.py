@@ -47,7 +47,8 @@ def test_presets_reproduce_the_paper_accounting(name):
     """Each shipped paper preset, built as a run would build it, counts what the paper counts."""
     config = preset_config(name)
     run = PAPER_RUNS[name]
-    assert (config.data.max_seq_length, config.data.batch_size, config.trainer.max_steps) == (run.seq, run.batch, run.steps)
+    assert (config.data.max_seq_length, config.data.global_batch_size, config.trainer.max_steps) == \
+        (run.seq, run.batch, run.steps)
     ours = step_flops(config, "paper") * config.trainer.max_steps
     assert ours == pytest.approx(run.total(), rel=1e-9)
 
@@ -70,7 +71,7 @@ def assert_is_the_computed_table(rows: list[list[str]], where: str) -> None:
     assert [row[0] for row in rows] == list(PAPER_PRESETS), where
     for name, length, paper, published, actual, ratio in rows:
         config = preset_config(name)
-        steps, batch, seq = config.trainer.max_steps, config.data.batch_size, config.data.max_seq_length
+        steps, batch, seq = config.trainer.max_steps, config.data.global_batch_size, config.data.max_seq_length
         assert [int(v) for v in length.split("/")] == [seq, batch, steps], (where, name)
         computed = {c: step_flops(config, c, batch=batch) * steps for c in CONVENTIONS}
         assert float(paper) == pytest.approx(computed["paper"], rel=1e-3), (where, name)

@@ -10,6 +10,11 @@ tasks over several seeds, and collect everything into one directory::
     OUT/downstream.png                  downstream score per objective
     OUT/<run>/                          each run: csv/ and wandb/ logs, checkpoints/, export/, finetune/
 
+Each export's directories hold a model card (``README.md``) and the run's provenance (``isoflop.json``,
+:mod:`experiments.run.model_card`); once a run is fine-tuned, its main network's card is rewritten with its
+downstream scores. ``--push_to_hub ORG/PREFIX`` then publishes every export, one Hugging Face repository per
+network (:mod:`experiments.run.hub`), after checking the names, the token and the Hub before any compute.
+
 Every run starts from one pre-training configuration (``--config``, default ``default``, with any
 ``--trainer.*``, ``--data.*`` and ``--model.init_args.*`` overrides); only the objective changes, and
 the objective's settings that the shared configuration names carry over. Fine-tuning takes the options of
@@ -42,6 +47,7 @@ from jsonargparse import Namespace
 from datamodules.cache import write_atomic
 from experiments.comparison.results import recipe_of, summary_of, validation_curve, write_plots, write_tables
 from experiments.errors import RunError, UsageError, option_error
+from experiments.run.hub import Publisher
 from experiments.run.prepare import CheckedRun, PreparedRun
 
 DEFAULT_OBJECTIVES = ["objectives.MaskedLM", "objectives.ReplacedTokenDetection"]
@@ -155,6 +161,7 @@ def compare(
     finetune: dict | None = None,
     dry_run: bool = False,
     runs: list[RunSpec] | None = None,
+    push_to_hub: str | None = None,
 ) -> list[dict]:
     """Pre-train each objective to one FLOPs budget, fine-tune each, and tabulate and plot the results.
 
@@ -174,6 +181,10 @@ def compare(
         finetune: the fine-tuning's options, those of :func:`experiments.finetuning.finetune.finetune` but
             the encoder and its output directory (default: the offline tasks, 3 seeds).
         dry_run: prepare every run (every check, the budget, the run directories) and list them; train nothing.
+        push_to_hub: ORG/PREFIX: publish each run's export on the Hugging Face Hub once it is fine-tuned, one
+            repository per network: ORG/PREFIX-<run> (the run's name in lower case, words joined by -) for the main
+            network, ORG/PREFIX-<run>-generator for the generator (ORG/PREFIX-<run>-budget-<FLOPs> on a ladder).
+            The names, a token (HF_TOKEN or a saved login) and the Hub are checked before any compute.
 
     Returns:
         The rows of the comparison (of the last budget of a ladder); ``[]`` on every rank but rank 0, and
@@ -183,14 +194,18 @@ def compare(
     from experiments.run import ranks
 
     out = Path(out_dir)
+    publisher = Publisher.checked(push_to_hub) if push_to_hub else None  # a token and the Hub: seconds, before all
     finetune_args = {**DEFAULT_FINETUNE, **(finetune or {})}
     check_finetune(finetune_args)  # every check before any compute
     ranks.check_launch(base.trainer, "compare")
     specs = with_seeds(runs or [spec_for(o) for o in as_list(objectives, "--objectives") or DEFAULT_OBJECTIVES],
                        pretrain_seeds)
     rungs = plan_rungs(base, check_runs(base, specs), out, budget, budget_steps, budgets)
+    repos = hub_repos(rungs, push_to_hub, budgets is not None) if publisher else {}
+    if publisher:
+        publisher.check_names(sorted(set(repos.values())))
     if dry_run:
-        print_plan(rungs, base.flops_convention)
+        print_plan(rungs, base.flops_convention, repos)
         return []
     with ranks.started(base.trainer) as world:  # every rank, for every pre-training run
         for rung in rungs:
@@ -201,7 +216,7 @@ def compare(
         return []  # the other ranks leave; rank 0 fine-tunes, tabulates and plots, once
     finetune_args["wandb"] = base.wandb
     reference = paper_reference(base.flops_convention)
-    ladder = [(rung, finish(rung, finetune_args, reference)) for rung in rungs]
+    ladder = [(rung, finish(rung, finetune_args, reference, publisher, repos)) for rung in rungs]
     if budgets is not None:
         write_ladder(ladder, out)
     return ladder[-1][1]
@@ -238,8 +253,18 @@ def _rung(checked: list[tuple[RunSpec, CheckedRun]], out: Path, budget: float, g
                               for spec, run in checked])
 
 
-def print_plan(rungs: list[Rung], convention: str) -> None:
-    """What a comparison would run (``--dry_run``): each budget, and each run's steps, directory and state."""
+def hub_repos(rungs: list[Rung], target: str, ladder: bool) -> dict[Path, str]:
+    """Each run's hub repository (its main network's; :func:`experiments.run.hub.repo_name` adds the others'
+    suffixes), by run directory: ``TARGET-<run>``, and ``TARGET-<run>-budget-<FLOPs>`` on a ladder."""
+    from experiments.run.model_card import kebab
+
+    return {run.run_dir: f"{target}-{kebab(spec.name)}" + (f"-{rung.out.name}" if ladder else "")
+            for rung in rungs for spec, run in rung.runs}
+
+
+def print_plan(rungs: list[Rung], convention: str, repos: dict[Path, str] | None = None) -> None:
+    """What a comparison would run (``--dry_run``): each budget, and each run's steps, directory, state and the
+    hub repository it would be published to."""
     for rung in rungs:
         print(f"[compare] budget {rung.budget:.3e} FLOPs ({convention}) in {rung.out}")
         for spec, run in rung.runs:
@@ -247,8 +272,9 @@ def print_plan(rungs: list[Rung], convention: str) -> None:
                 else "new"
             settings = f" {spec.init_args}" if spec.init_args else ""
             steps = -(-rung.budget // run.step_flops)
+            hub = f", published to {repos[run.run_dir]}" if repos and run.run_dir in repos else ""
             print(f"  {spec.name}: {spec.objective}{settings}, {steps:.0f} steps of {run.step_flops:.3e} FLOPs, "
-                  f"{run.run_dir} ({state})", flush=True)
+                  f"{run.run_dir} ({state}){hub}", flush=True)
 
 
 def write_settings(rung: Rung, convention: str, finetune_args: dict, pretrain_seeds: int) -> None:
@@ -265,11 +291,14 @@ def write_settings(rung: Rung, convention: str, finetune_args: dict, pretrain_se
           + (f", {pretrain_seeds} pre-training seeds each" if pretrain_seeds > 1 else ""), flush=True)
 
 
-def finish(rung: Rung, finetune_args: dict, reference: tuple[str, float] | None) -> list[dict]:
-    """Fine-tune every run of a budget, then write its table and plots (rank 0 only)."""
+def finish(rung: Rung, finetune_args: dict, reference: tuple[str, float] | None, publisher: Publisher | None = None,
+           repos: dict[Path, str] | None = None) -> list[dict]:
+    """Fine-tune every run of a budget, rewrite each export's model cards with its downstream scores, write the
+    budget's table and plots, and publish the exports when asked (rank 0 only)."""
     rows = []
     for (spec, run), summary in zip(rung.runs, rung.summaries):
         results = finetune_once(spec, run, finetune_args)
+        card_downstream(run.run_dir / "export", results, (repos or {}).get(run.run_dir))
         rows.append({"name": spec.name, "objective": spec.objective, "group": spec.group or spec.name,
                      "seed": spec.seed, **summary, "curve": validation_curve(run.run_dir), "tasks": results,
                      "recipe": recipe_of(run.dumped)})
@@ -277,7 +306,22 @@ def finish(rung: Rung, finetune_args: dict, reference: tuple[str, float] | None)
     write_plots(rows, rung.out)
     print(f"[compare] results in {rung.out}: results.md, results.csv, val_loss_vs_flops.png, downstream.png",
           flush=True)
+    if publisher is not None:
+        for _, run in rung.runs:
+            for line in publisher.push(run.run_dir / "export", repos[run.run_dir]):
+                print(f"[compare] {line}", flush=True)
     return rows
+
+
+def card_downstream(export_dir: Path, results: dict, repo: str | None) -> None:
+    """Rewrite the model cards of a run's export with its downstream scores (:func:`results.card_scores`), naming
+    the hub repositories it is published to when ``repo`` (the main network's) is given."""
+    from experiments.comparison.results import card_scores
+    from experiments.run.hub import repo_name
+    from experiments.run.model_card import add_downstream, network_folders
+
+    repos = {rel: repo_name(repo, rel) for rel in network_folders(export_dir)} if repo else None
+    add_downstream(export_dir, card_scores(results), repos)
 
 
 def write_ladder(ladder: list[tuple[Rung, list[dict]]], out: Path) -> None:
@@ -348,6 +392,7 @@ def pretrain_once(spec: RunSpec, run: PreparedRun, world) -> dict:
     one resumes from its last checkpoint. Rank 0's view of the run directory decides for every rank."""
     from experiments.run.export import export_checkpoint
     from experiments.run.pretrain import RunResult, pretrain
+    from experiments.run.provenance import PROVENANCE_FILE
 
     finished = world.broadcast(run.plan.finished)  # rank 0's view of the run directory decides
     if world.is_zero:
@@ -356,7 +401,8 @@ def pretrain_once(spec: RunSpec, run: PreparedRun, world) -> dict:
     if not result.finished:
         raise RunError(f"pre-training of {spec.name} stopped before its budget (see {run.run_dir})")
     export_dir = run.run_dir / "export"
-    if world.is_zero and not (export_dir / "config.json").exists():
+    # (An export without its provenance, from an isoflop before model cards, is written again: the same weights.)
+    if world.is_zero and not ((export_dir / "config.json").exists() and (export_dir / PROVENANCE_FILE).exists()):
         for line in export_checkpoint(run.run_dir / "checkpoints" / "last.ckpt", export_dir, overwrite=True):
             print(f"[compare] {line}", flush=True)
     world.barrier(f"the export of {spec.name}")

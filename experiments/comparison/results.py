@@ -124,6 +124,23 @@ def bootstrap_median(nested: list[list[float]], seed: int = 0) -> tuple[float, f
     return median(pooled), stats[int(tail * len(stats))], stats[min(len(stats) - 1, int((1 - tail) * len(stats)))]
 
 
+def card_scores(results: dict) -> dict:
+    """One run's downstream scores for its export's model card (:func:`experiments.run.model_card.add_downstream`),
+    from its fine-tuning's ``results.json``: per task (the average too) the headline metric, the scores per
+    fine-tuning seed, their mean, and their median with the 95% bootstrap interval results.md gives
+    (:func:`bootstrap_median`, here over one pre-training seed)."""
+    tasks = {}
+    for task, result in results.items():
+        scores = [float(s) for s in result.get("scores") or []]
+        if not scores:
+            continue
+        med, lo, hi = bootstrap_median([scores])
+        tasks[task] = {"metric": result.get("metric"), "scores": scores, "seeds": len(scores),
+                       "mean": sum(scores) / len(scores), "median": med, "lo": lo, "hi": hi}
+    return {"tasks": tasks, "level": LEVEL, "interval": "percentile bootstrap of the median over the fine-tuning seeds",
+            "source": "isoflop compare: finetune/results.json of this run"}
+
+
 def task_scores(rows: list[dict], task: str) -> dict[int, list[float]]:
     """Pre-training seed -> fine-tuning scores (in fine-tuning seed order) of ``task`` in a group's rows."""
     return {r.get("seed", 0): list(r["tasks"].get(task, {}).get("scores", [])) for r in rows}

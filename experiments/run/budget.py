@@ -31,6 +31,12 @@ def meta_objective(config: Namespace):
         return resolve(config.model.class_path)(**config.model.init_args)
 
 
+def global_batch(config: Namespace) -> int:
+    """Sequences in one optimiser step over every rank, of a split configuration
+    (:func:`split_batch`): per-rank batch x :func:`batches_per_step`."""
+    return batches_per_step(config) * config.data.batch_size
+
+
 def batches_per_step(config: Namespace) -> int:
     """Per-rank batches in one optimiser step over every rank: processes (devices x nodes,
     :func:`experiments.run.ranks.processes`) x accumulation (what :class:`~experiments.run.callbacks.FlopsBudget`
@@ -56,10 +62,41 @@ def step_flops(config: Namespace, convention: str = "actual", batch: int | None 
     return batches_per_step(config) * cost(config.data.batch_size, seq, convention)
 
 
+def split_batch(cfg: Namespace) -> Namespace:
+    """``cfg`` (a copy) with the per-device batch and the accumulation the run trains with. Given
+    ``data.global_batch_size``, both are derived from it and the number of processes (devices x nodes, as
+    :func:`experiments.run.ranks.processes` counts them from the trainer's settings, which is what the launch is
+    checked against: :func:`experiments.run.ranks.check_launch`) by :func:`datamodules.batch.split_global_batch`;
+    a global batch that does not split, or an accumulation that disagrees, is a one-line error, before any
+    compute. Without it, both are as given (the per-device batch 32 when unset).
+
+    Only a final configuration is split: :func:`experiments.run.prepare.check` splits the one it checks, so every reader of the batch
+    after it (the FLOPs of a step, the run's identity and directory, the Trainer and the datamodule) sees the
+    same numbers; the configurations ``compare`` and ``sweep`` lay settings over are left unsplit, so that a
+    device count given there splits the global batch anew."""
+    from datamodules.batch import DEFAULT_BATCH_SIZE, split_global_batch
+    from experiments.run.ranks import processes
+
+    cfg = cfg.clone()
+    if cfg.data.global_batch_size is None:
+        if cfg.data.batch_size is None:
+            cfg.data.batch_size = DEFAULT_BATCH_SIZE
+        return cfg
+    try:
+        cfg.data.batch_size, cfg.trainer.accumulate_grad_batches = split_global_batch(
+            cfg.data.global_batch_size, processes(cfg.trainer), cfg.data.batch_size,
+            cfg.trainer.accumulate_grad_batches or 1)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return cfg
+
+
 def preset_config(name_or_path: str) -> Namespace:
+    """A preset's configuration as it runs here: its global batch split over the processes its trainer
+    settings make (:func:`split_batch`)."""
     from experiments.config import parse
 
-    return parse(["--config", str(name_or_path)])
+    return split_batch(parse(["--config", str(name_or_path)]))
 
 
 def resolve_budget(spec: float | str, convention: str = "actual", option: str = "--budget") -> float:
@@ -71,9 +108,10 @@ def resolve_budget(spec: float | str, convention: str = "actual", option: str = 
         try:
             n = int(float(steps))
             presets.find(preset)
+            config = preset_config(preset)
         except ValueError as err:
             raise UsageError(f"{option} {spec}: {err}") from None
-        value = step_flops(preset_config(preset), convention) * n
+        value = step_flops(config, convention) * n
     else:
         try:
             value = float(text)
@@ -93,7 +131,7 @@ def report(checked) -> str:
 
     config = checked.config
     convention, per_step = config.flops_convention, checked.step_flops
-    batch = batches_per_step(config) * config.data.batch_size
+    batch = global_batch(config)
     if config.budget is not None:
         budget = resolve_budget(config.budget, convention)
         steps, why = math.ceil(budget / per_step), f"what the budget {budget:.3e} buys"
@@ -118,7 +156,7 @@ def flops_table() -> str:
     rows = [("preset", "seq / batch / steps", "paper", "published", "actual", "actual/paper")]
     for name in PAPER_PRESETS:
         config = preset_config(name)
-        steps, batch, seq = config.trainer.max_steps, config.data.batch_size, config.data.max_seq_length
+        steps, batch, seq = config.trainer.max_steps, global_batch(config), config.data.max_seq_length
         paper, actual = (step_flops(config, c, batch=batch) * steps for c in ("paper", "actual"))
         rows.append((name, f"{seq} / {batch} / {steps}", f"{paper:.3e}", PUBLISHED.get(name, "--"), f"{actual:.3e}",
                      f"{actual / paper:.3f}"))

@@ -5,6 +5,9 @@ The checkpoint carries the objective's class path and its tokenizer (see
 (FSDP's ``state_dict_type="sharded"``, a directory of shards; or a DeepSpeed directory) is consolidated
 into full tensors on the way (:func:`experiments.run.checkpoints.consolidate`), so the export is the same
 Hugging Face directories as that of the same weights saved as one file.
+
+Every network directory of an export also holds a model card (``README.md``, Hugging Face metadata included) and
+the export's provenance (``isoflop.json``): :mod:`experiments.run.model_card`, :mod:`experiments.run.provenance`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from datamodules.cache import replace_directory
 
@@ -20,6 +24,11 @@ def load_objective(checkpoint: str | os.PathLike):
     """The objective saved in a checkpoint, on the CPU, in eval mode. One-line errors for a missing,
     truncated or foreign file, and for weights that are NaN or infinite (a diverged run's): those are
     refused, never exported."""
+    return load_saved(checkpoint)[0]
+
+
+def load_saved(checkpoint: str | os.PathLike) -> tuple[Any, dict]:
+    """(the objective, as :func:`load_objective` gives it; the checkpoint's dictionary, read once)."""
     from experiments.run.checkpoints import consolidate, first_nonfinite
     from objectives import resolve
 
@@ -32,7 +41,7 @@ def load_objective(checkpoint: str | os.PathLike):
     if bad:
         raise ValueError(f"checkpoint {str(path)!r} has non-finite weights ({bad}): the run diverged; export an "
                          "earlier checkpoint")
-    return restore_objective(resolve(meta["class_path"]), saved).eval()
+    return restore_objective(resolve(meta["class_path"]), saved).eval(), saved
 
 
 def restore_objective(cls, checkpoint: dict):
@@ -62,8 +71,11 @@ def restore_objective(cls, checkpoint: dict):
     return module
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> list[str]:
-    """Export, writing to a temporary directory first so a failure never leaves a half-written one.
+def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False,
+                      repo: str | None = None) -> list[str]:
+    """Export, writing to a temporary directory first so a failure never leaves a half-written one: every
+    network's ``save_pretrained`` directory, with its model card and provenance. ``repo``: the hub repository
+    the main network will be published to (``--push_to_hub``), named in the cards' loading code.
 
     Returns lines describing what was written.
     """
@@ -74,15 +86,28 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         raise FileExistsError(f"{str(out)!r} exists and is not empty: choose another directory (nothing was overwritten)")
     from transformers.utils import logging as hf_logging
 
-    module = load_objective(checkpoint)
+    from experiments.run.hub import repo_name
+    from experiments.run.model_card import CARD_FILE, network_folders, write_cards
+    from experiments.run.provenance import PROVENANCE_FILE, provenance
+
+    module, saved = load_saved(checkpoint)
+    record = provenance(module, saved, checkpoint)
+    del saved  # the optimiser's state and the rest: not needed any more
+
+    def build(tmp: Path) -> None:
+        module.export(tmp)
+        repos = None if repo is None else {rel: repo_name(repo, rel) for rel in network_folders(tmp)}
+        write_cards(tmp, record, repos)
+
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a "writing model shards" bar per network says nothing here
     try:
-        replace_directory(module.export, out)
+        replace_directory(build, out)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     lines = [f"exported {type(module).__name__} to {out}"]
     for config in sorted(out.rglob("config.json")):
         lines.append(f"  {config.parent}: {json.loads(config.read_text())['architectures'][0]}")
+    lines.append(f"  each with its model card ({CARD_FILE}) and provenance ({PROVENANCE_FILE})")
     return lines

@@ -102,7 +102,7 @@ def _run_dir(cfg: Namespace, dumped: dict) -> Path:
 def check(config: Namespace | dict | list[str]) -> CheckedRun:
     """Every check of a configuration that needs no data and no compute; the cost of one optimiser step."""
     from datamodules.pretraining import PretrainingDataModule
-    from experiments.run.budget import meta_objective, step_flops
+    from experiments.run.budget import meta_objective, split_batch, step_flops
     from experiments.run.checkpoints import check_checkpoint_file
     from objectives.flops import check_convention
 
@@ -117,6 +117,7 @@ def check(config: Namespace | dict | list[str]) -> CheckedRun:
         check_convention(cfg.flops_convention)
     with _option_prefix("--data.", dict(cfg.data)):
         data = PretrainingDataModule(**dict(cfg.data))  # its checks: sizes, data files and their contents
+    cfg = split_batch(cfg)  # the per-device batch and accumulation, from the global batch when one is given
     with _option_prefix("--model.init_args.", dict(cfg.model.init_args)):
         objective = meta_objective(cfg)  # the objective's own checks, on the meta device (no memory)
     objective.check_data(data)

@@ -53,8 +53,12 @@ def _processes(flat: dict[str, Any]) -> int:
 
 
 def global_batch(dumped: dict) -> int:
-    """Sequences per optimiser step over every rank: data.batch_size x processes x accumulation."""
+    """Sequences per optimiser step over every rank: ``data.global_batch_size`` when given (a split
+    configuration's per-device batch, processes and accumulation make it up: experiments.run.budget.split_batch),
+    else data.batch_size x processes x accumulation."""
     flat = flatten(dumped)
+    if flat.get("data.global_batch_size"):
+        return int(flat["data.global_batch_size"])
     accumulate = flat.get("trainer.accumulate_grad_batches") or 1
     return int(flat.get("data.batch_size") or 1) * _processes(flat) * (accumulate if isinstance(accumulate, int) else 1)
 
