@@ -569,6 +569,28 @@ class PretrainingDataModule(L.LightningDataModule):
             for logger in self.trainer.loggers:
                 logger.log_hyperparams({"data_fingerprint": self.fingerprint})
 
+    def training_examples(self) -> int | None:
+        """How many packed training examples one epoch reads, once the data is built (``prepare_data`` or
+        ``setup``); ``None`` before that, and when streaming (a stream has no epochs)."""
+        if self.hparams.streaming or self.train_dataset is None:
+            return None
+        return len(self.train_dataset)
+
+    def describe_source(self) -> str:
+        """The training text in a few words, for messages: the hub dataset (and its configuration), the local
+        files, the synthetic source or the embedded corpus, and the ``max_documents`` cut if any."""
+        hp = self.hparams
+        if self.data_files is not None:
+            files = self.data_files
+            text = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more file(s)"
+        elif hp.dataset is None:
+            text = "the embedded CPython-docs corpus"
+        else:
+            text = hp.dataset + (f" ({hp.dataset_config})" if hp.dataset_config else "")
+        cut = f", its first {hp.max_documents} documents" if hp.max_documents is not None and self.synthetic is None \
+            else ""
+        return text + cut
+
     def _split_global_batch(self) -> None:
         """With ``global_batch_size`` and a trainer: the per-device batch, derived from the trainer's processes
         and accumulation when not given, else checked against them. (``isoflop`` derives both before the run

@@ -14,7 +14,8 @@ the same command gives the same texts on any machine; the manifest records their
 build says whether it was reproduced. The command::
 
     python -m datamodules.pypi_docs --out_dir corpora      # downloads about 200 MB, a few minutes
-    isoflop pretrain --config electra-small --data.data_files corpora/pypi-docs.jsonl.xz
+    isoflop pretrain --config electra-small --data.dataset null --data.dataset_config null \
+        --data.data_files corpora/pypi-docs.jsonl.xz --data.tokenizer corpora/pypi-docs-tokenizer
 
 writes ``corpora/pypi-docs.jsonl.xz`` (one JSON object a line: ``text``, ``source``, ``path``,
 ``kind``) and ``corpora/pypi-docs.json`` (fingerprint, counts per source, the compressed file's

@@ -124,3 +124,51 @@ class NoSyncGuard(Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.stop()
+
+
+def spread_finetune_main(spec_path: str) -> None:
+    """One rank of ``tests.test_finetune_ranks``: the fine-tuning stage of a multi-process comparison alone, on the
+    exports that ``spec_path`` (JSON: runs, tasks, seeds, options, folder) names. With ``WORLD_SIZE`` 2, the ranks
+    join a gloo process group (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``), start the fine-tuning as
+    :func:`experiments.comparison.compare.compare` does and close the group before fine-tuning. A job named by
+    ``$ISOFLOP_TEST_FAIL_JOB`` (``task-seedK`` of the first run) fails on the rank that runs it. Rank 0 writes
+    every run's gathered scores and its wall time to ``folder/scores.json``."""
+    import torch.distributed as dist
+
+    from experiments.finetuning import spread
+    from experiments.finetuning.finetune import Jobs
+    from experiments.run.ranks import World
+
+    spec = json.loads(Path(spec_path).read_text())
+    rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    world = World()
+    if size > 1:
+        dist.init_process_group("gloo", rank=rank, world_size=size)
+        world = World(rank=rank, size=size, local_rank=rank, group=dist.new_group(backend="gloo"))
+    jobs = spread.jobs_of([tuple(r) for r in spec["runs"]], spec["tasks"], spec["seeds"])
+    folder = Path(spec["folder"])
+    beat = spread.start(jobs, world, folder)
+    world.close()
+    fail = os.environ.get("ISOFLOP_TEST_FAIL_JOB")
+    if fail:
+        run_one = Jobs.run_one
+
+        def failing(self, name, seed, **run):
+            if f"{name}-seed{seed}" == fail and self.encoder == jobs[0].export:
+                raise RunError(f"injected failure in {fail}")
+            return run_one(self, name, seed, **run)
+
+        Jobs.run_one = failing
+    began = time.monotonic()
+    spread.spread(jobs, beat, world, spec["options"], folder)
+    if world.is_zero:
+        scores = {name: {task: {"scores": r.scores, "others": r.others}
+                         for task, r in spread.gather([j for j in jobs if j.name == name]).items()}
+                  for name, _, _ in spec["runs"]}
+        (folder / "scores.json").write_text(json.dumps({"scores": scores, "wall_s": time.monotonic() - began}))
+
+
+if __name__ == "__main__":
+    import sys
+
+    spread_finetune_main(sys.argv[1])

@@ -108,6 +108,7 @@ def test_default_run_and_export(tmp_path, cache_dir, capsys, one_thread):
     out = capsys.readouterr().out
     result = json.loads((run_dir / "result.json").read_text())
     mentions(out, str(run_dir))  # what the user needs to know: where the run is, and what it cost (4 digits)
+    assert not rereads(out), out  # 4 steps x 16 of the 3,000 documents' examples: no warning
     assert any(math.isclose(v, result["flops"], rel_tol=1e-3) for v in numbers(out)), out
     assert list((run_dir / "wandb").glob("offline-run-*"))
     config = yaml.safe_load((run_dir / "csv" / "hparams.yaml").read_text())
@@ -120,6 +121,27 @@ def test_default_run_and_export(tmp_path, cache_dir, capsys, one_thread):
     capsys.readouterr()  # (from_pretrained's progress bar)
     assert main(["export", str(ckpt), str(tmp_path / "hf")]) == 2  # not over a non-empty directory
     mentions(error_line(capsys.readouterr().err, "export"), str(tmp_path / "hf"))
+
+
+def rereads(out: str) -> list[str]:
+    """The lines of a run's output that warn of a corpus read many times over."""
+    return [line for line in out.splitlines() if line.startswith("[pretrain] warning")]
+
+
+@pytest.mark.parametrize("length", [["--budget", "tiny:16"], ["--trainer.max_steps", "16"]], ids=["budget", "steps"])
+def test_a_run_that_rereads_its_corpus_says_so_before_training(length, tmp_path, cache_dir, capsys, one_thread):
+    """60 documents pack into a few dozen examples of 64 tokens; 16 steps of 16 (a budget's steps, or max_steps)
+    read them more than 4 times over: one line, with the run's plan (before the first step), with the steps, the
+    examples read and what to change."""
+    assert run_preset("tiny", tmp_path / "run", cache_dir, "--data.max_documents", "60", *length,
+                      "--trainer.limit_val_batches", "0", "--trainer.enable_checkpointing", "false") == 0
+    out = capsys.readouterr().out
+    [line] = rereads(out)
+    lines = out.splitlines()
+    plan_end = max(i for i, text in enumerate(lines) if text.startswith(("device:", "budget:")))
+    assert lines.index(line) == plan_end + 1  # printed with the run's plan, before training
+    mentions(line, 16, 16 * 16, 60, "--budget", "--data.streaming")
+    assert max(numbers(line.split("times")[0])) > 4  # the passes over the data it reads
 
 
 def test_validation_is_logged_once_per_point(tmp_path, cache_dir, one_thread):

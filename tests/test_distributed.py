@@ -55,7 +55,8 @@ def launch(argv: list[str], cache_dir: Path, cwd: Path, torchrun: bool = False, 
 
 def launch_slurm(argv: list[str], cache_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
     """``isoflop ARGV`` as ``srun --ntasks 2`` starts it on one node: two processes with SLURM's variables
-    (Lightning's SLURMEnvironment reads them); rank 0's output and the first non-zero return code."""
+    (Lightning's SLURMEnvironment reads them); both ranks' output (rank 0's first: each rank prints the
+    fine-tuning jobs it runs) and the first non-zero return code."""
     job = str(3000 + os.getpid() % 1000)  # Lightning derives the rendezvous port from the job id
     slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
              "SLURM_JOB_ID": job, "SLURM_JOB_NAME": "isoflop-test", "SLURM_NODELIST": "127.0.0.1"}
@@ -65,7 +66,7 @@ def launch_slurm(argv: list[str], cache_dir: Path, cwd: Path) -> subprocess.Comp
              for k in (0, 1)]
     outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
     codes = [p.returncode for p in procs]
-    return subprocess.CompletedProcess(argv, next((c for c in codes if c), 0), outputs[0][0],
+    return subprocess.CompletedProcess(argv, next((c for c in codes if c), 0), outputs[0][0] + outputs[1][0],
                                        outputs[0][1] + outputs[1][1])
 
 

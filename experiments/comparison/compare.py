@@ -31,8 +31,10 @@ downstream tasks: minutes on a CPU.
 
 On several processes (``--trainer.devices``, ``--trainer.num_nodes``, ``--trainer.strategy``; a plain
 command, ``torchrun`` or ``srun``) the ranks are started once (:mod:`experiments.run.ranks`) and every rank
-takes part in every pre-training run; rank 0 exports each run behind a barrier, and once the last
-pre-training is done the other ranks leave and rank 0 fine-tunes, tabulates and plots, once.
+takes part in every pre-training run; rank 0 exports each run behind a barrier. Once the last pre-training is
+done, the fine-tuning runs (export x task x seed) are dealt over the ranks, each a single-device run on its rank's
+own device (:mod:`experiments.finetuning.spread`); rank 0 waits for them, gathers them into the tables one process
+writes, tabulates and plots, once.
 """
 
 from __future__ import annotations
@@ -191,6 +193,7 @@ def compare(
         for a dry run.
     """
     from experiments.config import as_list
+    from experiments.finetuning import spread
     from experiments.run import ranks
 
     out = Path(out_dir)
@@ -207,16 +210,23 @@ def compare(
     if dry_run:
         print_plan(rungs, base.flops_convention, repos)
         return []
+    finetune_args["wandb"] = base.wandb
+    ready = None
     with ranks.started(base.trainer) as world:  # every rank, for every pre-training run
         for rung in rungs:
             if world.is_zero:
                 write_settings(rung, base.flops_convention, finetune_args, pretrain_seeds)
             rung.summaries = [pretrain_once(spec, run, world) for spec, run in rung.runs]
+        if world.size > 1:  # every job, and this rank's heartbeat, before the process group goes
+            jobs = spread_jobs(rungs, finetune_args)
+            ready = (jobs, spread.start(jobs, world, out / ".ranks"))
+    if ready is not None:  # each rank its share of the fine-tuning runs; rank 0 waits for them all
+        spread.spread(*ready, world, finetune_args, out / ".ranks")
     if not world.is_zero:
-        return []  # the other ranks leave; rank 0 fine-tunes, tabulates and plots, once
-    finetune_args["wandb"] = base.wandb
+        return []  # the other ranks leave; rank 0 gathers the fine-tuning, tabulates and plots, once
     reference = paper_reference(base.flops_convention)
-    ladder = [(rung, finish(rung, finetune_args, reference, publisher, repos)) for rung in rungs]
+    ladder = [(rung, finish(rung, finetune_args, reference, publisher, repos, spread=ready is not None))
+              for rung in rungs]
     if budgets is not None:
         write_ladder(ladder, out)
     return ladder[-1][1]
@@ -292,12 +302,13 @@ def write_settings(rung: Rung, convention: str, finetune_args: dict, pretrain_se
 
 
 def finish(rung: Rung, finetune_args: dict, reference: tuple[str, float] | None, publisher: Publisher | None = None,
-           repos: dict[Path, str] | None = None) -> list[dict]:
-    """Fine-tune every run of a budget, rewrite each export's model cards with its downstream scores, write the
-    budget's table and plots, and publish the exports when asked (rank 0 only)."""
+           repos: dict[Path, str] | None = None, spread: bool = False) -> list[dict]:
+    """Fine-tune every run of a budget (or, ``spread``, gather the fine-tuning the ranks did), rewrite each export's
+    model cards with its downstream scores, write the budget's table and plots, and publish the exports when asked
+    (rank 0 only)."""
     rows = []
     for (spec, run), summary in zip(rung.runs, rung.summaries):
-        results = finetune_once(spec, run, finetune_args)
+        results = finetune_once(spec, run, finetune_args, spread)
         card_downstream(run.run_dir / "export", results, (repos or {}).get(run.run_dir))
         rows.append({"name": spec.name, "objective": spec.objective, "group": spec.group or spec.name,
                      "seed": spec.seed, **summary, "curve": validation_curve(run.run_dir), "tasks": results,
@@ -409,22 +420,50 @@ def pretrain_once(spec: RunSpec, run: PreparedRun, world) -> dict:
     return summary_of(result.to_json())
 
 
-def finetune_once(spec: RunSpec, run: PreparedRun, finetune_args: dict) -> dict:
-    """Fine-tune a run's export on the tasks, unless a previous invocation did; the results per task."""
-    from experiments.finetuning.finetune import finetune
+def finetune_once(spec: RunSpec, run: PreparedRun, finetune_args: dict, spread: bool = False) -> dict:
+    """Fine-tune a run's export on the tasks, unless a previous invocation did; the results per task. ``spread``:
+    the ranks ran its jobs (:func:`spread_finetune`), which are gathered into what one process writes."""
+    from experiments.finetuning.finetune import Jobs, finetune
     from experiments.finetuning.scores import average
+    from experiments.finetuning.spread import gather
 
     ft_dir = run.run_dir / "finetune"
     if (ft_dir / "results.json").exists():
         print(f"[compare] {spec.name}: fine-tuning done, skipped", flush=True)
         return json.loads((ft_dir / "results.json").read_text())
-    task_results = finetune(str(run.run_dir / "export"), out_dir=str(ft_dir), **finetune_args)
+    if spread:
+        task_results = gather(run_jobs([(spec.name, run)], finetune_args))
+        Jobs(str(run.run_dir / "export"), ft_dir, **finetune_args).write(task_results)
+    else:
+        task_results = finetune(str(run.run_dir / "export"), out_dir=str(ft_dir), **finetune_args)
     avg = average(task_results)
     results = {name: {"metric": r.metric, "median": r.median, "min": r.min, "max": r.max, "std": r.std,
                       "scores": list(r.scores.values())}
                for name, r in {**task_results, **({"average": avg} if avg is not None else {})}.items()}
     write_atomic(ft_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results
+
+
+def run_jobs(runs: list[tuple[str, PreparedRun]], finetune_args: dict) -> list:
+    """The fine-tuning jobs (:class:`experiments.finetuning.spread.Job`) of ``runs`` (name, run), in the order of
+    one process, those of runs whose fine-tuning is finished left out."""
+    from downstream.tasks import resolve_tasks
+    from experiments.config import as_list
+    from experiments.finetuning.finetune import _seed_list
+    from experiments.finetuning.spread import jobs_of
+
+    left = [(name, run) for name, run in runs if not (run.run_dir / "finetune" / "results.json").exists()]
+    return jobs_of([(name, str(run.run_dir / "export"), run.run_dir / "finetune") for name, run in left],
+                   resolve_tasks(as_list(finetune_args["tasks"], "--finetune.tasks")),
+                   _seed_list(finetune_args["seeds"]))
+
+
+def spread_jobs(rungs: list[Rung], finetune_args: dict) -> list:
+    """Every fine-tuning job of a comparison's budgets left to do (:func:`run_jobs`); a job's name says its
+    budget on a ladder."""
+    ladder = len(rungs) > 1
+    return run_jobs([(f"{spec.name} at {rung.out.name}" if ladder else spec.name, run)
+                     for rung in rungs for spec, run in rung.runs], finetune_args)
 
 
 def build_parser():

@@ -16,6 +16,7 @@ logger (plus a wandb run, grouped by encoder and task). Scores are in GLUE point
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import warnings
@@ -136,6 +137,49 @@ def finetune(
         # After every task, so a crash keeps what is done.
         write_results(results, out, f"Fine-tuning `{encoder}` (median over seeds, GLUE points)")
     return results
+
+
+class Jobs:
+    """One encoder's fine-tuning as separate (task, seed) runs, for a caller that deals them out (the ranks of a
+    comparison: :mod:`experiments.finetuning.spread`). The checks and settings are :func:`finetune`'s (``kwargs``
+    are its options), each task's data is loaded and tokenised once, at its first job, and every job is
+    :func:`_run_one` called as :func:`finetune` calls it: a job's scores are those of the same task and seed
+    in :func:`finetune`, and its logs go where :func:`finetune` puts them (``out_dir/<task>/seed<k>``)."""
+
+    def __init__(self, encoder: str, out_dir: str | Path, **kwargs: Any):
+        bound = inspect.signature(finetune).bind(encoder, out_dir=str(out_dir), **kwargs)
+        bound.apply_defaults()
+        options = dict(bound.arguments)
+        self.encoder, self.out, self.epochs = encoder, Path(out_dir), options["epochs"]
+        self.names, self.seeds = resolve_tasks(options["tasks"]), _seed_list(options["seeds"])
+        _check_optimiser(options)
+        check_encoder(encoder)
+        _family_defaults(encoder, options)
+        self.settings = {**{k: options[k] for k in _RECORDED}, "tasks": self.names, "seeds": self.seeds}
+        self.run = {k: options[k] for k in _RUN_OPTIONS}
+        self.data = {k: options[k] for k in _DATA_OPTIONS}
+        self.modules: dict[str, TaskDataModule] = {}
+
+    def module(self, name: str) -> TaskDataModule:
+        """Task ``name``'s datamodule, loaded, checked and tokenised at its first use."""
+        if name not in self.modules:
+            dm = TaskDataModule(self.encoder, task=name, **self.data)
+            dm.load_raw()
+            dm.setup("fit")
+            self.modules[name] = dm
+        return self.modules[name]
+
+    def run_one(self, name: str, seed: int, **run: Any) -> dict[str, float]:
+        """Fine-tune on task ``name`` with ``seed``: every dev metric, in GLUE points. ``run`` overrides training
+        options (``accelerator``, ``devices``: the rank's own device)."""
+        dm = self.module(name)
+        return _run_one(dm, dm.spec, seed, encoder=self.encoder, out=self.out, settings=self.settings,
+                        epochs=self.epochs or dm.spec.epochs, **{**self.run, **run})
+
+    def write(self, results: dict[str, TaskResult]) -> None:
+        """``config.json`` and the tables :func:`finetune` writes, for ``results`` gathered from the jobs."""
+        write_atomic(self.out / "config.json", json.dumps(self.settings, indent=2) + "\n")
+        write_results(results, self.out, f"Fine-tuning `{self.encoder}` (median over seeds, GLUE points)")
 
 
 def _check_optimiser(options: dict) -> None:

@@ -175,10 +175,38 @@ class RunSummary(Callback):
         if pl_module.scheduled_steps is not None:
             lines.append(f"budget: {pl_module.scheduled_steps} steps")
         say("\n".join(lines))
+        warning = repeats_warning(trainer, pl_module, global_batch)
+        if warning is not None:
+            say(warning)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self.last_validation_step = trainer.global_step
+
+
+# More passes than this over the training data, and the run says so before its first step (a warning, not an error).
+MAX_EPOCHS = 4
+
+
+def repeats_warning(trainer, pl_module, global_batch: int) -> str | None:
+    """One line when the run would read its training data more than :data:`MAX_EPOCHS` times: its steps (the
+    budget's, or ``max_steps`` when fewer) x the global batch, over the training examples the data holds
+    (:meth:`datamodules.pretraining.PretrainingDataModule.training_examples`, known once the data is built,
+    before the first step). ``None`` otherwise, when streaming, and when either count is unknown."""
+    data = trainer.datamodule
+    examples = data.training_examples() if hasattr(data, "training_examples") else None
+    steps = [s for s in (pl_module.scheduled_steps, trainer.max_steps) if s is not None and s > 0]
+    if not examples or not steps:
+        return None
+    read = min(steps) * global_batch
+    epochs = read / examples
+    if epochs <= MAX_EPOCHS:
+        return None
+    source = data.describe_source() if hasattr(data, "describe_source") else type(data).__name__
+    return (f"[pretrain] warning: this run reads its training data {epochs:.1f} times ({min(steps)} steps x "
+            f"{global_batch} sequences = {read} examples, of {examples} in {source}); past {MAX_EPOCHS} passes, "
+            "repeated examples teach less than new text: give a bigger corpus (--data.dataset, --data.data_files, "
+            "or --data.streaming true) or a smaller --budget (or --trainer.max_steps)")
 
 
 class Preemption(Callback):

@@ -13,8 +13,9 @@ group initialised, and reuses both: every rank takes part in every pre-training 
 Beside the training's process group there is one small gloo group for the comparison's own
 bookkeeping (:meth:`World.barrier`, :meth:`World.broadcast`), which works whatever the training's
 backend (NCCL) and waits with a timeout, so no rank waits forever. When the pre-training is done
-(:meth:`World.close`), the process group is destroyed and every rank but rank 0 returns: rank 0
-fine-tunes, tabulates and plots alone, as one process.
+(:meth:`World.close`), the process group is destroyed: each rank then fine-tunes its share of the runs as
+single-device runs (:mod:`experiments.finetuning.spread`, which meets through files), and rank 0 gathers,
+tabulates and plots alone.
 
 The process that started the other ranks watches them (:func:`watch`, in place of Lightning's own child
 observer): a rank that fails makes this one fail too, on its own, with its own line, as soon as a collective
@@ -56,6 +57,7 @@ class World:
 
     rank: int = 0
     size: int = 1
+    local_rank: int = 0  # this rank's place on its machine (its GPU)
     group: Any = None  # the gloo group of barrier() and broadcast()
     procs: list[subprocess.Popen] = field(default_factory=list)  # the ranks this process started, if any
 
@@ -89,8 +91,8 @@ class World:
         return box[0]
 
     def close(self) -> None:
-        """After the last pre-training: every rank meets, then the process group goes, so that rank 0
-        fine-tunes as a single process (its metrics must not wait for ranks that left)."""
+        """After the last pre-training: every rank meets, then the process group goes, so that each rank
+        fine-tunes as a single process (its metrics must not wait for the other ranks)."""
         if self.size == 1:
             return
         import torch.distributed as dist
@@ -279,7 +281,8 @@ def _start(trainer) -> World:
     from experiments.private_api import launched_processes
 
     procs = launched_processes(fabric.strategy.launcher)
-    return World(rank=fabric.global_rank, size=fabric.world_size, group=group, procs=procs)
+    return World(rank=fabric.global_rank, size=fabric.world_size, local_rank=fabric.local_rank, group=group,
+                 procs=procs)
 
 
 @contextlib.contextmanager
