@@ -302,3 +302,10 @@ def test_a_deberta_masked_lm_with_the_decoder_is_no_fill_mask_model(tiny_data, t
 
 def test_git_commit_is_none_outside_a_checkout(tmp_path):
     assert git_state(str(tmp_path)) == (None, None)
+
+
+def test_local_data_files_are_named_whether_one_path_or_several():
+    from experiments.run.model_card import _data
+
+    assert _data({"source": "files", "data_files": "/x/corpora/pypi-docs.jsonl.xz"}) == "local files: `pypi-docs.jsonl.xz`"
+    assert _data({"source": "files", "data_files": ["/a/1.txt", "/b/2.txt"]}) == "local files: `1.txt`, `2.txt`"

@@ -228,7 +228,9 @@ def _data(data: dict[str, Any]) -> str:
         config = f", configuration `{data['dataset_config']}`" if data.get("dataset_config") else ""
         return f"`{data['dataset']}` from the Hugging Face Hub{config}"
     if kind == "files":
-        return "local files: " + ", ".join(f"`{Path(str(f)).name}`" for f in (data.get("data_files") or []))
+        files = data.get("data_files") or []
+        files = [files] if isinstance(files, str) else files  # one path or glob, as --data.data_files takes it
+        return "local files: " + ", ".join(f"`{Path(str(f)).name}`" for f in files)
     if kind in ("disk", "synthetic"):
         return f"{'a save_to_disk directory' if kind == 'disk' else 'a synthetic source'}: `{data['dataset']}`"
     if data.get("dataset"):
