@@ -428,7 +428,10 @@ def test_logged_dev_metrics_equal_independent_computation(ckpt, task):
             raw = [float(r) for r in dm.load_raw()[split]["label"]]
             assert gold == pytest.approx([r / 5 for r in raw])
             assert logged["val/spearman"] == pytest.approx(scipy.stats.spearmanr(preds, gold).statistic, abs=1e-5)
-            assert logged["val/pearson"] == pytest.approx(scipy.stats.pearsonr(preds, gold).statistic, abs=1e-5)
+            # After 3 steps the predictions hardly vary, and torchmetrics accumulates Pearson's sums in float32
+            # batch by batch: its value can differ from float64 scipy's by ~1e-5 (seen: -0.009191 against -0.009181
+            # in one fresh-clone run of the suite, exact in others). Spearman (ranks) is exact.
+            assert logged["val/pearson"] == pytest.approx(scipy.stats.pearsonr(preds, gold).statistic, abs=1e-4)
         else:
             acc = sum(p == y for p, y in zip(preds, gold)) / len(gold)
             assert logged[f"val/accuracy{suffix}"] == pytest.approx(acc, abs=1e-6)
