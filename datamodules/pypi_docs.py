@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from datamodules.cache import default_cache_dir, write_atomic
-from datamodules.corpus import DATA_DIR, clean_docstring, fingerprint_texts, read_documents
+from datamodules.corpus import DATA_DIR, _word_count, clean_docstring, fingerprint_texts, read_documents
 from datamodules.markup import html_paragraphs, inline_text, is_prose, markdown_paragraphs, rst_paragraphs
 
 __all__ = ["CORPUS_NAME", "MIN_DOC_WORDS", "SOURCES_FILE", "build", "extract_release", "load_sources", "main"]
@@ -238,7 +238,7 @@ class _Filter:
             self.seen.add(key)
             kept.append(paragraph)
         out = "\n\n".join(kept)
-        return out if sum(1 for t in out.split() if any(c.isalpha() for c in t)) >= MIN_DOC_WORDS else ""
+        return out if _word_count(out) >= MIN_DOC_WORDS else ""
 
 
 def iter_documents(manifest: dict[str, Any], download_dir: Path, log=print) -> Iterator[dict[str, str]]:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from experiments.run.rundir import digest
 
 PROVENANCE_FILE = "isoflop.json"
 FORMAT = "isoflop-provenance"
@@ -48,11 +49,6 @@ OBJECTIVE_TAGS = {
 def plain(value: Any) -> Any:
     """``value`` as JSON data (tuples become lists, anything else JSON lacks its ``str``)."""
     return json.loads(json.dumps(value, default=str))
-
-
-def digest(value: Any) -> str:
-    """The first 16 hex digits of the sha256 of ``value`` as sorted JSON."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=4)
@@ -218,7 +214,7 @@ def data_record(saved: dict, run_dir: Path | None) -> dict[str, Any]:
     fingerprint = _logged_fingerprint(run_dir)
     return {"source": source_kind(data, fingerprint), "dataset": data.get("dataset"),
             "dataset_config": data.get("dataset_config"), "data_files": data.get("data_files"),
-            "fingerprint": fingerprint, "fingerprint_digest": digest(fingerprint) if fingerprint else None,
+            "fingerprint": fingerprint, "fingerprint_digest": digest(fingerprint)[:16] if fingerprint else None,
             "hyper_parameters": data or None}
 
 

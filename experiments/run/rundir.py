@@ -41,8 +41,9 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _digest(flat: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
+def digest(value: Any) -> str:
+    """The sha256 (hex) of ``value`` as sorted JSON (anything JSON lacks as its ``str``)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _processes(flat: dict[str, Any]) -> int:
@@ -107,7 +108,7 @@ def default_name(dumped: dict, objective: str) -> str:
     """``<objective>-<size>-<8 hex>``: the same run (what it trains, and how long) always names the same
     directory."""
     size = flatten(dumped).get("model.init_args.size") or ""
-    return f"{objective.lower()}-{size}-{_digest({**identity(dumped), **length(dumped)})[:8]}"
+    return f"{objective.lower()}-{size}-{digest({**identity(dumped), **length(dumped)})[:8]}"
 
 
 def _read(path: Path) -> dict | None:
