@@ -422,7 +422,7 @@ def pretrain_once(spec: RunSpec, run: PreparedRun, world) -> dict:
 
 def finetune_once(spec: RunSpec, run: PreparedRun, finetune_args: dict, spread: bool = False) -> dict:
     """Fine-tune a run's export on the tasks, unless a previous invocation did; the results per task. ``spread``:
-    the ranks ran its jobs (:func:`spread_finetune`), which are gathered into what one process writes."""
+    the ranks ran its jobs (:func:`experiments.finetuning.spread.spread`), which are gathered into what one process writes."""
     from experiments.finetuning.finetune import Jobs, finetune
     from experiments.finetuning.scores import average
     from experiments.finetuning.spread import gather
