@@ -84,6 +84,10 @@ RUN_OPTIONS: dict[str, tuple[Any, Any, str, str]] = {
                                   "run trains and its length>: rerunning a command resumes its run).", RUN),
     "wandb": (bool, True, "Log to wandb too (offline by itself without credentials or network).", RUN),
     "wandb_group": (str | None, None, "wandb group of the run.", RUN),
+    "wandb_project": (str | None, None, "wandb project (default: WANDB_PROJECT, else isoflop).", RUN),
+    "wandb_entity": (str | None, None, "wandb entity (team or user) that owns the project (default: your own).", RUN),
+    "wandb_tags": (list[str] | None, None, "wandb tags for the run, besides those isoflop adds (objective:, encoder:, "
+                                           "budget:, seed:).", RUN),
     "budget": (str | None, None, "Stop at this many training FLOPs: a number (1.5e15) or PRESET:STEPS (what that "
                                  "preset takes for STEPS steps). Replaces trainer.max_steps.", LENGTH),
     "flops_convention": (str, "actual", "FLOPs accounting of the budget: actual (what runs, backward = 2 x forward) "
@@ -101,6 +105,11 @@ RUN_OPTIONS: dict[str, tuple[Any, Any, str, str]] = {
                              "networks, losses; fullgraph) before the first step; validation stays eager.", RUN),
     "compile_mode": (str | None, None, "With --compile: torch.compile's mode: default, reduce-overhead (CUDA graphs: "
                                        "for launch-bound steps such as ELECTRA-Small's) or max-autotune.", RUN),
+    "eval_every_flops": (float | None, None, "Save the weights (checkpoints/curve/step-N.ckpt) each time training FLOPs "
+                                             "pass a multiple of this: isoflop compare exports and fine-tunes each "
+                                             "for a curve of downstream score against FLOPs (its curve.md and "
+                                             "downstream_vs_flops.png).", RUN),
+    "eval_every_steps": (int | None, None, "As --eval_every_flops, every this many optimiser steps instead.", RUN),
 }
 # The top-level options besides the run options; every model.* option (the objective's class and its
 # settings) is what the run trains.

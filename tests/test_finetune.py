@@ -485,10 +485,12 @@ def test_finetune_api_from_save_pretrained_checkpoint(ckpt, tmp_path, monkeypatc
     # The CSV logger of each run holds the dev metrics under val/<metric>.
     logged = (out / "mrpc" / "seed1" / "metrics.csv").read_text().splitlines()[0]
     assert "val/accuracy" in logged and "val/f1" in logged and "train/loss" in logged
-    # One logger set per run, named task/seed and grouped by encoder directory and task.
+    # One logger set per run, named task/seed, all in one group per encoder directory, each with job type finetune
+    # and its task and seed as tags (not an isoflop export: no provenance tags); wandb run names say the encoder.
     tag = f"{Path(ckpt).parent.name}-{Path(ckpt).name}"
-    assert [(a[1], k["group"]) for a, k in calls] == [
-        (f"{t}/seed{s}", f"{tag}-{t}") for t in ("sst2", "mrpc", "stsb") for s in (0, 1)
+    assert [(a[1], k["group"], k["job_type"], k["run_name"], k["tags"]) for a, k in calls] == [
+        (f"{t}/seed{s}", tag, "finetune", f"{tag}/{t}/seed{s}", [f"task:{t}", f"finetune-seed:{s}"])
+        for t in ("sst2", "mrpc", "stsb") for s in (0, 1)
     ]
 
 

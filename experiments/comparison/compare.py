@@ -15,6 +15,11 @@ Each export's directories hold a model card (``README.md``) and the run's proven
 downstream scores. ``--push_to_hub ORG/PREFIX`` then publishes every export, one Hugging Face repository per
 network (:mod:`experiments.run.hub`), after checking the names, the token and the Hub before any compute.
 
+``--eval_every_flops X`` adds a curve of downstream score against pre-training FLOPs within each run
+(:mod:`experiments.comparison.curves`: ``curve.md``, ``curve.csv``, ``downstream_vs_flops.png``). Every run, pre-training
+and fine-tuning, logs to one wandb group, and a summary run logs the tables, plots and artifacts
+(:mod:`experiments.comparison.wandb_view`; ``--wandb_report`` for a report).
+
 Every run starts from one pre-training configuration (``--config``, default ``default``, with any
 ``--trainer.*``, ``--data.*`` and ``--model.init_args.*`` overrides); only the objective changes, and
 the objective's settings that the shared configuration names carry over. Fine-tuning takes the options of
@@ -47,8 +52,17 @@ from pathlib import Path
 from jsonargparse import Namespace
 
 from datamodules.cache import write_atomic
+from experiments.comparison.curves import (
+    check_points,
+    export_points,
+    exported_points,
+    point_dir,
+    row_points,
+    write_curves,
+)
 from experiments.comparison.results import recipe_of, summary_of, validation_curve, write_plots, write_tables
 from experiments.errors import RunError, UsageError, option_error
+from experiments.comparison.wandb_view import group_name
 from experiments.run.hub import Publisher
 from experiments.run.prepare import CheckedRun, PreparedRun
 
@@ -58,7 +72,10 @@ DEFAULT_FINETUNE = {"tasks": "offline", "seeds": 3}
 
 # The pre-training options a comparison shares (the rest it sets per run: run_dir, budget, resume).
 SHARED_RUN_OPTIONS = ("wandb", "flops_convention", "checkpoint_every", "skip_nonfinite", "reschedule", "peak_flops",
-                      "compile", "compile_mode")
+                      "compile", "compile_mode", "eval_every_flops", "eval_every_steps", "wandb_project", "wandb_entity",
+                      "wandb_tags")
+# The fine-tuning options a comparison sets itself, from its own (the same wandb project, entity, tags and group).
+FINETUNE_WANDB = ("wandb", "wandb_project", "wandb_entity", "wandb_tags", "wandb_group")
 
 
 @dataclass
@@ -164,6 +181,8 @@ def compare(
     dry_run: bool = False,
     runs: list[RunSpec] | None = None,
     push_to_hub: str | None = None,
+    wandb_report: bool = False,
+    wandb_log_exports: bool = False,
 ) -> list[dict]:
     """Pre-train each objective to one FLOPs budget, fine-tune each, and tabulate and plot the results.
 
@@ -173,20 +192,19 @@ def compare(
         budget: the FLOPs budget: a number or PRESET:STEPS. Default: what the most expensive objective
             per step takes for ``budget_steps`` steps (every other objective then takes more steps).
         budget_steps: steps of the most expensive objective that make the default budget.
-        budgets: an isoFLOP ladder instead of one budget: a list of budgets (each a number or
-            PRESET:STEPS, e.g. ``[1e13, 3e13, 1e14]``). The whole comparison runs at each, in
-            ``OUT/budget-<FLOPs>/``; ``OUT/ladder.md`` and ``OUT/ladder.png`` put each objective's
-            downstream score and own validation loss against FLOPs, with the crossover budgets.
-        pretrain_seeds: pre-training seeds per objective (the fine-tuning seeds are nested in each);
-            the statistics pool them, resampling pre-training seeds first.
+        budgets: an isoFLOP ladder instead of one budget: a list of budgets (each a number or PRESET:STEPS, e.g.
+            ``[1e13, 3e13, 1e14]``). The whole comparison runs at each, in ``OUT/budget-<FLOPs>/``; ``OUT/ladder.md``
+            and ``.png`` put each objective's downstream score and own validation loss against FLOPs, with crossovers.
+        pretrain_seeds: pre-training seeds per objective (the fine-tuning seeds nested in each), pooled by the statistics.
         out_dir: output directory; a rerun skips finished runs and resumes interrupted ones.
         finetune: the fine-tuning's options, those of :func:`experiments.finetuning.finetune.finetune` but
             the encoder and its output directory (default: the offline tasks, 3 seeds).
         dry_run: prepare every run (every check, the budget, the run directories) and list them; train nothing.
-        push_to_hub: ORG/PREFIX: publish each run's export on the Hugging Face Hub once it is fine-tuned, one
-            repository per network: ORG/PREFIX-<run> (the run's name in lower case, words joined by -) for the main
-            network, ORG/PREFIX-<run>-generator for the generator (ORG/PREFIX-<run>-budget-<FLOPs> on a ladder).
-            The names, a token (HF_TOKEN or a saved login) and the Hub are checked before any compute.
+        push_to_hub: ORG/PREFIX: publish each run's export on the Hugging Face Hub once fine-tuned, one repository
+            per network: ORG/PREFIX-<run> (lower case, words joined by -), ORG/PREFIX-<run>-generator (-budget-<FLOPs>
+            on a ladder). The names, a token (HF_TOKEN or a saved login) and the Hub are checked before any compute.
+        wandb_report: create a wandb report of the comparison at the end (online, with wandb-workspaces installed).
+        wandb_log_exports: log each run's export as a wandb model artifact of the comparison's summary run.
 
     Returns:
         The rows of the comparison (of the last budget of a ladder); ``[]`` on every rank but rank 0, and
@@ -198,8 +216,7 @@ def compare(
 
     out = Path(out_dir)
     publisher = Publisher.checked(push_to_hub) if push_to_hub else None  # a token and the Hub: seconds, before all
-    finetune_args = {**DEFAULT_FINETUNE, **(finetune or {})}
-    check_finetune(finetune_args)  # every check before any compute
+    finetune_args = finetune_options(base, finetune, out, wandb_report or wandb_log_exports)  # checked before all
     ranks.check_launch(base.trainer, "compare")
     specs = with_seeds(runs or [spec_for(o) for o in as_list(objectives, "--objectives") or DEFAULT_OBJECTIVES],
                        pretrain_seeds)
@@ -210,7 +227,6 @@ def compare(
     if dry_run:
         print_plan(rungs, base.flops_convention, repos)
         return []
-    finetune_args["wandb"] = base.wandb
     ready = None
     with ranks.started(base.trainer) as world:  # every rank, for every pre-training run
         for rung in rungs:
@@ -229,16 +245,58 @@ def compare(
               for rung in rungs]
     if budgets is not None:
         write_ladder(ladder, out)
+    if base.wandb:
+        share(out, ladder, base, wandb_report, wandb_log_exports)
     return ladder[-1][1]
+
+
+def finetune_options(base: Namespace, finetune: dict | None, out: Path, shares: bool) -> dict:
+    """The fine-tuning's options (:data:`DEFAULT_FINETUNE` under ``finetune``), checked (:func:`check_finetune`), with
+    the comparison's wandb settings: its project, entity, tags and group. ``shares``: a wandb summary's options
+    were given (``--wandb_report``, ``--wandb_log_exports``), which need wandb."""
+    if shares and not base.wandb:
+        raise UsageError("--wandb_report and --wandb_log_exports need wandb: drop --wandb false")
+    args = {**DEFAULT_FINETUNE, **(finetune or {})}
+    check_finetune(args)
+    return {**args, "wandb": base.wandb, "wandb_project": base.wandb_project, "wandb_entity": base.wandb_entity,
+            "wandb_tags": base.wandb_tags, "wandb_group": group_name(out)}
+
+
+def share(out: Path, ladder: list[tuple[Rung, list[dict]]], base: Namespace, report: bool, log_exports: bool) -> None:
+    """The comparison's wandb summary run and, when asked, its report (:mod:`experiments.comparison.wandb_view`)."""
+    from experiments.comparison.wandb_view import log_summary, make_report
+
+    budgets = [(rung.out, rows) for rung, rows in ladder]
+    exports = {(f"{spec.name}-{rung.out.name}" if len(ladder) > 1 else spec.name): run.run_dir / "export"
+               for rung, _ in ladder for spec, run in rung.runs} if log_exports else None
+    local = log_summary(out, budgets, group=group_name(out), project=base.wandb_project, entity=base.wandb_entity,
+                        tags=base.wandb_tags, exports=exports)
+    if local is not None:
+        print(f"[compare] wandb: group {group_name(out)}, summary run in {local}", flush=True)
+    if report:
+        tables = [key for key in ("results", "curve") if (ladder[-1][0].out / f"{key}.csv").exists()]
+        if len(ladder) > 1:
+            tables = [f"{ladder[-1][0].out.name}/{key}" for key in tables]
+        print(f"[compare] {make_report(group_name(out), base.wandb_project, base.wandb_entity, tables)}", flush=True)
 
 
 def plan_rungs(base: Namespace, checked: list[tuple[RunSpec, CheckedRun]], out: Path, budget: str | None,
                budget_steps: int, budgets: list[str | float] | str | None) -> list[Rung]:
-    """Every budget's runs, prepared (budget and run directory set and decided) before any compute."""
+    """Every budget's runs, prepared (budget and run directory set and decided) before any compute, and the points
+    of their curves (``--eval_every_flops``) checked."""
+    rungs = _plan_rungs(base, checked, out, budget, budget_steps, budgets)
+    for rung in rungs:
+        check_points(base.eval_every_flops, rung.budget, [run.steps_at(rung.budget) for _, run in rung.runs],
+                     base.eval_every_steps)
+    return rungs
+
+
+def _plan_rungs(base: Namespace, checked: list[tuple[RunSpec, CheckedRun]], out: Path, budget: str | None,
+                budget_steps: int, budgets: list[str | float] | str | None) -> list[Rung]:
     from experiments.config import as_list
     from experiments.run.budget import resolve_budget
 
-    convention, group = base.flops_convention, f"compare-{out.resolve().name}"
+    convention, group = base.flops_convention, group_name(out)  # one wandb group: every budget, every run
     if budget_steps < 1:
         raise UsageError(f"--budget_steps must be at least 1, got {budget_steps}")
     if budgets is None:
@@ -254,7 +312,7 @@ def plan_rungs(base: Namespace, checked: list[tuple[RunSpec, CheckedRun]], out: 
     rungs = []
     for value in values:
         rung_out = out / f"budget-{value:.3g}".replace("+", "")
-        rungs.append(_rung(checked, rung_out, value, f"{group}-{rung_out.name}", "--budgets item"))
+        rungs.append(_rung(checked, rung_out, value, group, "--budgets item"))
     return rungs
 
 
@@ -310,13 +368,17 @@ def finish(rung: Rung, finetune_args: dict, reference: tuple[str, float] | None,
     for (spec, run), summary in zip(rung.runs, rung.summaries):
         results = finetune_once(spec, run, finetune_args, spread)
         card_downstream(run.run_dir / "export", results, (repos or {}).get(run.run_dir))
-        rows.append({"name": spec.name, "objective": spec.objective, "group": spec.group or spec.name,
-                     "seed": spec.seed, **summary, "curve": validation_curve(run.run_dir), "tasks": results,
-                     "recipe": recipe_of(run.dumped)})
+        row = {"name": spec.name, "objective": spec.objective, "group": spec.group or spec.name,
+               "seed": spec.seed, **summary, "curve": validation_curve(run.run_dir), "tasks": results,
+               "recipe": recipe_of(run.dumped)}
+        points = [(p, finetune_export(f"{spec.name} at step {p['step']}", point_dir(run.run_dir, p["step"]) / "export",
+                                      point_dir(run.run_dir, p["step"]) / "finetune", finetune_args, spread))
+                  for p in exported_points(run.run_dir)]
+        rows.append({**row, "points": row_points(row, points) if points else []})
     write_tables(rows, rung.out, rung.budget, reference)
     write_plots(rows, rung.out)
-    print(f"[compare] results in {rung.out}: results.md, results.csv, val_loss_vs_flops.png, downstream.png",
-          flush=True)
+    files = ["results.md", "results.csv", "val_loss_vs_flops.png", "downstream.png", *write_curves(rows, rung.out)]
+    print(f"[compare] results in {rung.out}: {', '.join(files)}", flush=True)
     if publisher is not None:
         for _, run in rung.runs:
             for line in publisher.push(run.run_dir / "export", repos[run.run_dir]):
@@ -374,7 +436,7 @@ def check_finetune(args: dict) -> None:
     from experiments.finetuning.finetune import finetune
     from objectives.optim import check_schedule
 
-    unknown = set(args) - set(inspect.signature(finetune).parameters) - {"wandb"}
+    unknown = set(args) - set(inspect.signature(finetune).parameters) - set(FINETUNE_WANDB)
     if unknown:
         raise UsageError(f"unknown fine-tuning option(s) {', '.join(sorted(unknown))}: see isoflop finetune --help")
     if isinstance(args["seeds"], int) and args["seeds"] < 1:
@@ -416,6 +478,9 @@ def pretrain_once(spec: RunSpec, run: PreparedRun, world) -> dict:
     if world.is_zero and not ((export_dir / "config.json").exists() and (export_dir / PROVENANCE_FILE).exists()):
         for line in export_checkpoint(run.run_dir / "checkpoints" / "last.ckpt", export_dir, overwrite=True):
             print(f"[compare] {line}", flush=True)
+    if world.is_zero:  # the points of its curve (--eval_every_flops), if any
+        for line in export_points(run.run_dir, result.steps):
+            print(f"[compare] {spec.name}: {line}", flush=True)
     world.barrier(f"the export of {spec.name}")
     return summary_of(result.to_json())
 
@@ -423,19 +488,24 @@ def pretrain_once(spec: RunSpec, run: PreparedRun, world) -> dict:
 def finetune_once(spec: RunSpec, run: PreparedRun, finetune_args: dict, spread: bool = False) -> dict:
     """Fine-tune a run's export on the tasks, unless a previous invocation did; the results per task. ``spread``:
     the ranks ran its jobs (:func:`experiments.finetuning.spread.spread`), which are gathered into what one process writes."""
+    return finetune_export(spec.name, run.run_dir / "export", run.run_dir / "finetune", finetune_args, spread)
+
+
+def finetune_export(name: str, export_dir: Path, ft_dir: Path, finetune_args: dict, spread: bool = False) -> dict:
+    """Fine-tune the export ``export_dir`` (of a run, or of a point of its curve) into ``ft_dir`` unless a previous
+    invocation did (its ``results.json``); the results per task (and their average)."""
     from experiments.finetuning.finetune import Jobs, finetune
     from experiments.finetuning.scores import average
     from experiments.finetuning.spread import gather
 
-    ft_dir = run.run_dir / "finetune"
     if (ft_dir / "results.json").exists():
-        print(f"[compare] {spec.name}: fine-tuning done, skipped", flush=True)
+        print(f"[compare] {name}: fine-tuning done, skipped", flush=True)
         return json.loads((ft_dir / "results.json").read_text())
     if spread:
-        task_results = gather(run_jobs([(spec.name, run)], finetune_args))
-        Jobs(str(run.run_dir / "export"), ft_dir, **finetune_args).write(task_results)
+        task_results = gather(export_jobs([(name, export_dir, ft_dir)], finetune_args))
+        Jobs(str(export_dir), ft_dir, **finetune_args).write(task_results)
     else:
-        task_results = finetune(str(run.run_dir / "export"), out_dir=str(ft_dir), **finetune_args)
+        task_results = finetune(str(export_dir), out_dir=str(ft_dir), **finetune_args)
     avg = average(task_results)
     results = {name: {"metric": r.metric, "median": r.median, "min": r.min, "max": r.max, "std": r.std,
                       "scores": list(r.scores.values())}
@@ -444,26 +514,31 @@ def finetune_once(spec: RunSpec, run: PreparedRun, finetune_args: dict, spread: 
     return results
 
 
-def run_jobs(runs: list[tuple[str, PreparedRun]], finetune_args: dict) -> list:
-    """The fine-tuning jobs (:class:`experiments.finetuning.spread.Job`) of ``runs`` (name, run), in the order of
-    one process, those of runs whose fine-tuning is finished left out."""
+def export_jobs(exports: list[tuple[str, Path, Path]], finetune_args: dict) -> list:
+    """The fine-tuning jobs (:class:`experiments.finetuning.spread.Job`) of ``exports`` (name, export directory,
+    fine-tuning directory), in the order of one process, those whose fine-tuning is finished left out."""
     from downstream.tasks import resolve_tasks
     from experiments.config import as_list
     from experiments.finetuning.finetune import _seed_list
     from experiments.finetuning.spread import jobs_of
 
-    left = [(name, run) for name, run in runs if not (run.run_dir / "finetune" / "results.json").exists()]
-    return jobs_of([(name, str(run.run_dir / "export"), run.run_dir / "finetune") for name, run in left],
-                   resolve_tasks(as_list(finetune_args["tasks"], "--finetune.tasks")),
+    left = [(name, str(export), ft) for name, export, ft in exports if not (ft / "results.json").exists()]
+    return jobs_of(left, resolve_tasks(as_list(finetune_args["tasks"], "--finetune.tasks")),
                    _seed_list(finetune_args["seeds"]))
 
 
 def spread_jobs(rungs: list[Rung], finetune_args: dict) -> list:
-    """Every fine-tuning job of a comparison's budgets left to do (:func:`run_jobs`); a job's name says its
-    budget on a ladder."""
+    """Every fine-tuning job of a comparison's budgets left to do (:func:`export_jobs`): each run's export and the
+    points of its curve (``--eval_every_flops``); a job's name says its budget on a ladder."""
+    from experiments.comparison.curves import curve_exports
+
     ladder = len(rungs) > 1
-    return run_jobs([(f"{spec.name} at {rung.out.name}" if ladder else spec.name, run)
-                     for rung in rungs for spec, run in rung.runs], finetune_args)
+    exports = []
+    for rung in rungs:
+        for spec, run in rung.runs:
+            name = f"{spec.name} at {rung.out.name}" if ladder else spec.name
+            exports += [(name, run.run_dir / "export", run.run_dir / "finetune"), *curve_exports(name, run.run_dir)]
+    return export_jobs(exports, finetune_args)
 
 
 def build_parser():
@@ -477,7 +552,7 @@ def build_parser():
                              description=(__doc__ or "").split("\n\n")[0])
     parser.add_function_arguments(compare, skip={"base", "runs", "finetune", "dry_run"}, as_group=False)
     add_dry_run(parser)
-    parser.add_function_arguments(finetune, "finetune", skip={"encoder", "out_dir", "wandb"})
+    parser.add_function_arguments(finetune, "finetune", skip={"encoder", "out_dir", *FINETUNE_WANDB})
     parser.set_defaults({f"finetune.{k}": v for k, v in DEFAULT_FINETUNE.items()})
     return parser
 

@@ -78,10 +78,12 @@ def load(grid_file: str) -> dict:
     return spec
 
 
-def sweep(grid_file: str, out_dir: str | None = None, overrides: dict | None = None, dry_run: bool = False) -> list[dict]:
+def sweep(grid_file: str, out_dir: str | None = None, overrides: dict | None = None, dry_run: bool = False,
+          compare_options: dict | None = None) -> list[dict]:
     """Run a sweep file: every run at one FLOPs budget, in one results table. ``overrides``: ``trainer`` and
-    ``data`` settings laid over the grid's pre-training settings (the command line's ``--trainer.*`` and
-    ``--data.*``). ``dry_run``: every check and plan of the real run, and the list of runs; nothing trains."""
+    ``data`` settings (and the wandb project, entity and tags) laid over the grid's pre-training settings (the
+    command line's ``--trainer.*``, ``--data.*``, ``--wandb_*``). ``dry_run``: every check and plan of the real
+    run, and the list of runs; nothing trains. ``compare_options``: compare's options over the grid file's."""
     from experiments.comparison.compare import compare
     from experiments.config import parse
 
@@ -92,7 +94,7 @@ def sweep(grid_file: str, out_dir: str | None = None, overrides: dict | None = N
         base = parse(spec["pretrain"], base=base)
     if overrides:
         base = parse(overrides, base=base)
-    options = dict(spec.get("compare") or {})
+    options = {**dict(spec.get("compare") or {}), **(compare_options or {})}
     unknown = set(options) - COMPARE_KEYS
     if unknown:
         raise errors.UsageError(f"sweep {grid_file!r}: unknown compare option(s) {', '.join(sorted(unknown))}; "
@@ -102,20 +104,31 @@ def sweep(grid_file: str, out_dir: str | None = None, overrides: dict | None = N
 
 
 # What a sweep file's ``compare:`` part may set: isoflop compare's options but the objectives (the grid's).
-COMPARE_KEYS = {"budget", "budget_steps", "budgets", "pretrain_seeds", "out_dir", "finetune"}
+COMPARE_KEYS = {"budget", "budget_steps", "budgets", "pretrain_seeds", "out_dir", "finetune", "wandb_report",
+                "wandb_log_exports"}
+# The wandb options of the command line: where every run logs (laid over the grid's settings) and the summary's.
+WANDB_RUN = ("wandb_project", "wandb_entity", "wandb_tags")
+WANDB_COMPARE = ("wandb_report", "wandb_log_exports")
 
 
 def build_parser():
     """``isoflop sweep``'s options: the grid file, the output directory, ``--dry_run``, and the
     ``--trainer.*`` and ``--data.*`` options of ``isoflop pretrain``, laid over every run of the grid."""
     from experiments.comparison.compare import add_dry_run
-    from experiments.config import add_run_groups, new_parser
+    from experiments.config import RUN_OPTIONS, add_run_groups, new_parser
 
     parser = new_parser("isoflop sweep", "Run an ablation grid at equal FLOPs.")
     parser.add_argument("grid_file", type=str, help="A sweep YAML file or a name in experiments/configs/sweeps.")
     parser.add_argument("--out_dir", type=str | None, default=None, help="Output directory (default runs/sweep-<name>).")
     add_dry_run(parser)
     add_run_groups(parser, ("trainer", "data"))
+    for name in WANDB_RUN:
+        type_, default, help_, _ = RUN_OPTIONS[name]
+        parser.add_argument(f"--{name}", type=type_, default=default, help=help_)
+    parser.add_argument("--wandb_report", type=bool, default=None, help="Create a wandb report of the sweep at the "
+                        "end (online, with wandb-workspaces installed); offline it says it skipped.")
+    parser.add_argument("--wandb_log_exports", type=bool, default=None, help="Log each run's export as a wandb "
+                        "model artifact of the sweep's summary run.")
     return parser
 
 
@@ -123,12 +136,14 @@ def main(argv: list[str]) -> int:
     """Entry point of ``isoflop sweep``."""
     from experiments.config import parse_args
 
-    own = ("--out_dir", "--dry_run", "--trainer.", "--data.", "--help", "-h", "--print_config")
+    own = ("--out_dir", "--dry_run", "--trainer.", "--data.", "--help", "-h", "--print_config",
+           *(f"--{name}" for name in (*WANDB_RUN, *WANDB_COMPARE)))
     wrong = [a for a in argv if a.startswith("-") and not a.split("=", 1)[0].startswith(own)]
     if wrong:
-        raise errors.UsageError(f"{wrong[0]}: isoflop sweep takes --trainer.* and --data.* options besides its own; the "
+        raise errors.UsageError(f"{wrong[0]}: isoflop sweep takes --trainer.*, --data.* and --wandb_* options besides its own; the "
                                 "grid file sets the objectives and their settings (see isoflop sweep --help)")
     given = parse_args(build_parser(), argv, defaults=False).as_dict()  # only what the command line says
-    overrides = {k: given[k] for k in ("trainer", "data") if given.get(k)}
-    sweep(given["grid_file"], given.get("out_dir"), overrides, bool(given.get("dry_run")))
+    overrides = {k: given[k] for k in ("trainer", "data", *WANDB_RUN) if given.get(k)}
+    sweep(given["grid_file"], given.get("out_dir"), overrides, bool(given.get("dry_run")),
+          {k: given[k] for k in WANDB_COMPARE if given.get(k) is not None})
     return 0

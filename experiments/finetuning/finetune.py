@@ -11,7 +11,8 @@ average over tasks of the medians (the GLUE score; WNLI is left out of it).
 Writes to ``out_dir``: ``results.csv`` and ``results.md`` (one row per task: headline metric,
 median, min, max, std, n_seeds and each seed's score, then an ``average`` row), ``metrics.csv``
 (every metric of every run, long format) and, per run, ``<task>/seed<k>/metrics.csv`` from the CSV
-logger (plus a wandb run, grouped by encoder and task). Scores are in GLUE points (x100).
+logger (plus a wandb run of job type ``finetune``, grouped by encoder, tagged with the task, the seed and the
+export's provenance). Scores are in GLUE points (x100).
 """
 
 from __future__ import annotations
@@ -35,7 +36,15 @@ from downstream.classifier import (
 from downstream.data import TaskDataModule
 from downstream.tasks import TaskSpec, resolve_tasks
 from experiments.finetuning.scores import TaskResult, write_results
-from experiments.run.loggers import finish_loggers, make_loggers
+from experiments.run.loggers import (
+    export_name,
+    export_record,
+    export_tags,
+    finish_loggers,
+    make_loggers,
+    tag,
+    user_tags,
+)
 from objectives.optim import check_schedule
 
 
@@ -51,7 +60,8 @@ def encoder_tag(encoder: str) -> str:
 _DATA_OPTIONS = ("data_dir", "cache_dir", "max_seq_length", "batch_size", "both_orders", "max_train_examples",
                  "max_eval_examples", "num_workers")
 _RUN_OPTIONS = ("max_steps", "learning_rate", "layerwise_lr_decay", "weight_decay", "warmup_fraction",
-                "adam_bias_correction", "lr_schedule", "accelerator", "devices", "precision", "wandb", "progress_bar")
+                "adam_bias_correction", "lr_schedule", "accelerator", "devices", "precision", "wandb", "progress_bar",
+                "wandb_project", "wandb_entity", "wandb_tags", "wandb_group")
 _RECORDED = ("encoder", "tasks", "seeds", "data_dir", "epochs", "max_steps", "max_train_examples", "max_eval_examples",
              "batch_size", "max_seq_length", "learning_rate", "layerwise_lr_decay", "weight_decay", "warmup_fraction",
              "adam_bias_correction", "lr_schedule", "both_orders", "precision")
@@ -83,6 +93,10 @@ def finetune(
     num_workers: int = 0,
     wandb: bool = True,
     progress_bar: bool = False,
+    wandb_project: str | None = None,
+    wandb_entity: str | None = None,
+    wandb_tags: list[str] | None = None,
+    wandb_group: str | None = None,
 ) -> dict[str, TaskResult]:
     """Fine-tune one encoder on downstream tasks over several seeds; report the median per task.
 
@@ -118,6 +132,12 @@ def finetune(
         num_workers: DataLoader workers.
         wandb: Log each run to wandb too (offline by itself without credentials or network).
         progress_bar: Show Lightning's progress bar.
+        wandb_project: wandb project (default: WANDB_PROJECT, else isoflop).
+        wandb_entity: wandb entity (team or user) that owns the project (default: your own).
+        wandb_tags: wandb tags for every run, besides those isoflop adds: task:, finetune-seed:, and for an isoflop
+            export the objective:, encoder:, budget:, seed: and pretrain-step: of its provenance (isoflop.json).
+        wandb_group: wandb group of every run (default: the encoder's short name); ``isoflop compare`` puts them in
+            the comparison's group.
 
     Returns: results per task name (in GLUE points, x100); ``average(results)`` gives the GLUE-style mean.
     """
@@ -272,7 +292,8 @@ def _run_one(
     dm: TaskDataModule, spec: TaskSpec, seed: int, *, encoder: str, out: Path, settings: dict, epochs: int,
     max_steps: int, learning_rate: float, layerwise_lr_decay: float | None, weight_decay: float, warmup_fraction: float,
     adam_bias_correction: bool, lr_schedule: str, accelerator: str, devices: int | str, precision: str, wandb: bool,
-    progress_bar: bool,
+    progress_bar: bool, wandb_project: str | None = None, wandb_entity: str | None = None,
+    wandb_tags: list[str] | None = None, wandb_group: str | None = None,
 ) -> dict[str, float]:
     """One fine-tuning run; returns every dev metric after training, in GLUE points."""
     L.seed_everything(seed, workers=True, verbose=False)  # head init, dropout and data order
@@ -281,8 +302,12 @@ def _run_one(
         weight_decay=weight_decay, warmup_fraction=warmup_fraction, adam_bias_correction=adam_bias_correction,
         lr_schedule=lr_schedule,
     )
+    record = export_record(encoder)  # an isoflop export's provenance: its run, objective and step, for wandb
     loggers = make_loggers(
-        out, f"{spec.name}/seed{seed}", wandb=wandb, group=f"{encoder_tag(encoder)}-{spec.name}",
+        out, f"{spec.name}/seed{seed}", wandb=wandb, group=wandb_group or encoder_tag(encoder), job_type="finetune",
+        project=wandb_project, entity=wandb_entity,
+        run_name=f"{export_name(record, encoder_tag(encoder))}/{spec.name}/seed{seed}",
+        tags=[*export_tags(record), tag("task", spec.name), tag("finetune-seed", seed), *user_tags(wandb_tags)],
         config={**settings, "task": spec.name, "seed": seed},
     )
     train_loader = dm.train_dataloader()

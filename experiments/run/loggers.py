@@ -259,21 +259,91 @@ class AppendingCSVLogger(CSVLogger):
         super().__init__(save_dir, name, version, append=True, flush_logs_every_n_steps=flush_logs_every_n_steps)
 
 
+def wandb_project(project: str | None = None) -> str:
+    """The wandb project: the one given (``--wandb_project``), else ``WANDB_PROJECT``, else ``isoflop``."""
+    return project or os.environ.get("WANDB_PROJECT") or WANDB_PROJECT
+
+
+def tag(key: str, value: Any) -> str:
+    """A wandb tag ``key:value`` (a float in 3 significant digits), within wandb's 64 characters."""
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    return f"{key}:{text}"[:64]
+
+
+def user_tags(tags: list[str] | str | None) -> list[str]:
+    """``--wandb_tags`` as a list (one tag may be given bare), each within wandb's 64 characters."""
+    items = [tags] if isinstance(tags, str) else list(tags or [])
+    return [str(t)[:64] for t in items if str(t).strip()]
+
+
+def pretrain_tags(cfg, budget: float | None) -> list[str]:
+    """A pre-training run's wandb tags: its objective, encoder family and size, FLOPs budget and seed, then the
+    user's (``--wandb_tags``)."""
+    model = cfg.model.get("init_args") or {}
+    tags = [tag("objective", cfg.model.class_path.rsplit(".", 1)[-1])]
+    if model.get("encoder") and model.get("size"):
+        tags.append(tag("encoder", f"{model.get('encoder')}-{model.get('size')}"))
+    if budget is not None:
+        tags.append(tag("budget", float(budget)))
+    tags.append(tag("seed", cfg.get("seed_everything") or 0))
+    return tags + user_tags(cfg.get("wandb_tags"))
+
+
+def export_record(encoder: str | os.PathLike) -> dict:
+    """The provenance (``isoflop.json``) of an isoflop export; {} for an encoder without one."""
+    import json
+
+    try:
+        return json.loads((Path(encoder).expanduser() / "isoflop.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def export_tags(record: dict) -> list[str]:
+    """The wandb tags of a fine-tuning of an isoflop export, from its provenance (:func:`export_record`): the
+    objective, encoder, budget, pre-training seed and the step of the weights (a point of a curve, or the end)."""
+    if not record:
+        return []
+    encoder_info, training = record.get("encoder") or {}, record.get("training") or {}
+    tags = [tag("objective", (record.get("objective") or {}).get("name"))]
+    if encoder_info.get("family") and encoder_info.get("size"):
+        tags.append(tag("encoder", f"{encoder_info['family']}-{encoder_info['size']}"))
+    if (record.get("flops") or {}).get("budget") is not None:
+        tags.append(tag("budget", float(record["flops"]["budget"])))
+    if training.get("seed_everything") is not None:
+        tags.append(tag("seed", training["seed_everything"]))
+    if training.get("steps") is not None:
+        tags.append(tag("pretrain-step", training["steps"]))
+    return tags
+
+
+def export_name(record: dict, fallback: str) -> str:
+    """A short name for the weights of an export in wandb run names: ``<run>@step<N>`` from its provenance (the run
+    directory's name and the step), else ``fallback``."""
+    run_dir, steps = record.get("run_dir"), (record.get("training") or {}).get("steps")
+    return f"{Path(run_dir).name}@step{steps}" if run_dir and steps is not None else fallback
+
+
 def make_loggers(
     save_dir: str | os.PathLike,
     name: str,
     *,
     wandb: bool = True,
     group: str | None = None,
-    project: str = WANDB_PROJECT,
+    project: str | None = None,
+    entity: str | None = None,
     tags: list[str] | None = None,
+    job_type: str | None = None,
+    run_name: str | None = None,
     config: dict[str, Any] | None = None,
     append: bool = False,
 ) -> list[Logger]:
     """CSV logger in ``save_dir/name`` and, unless ``wandb=False``, a wandb logger beside it.
 
     ``append``: continue an existing ``metrics.csv`` (a resumed pre-training, :class:`AppendingCSVLogger`)
-    instead of starting it afresh.
+    instead of starting it afresh. The wandb run goes to ``project`` (:func:`wandb_project`) of ``entity`` (None:
+    the user's default), in ``group``, with ``job_type`` (``pretrain``, ``finetune``) and ``tags``, named
+    ``run_name`` (default ``name``).
 
     The wandb run directory is ``save_dir/wandb`` (offline runs land there for ``wandb sync``). Every
     run makes its loggers here, so this is also where third-party noise is silenced (:func:`quiet`).
@@ -291,11 +361,13 @@ def make_loggers(
             # Bounded waits: a broken network never stalls a training run.
             settings = wandb_lib.Settings(init_timeout=60, finish_timeout=60, silent=True)
             logger = WandbLogger(
-                name=name,
+                name=run_name or name,
                 save_dir=str(save_dir),
-                project=os.environ.get("WANDB_PROJECT", project),
+                project=wandb_project(project),
+                entity=entity,
                 group=group,
-                tags=tags,
+                job_type=job_type,
+                tags=list(dict.fromkeys(tags or [])) or None,
                 offline=mode == "offline",
                 settings=settings,
             )

@@ -17,6 +17,7 @@ Every mistake is a one-line :class:`~experiments.errors.UsageError`.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,6 +55,10 @@ class PreparedRun:
     @property
     def objective(self) -> str:
         return objective_name(self.config)
+
+    def steps_at(self, budget: float) -> int:
+        """The optimiser steps a FLOPs ``budget`` buys this run (the last one may overshoot it)."""
+        return math.ceil(budget / self.step_flops)
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ def check(config: Namespace | dict | list[str]) -> CheckedRun:
     if cfg.skip_nonfinite < 0:
         raise UsageError(f"--skip_nonfinite must be 0 or more, got {cfg.skip_nonfinite}")
     check_strategy(cfg)
+    check_curve(cfg)
     with _option_prefix("--", {"flops_convention": cfg.flops_convention}):
         check_convention(cfg.flops_convention)
     with _option_prefix("--data.", dict(cfg.data)):
@@ -135,6 +141,17 @@ def prepare(config: Namespace | dict | list[str]) -> PreparedRun:
     cfg = checked.config
     budget = None if cfg.budget is None else resolve_budget(cfg.budget, cfg.flops_convention)
     return checked.prepare(budget)
+
+
+def check_curve(cfg: Namespace) -> None:
+    """One-line errors for ``--eval_every_flops`` / ``--eval_every_steps``: at most one, and positive."""
+    flops, steps = cfg.get("eval_every_flops"), cfg.get("eval_every_steps")
+    if flops is not None and steps is not None:
+        raise UsageError("give --eval_every_flops or --eval_every_steps, not both")
+    if flops is not None and not flops > 0:
+        raise UsageError(f"--eval_every_flops must be a positive number of FLOPs (1e13), got {flops}")
+    if steps is not None and steps < 1:
+        raise UsageError(f"--eval_every_steps must be at least 1, got {steps}")
 
 
 def check_strategy(cfg: Namespace) -> None:

@@ -131,7 +131,8 @@ def _trainer(run: PreparedRun, trainer_args: Namespace, world: World):
 
     from experiments.run.callbacks import DataFloors, FlopsBudget, NonFiniteGuard, Preemption, RunSummary, StepSeeds
     from experiments.run.checkpoints import AtomicCheckpointIO
-    from experiments.run.loggers import make_loggers
+    from experiments.run.curve import CURVE_DIR, CurveCheckpoints
+    from experiments.run.loggers import make_loggers, pretrain_tags
     from experiments.run.ranks import strategy_name, use_isoflop_watch
     from experiments.run.resume import ResumeState, ScheduleKeeper
     from experiments.run.throughput import performance_callbacks
@@ -139,7 +140,9 @@ def _trainer(run: PreparedRun, trainer_args: Namespace, world: World):
     cfg, run_dir, budget = run.config, run.run_dir, run.budget
     kwargs = dict(trainer_args)
     if kwargs.get("logger") in (None, True):
-        kwargs["logger"] = make_loggers(run_dir, "csv", wandb=cfg.wandb, group=cfg.wandb_group, append=True)
+        kwargs["logger"] = make_loggers(run_dir, "csv", wandb=cfg.wandb, group=cfg.wandb_group, append=True,
+                                        project=cfg.wandb_project, entity=cfg.wandb_entity, job_type="pretrain",
+                                        tags=pretrain_tags(cfg, budget), run_name=run_dir.name)
     if budget is not None:
         kwargs.update(max_steps=-1, max_epochs=-1)  # the budget decides when training ends
     if "deepspeed" in strategy_name(kwargs.get("strategy")) and kwargs.get("gradient_clip_val") is None:
@@ -154,6 +157,8 @@ def _trainer(run: PreparedRun, trainer_args: Namespace, world: World):
                  NonFiniteGuard(cfg.skip_nonfinite), summary, DataFloors(), *(kwargs.get("callbacks") or []),
                  Preemption(last if checkpointing else None, world.procs)]
     callbacks[-1:-1] = performance_callbacks(cfg.peak_flops, cfg.compile, cfg.compile_mode)  # tokens/s, FLOP/s, MFU, memory; compile
+    if cfg.get("eval_every_flops") is not None or cfg.get("eval_every_steps") is not None:  # --eval_every_*: a curve
+        callbacks.insert(1, CurveCheckpoints(counter, run_dir / CURVE_DIR, cfg.eval_every_flops, cfg.eval_every_steps))
     if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
         # Checkpoints beside the logs, with last.ckpt always there to resume from.
         callbacks.append(ModelCheckpoint(dirpath=last.parent, save_last=True, every_n_train_steps=cfg.checkpoint_every))

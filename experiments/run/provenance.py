@@ -95,7 +95,8 @@ def find_run_dir(checkpoint: Path, class_path: str) -> Path | None:
     """The isoflop run directory ``checkpoint`` belongs to (its ``run.json`` names the same objective), or None."""
     from objectives import resolve
 
-    for candidate in (checkpoint.parent, checkpoint.parent.parent):
+    # checkpoints/last.ckpt, a sharded checkpoint's directory, checkpoints/curve/step-N.ckpt (--eval_every_flops)
+    for candidate in (checkpoint.parent, checkpoint.parent.parent, checkpoint.parent.parent.parent):
         info = _read_json(candidate / "run.json") or {}
         trained = ((info.get("config") or {}).get("model") or {}).get("class_path")
         try:
@@ -160,9 +161,30 @@ def _other_convention(module, data: dict, counted: str, other: str, total: float
         f"{costs[counted][0]:.6e} FLOPs per batch of {batch} x {seq} tokens: every training batch has this shape)")
 
 
-def flops_record(module, saved: dict) -> dict[str, Any]:
-    """Training FLOPs in both conventions (``actual``, ``paper``), the counted one's budget, and how each was had."""
-    counter = _flops_counter(saved)
+def _curve_counter(checkpoint: Path, config: dict | None) -> tuple[dict, float] | None:
+    """(settings, total) of a curve checkpoint (``--eval_every_flops``: weights only, no counter state): the total
+    its run recorded in ``points.json`` beside it, in the run's convention."""
+    from experiments.run.curve import read_points
+
+    point = next((p for p in read_points(checkpoint.parent) if p["checkpoint"] == checkpoint.name), None)
+    if point is None or not config:
+        return None
+    convention = config.get("flops_convention", "actual")
+    try:
+        budget = float(config["budget"]) if config.get("budget") is not None else None
+    except ValueError:  # PRESET:STEPS, as given
+        from experiments.run.budget import resolve_budget
+
+        budget = resolve_budget(config["budget"], convention)
+    return {"budget": budget, "convention": convention}, point["flops"]
+
+
+def flops_record(module, saved: dict, checkpoint: Path | None = None, config: dict | None = None) -> dict[str, Any]:
+    """Training FLOPs in both conventions (``actual``, ``paper``), the counted one's budget, and how each was had
+    (a curve checkpoint's ``checkpoint`` and run ``config``: from the run's ``points.json``)."""
+    counter, where = _flops_counter(saved), "saved in the checkpoint"
+    if counter is None and checkpoint is not None:
+        counter, where = _curve_counter(checkpoint, config), f"recorded in {checkpoint.parent.name}/points.json"
     if counter is None:
         why = "the checkpoint holds no FLOPs counter (isoflop's FlopsBudget callback)"
         return {"counted_convention": None, "actual": None, "paper": None, "budget": None,
@@ -174,7 +196,7 @@ def flops_record(module, saved: dict) -> dict[str, Any]:
     values = {counted: total, other: derived}
     return {"counted_convention": counted, "actual": values["actual"], "paper": values["paper"],
             "budget": settings.get("budget"),
-            "how": {counted: "counted during training (isoflop's FLOPs counter, saved in the checkpoint)", other: how}}
+            "how": {counted: f"counted during training (isoflop's FLOPs counter, {where})", other: how}}
 
 
 def _logged_fingerprint(run_dir: Path | None) -> dict | None:
@@ -291,7 +313,7 @@ def provenance(module, saved: dict, checkpoint: str | Path) -> dict[str, Any]:
         "format": FORMAT, "format_version": FORMAT_VERSION, "exported_with": code_version(),
         "checkpoint": str(path), "run_dir": str(run_dir) if run_dir is not None else None,
         "objective": objective_record(module, saved), "encoder": encoder_record(module),
-        "training": training_record(saved, run_dir, config), "flops": flops_record(module, saved),
+        "training": training_record(saved, run_dir, config), "flops": flops_record(module, saved, path, config),
         "data": data_record(saved, run_dir),
         "tokenizer": tokenizer_record(module, saved.get("datamodule_hyper_parameters") or {}),
         "downstream": None, "config": config,
