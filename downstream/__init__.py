@@ -2,7 +2,8 @@
 
 Every pre-trained encoder is judged here the same way, whatever objective produced it:
 :mod:`downstream.tasks` says what each task is (pure Python), :mod:`downstream.glue` and
-:mod:`downstream.offline` load the raw splits, :mod:`downstream.data` tokenises and batches them,
+:mod:`downstream.offline` load the raw splits (:mod:`downstream.own` a user's own task from a directory,
+:mod:`downstream.submission` the test splits and GLUE's submission format), :mod:`downstream.data` tokenises and batches them,
 :mod:`downstream.classifier` fine-tunes the encoder. ``isoflop finetune``
 (:mod:`experiments.finetuning.finetune`) runs them over tasks and seeds.
 

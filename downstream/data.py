@@ -19,6 +19,8 @@ from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, Pre
 from datamodules.tokenizer import tokenizer_hash
 from downstream.glue import load_hub_task, load_local_task
 from downstream.offline import load_offline_task
+from downstream.own import load_own_task
+from downstream.submission import load_test_splits
 from downstream.tasks import get_task
 
 
@@ -49,11 +51,13 @@ class TaskDataModule(L.LightningDataModule):
         max_eval_examples: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        predict_test: bool = False,
     ) -> None:
         """
         Args:
             encoder: Checkpoint directory (or hub name) whose tokenizer is used: ``AutoTokenizer.from_pretrained(encoder)``.
-            task: A GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or an offline one (docpkg, docpkg-probe, docpair).
+            task: A GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), an offline one (docpkg, docpkg-probe, docpair),
+                or a directory of your own data written as a path (:mod:`downstream.own`).
             data_dir: Local GLUE files (hub column names): ``data_dir/<task>/train.tsv`` and ``validation.tsv``
                 (or ``dev``; MNLI ``validation_matched``/``validation_mismatched``); tsv, csv, json, jsonl or
                 parquet. None loads ``nyu-mll/glue`` from the Hugging Face hub.
@@ -66,6 +70,8 @@ class TaskDataModule(L.LightningDataModule):
             max_eval_examples: Keep only this many examples of each dev/test split (a fixed random subset).
             num_workers: DataLoader worker processes.
             cache_dir: Where offline tasks are built and cached (default: isoflop's cache, ``$ISOFLOP_CACHE``).
+            predict_test: Also load the unlabelled test splits (:func:`downstream.submission.load_test_splits`: every
+                row, whatever ``max_eval_examples``) for :meth:`predict_dataloaders`.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -81,6 +87,8 @@ class TaskDataModule(L.LightningDataModule):
         self.max_eval_examples = max_eval_examples
         self.num_workers = num_workers
         self.cache_dir = cache_dir
+        self.predict_test = predict_test
+        self.test_raw: dict[str, datasets.Dataset] = {}  # unlabelled test splits, with their ``idx``
         self._raw: datasets.DatasetDict | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: dict[str, datasets.Dataset] = {}
@@ -113,10 +121,14 @@ class TaskDataModule(L.LightningDataModule):
         if spec.group == "offline":
             built = load_offline_task(spec.dataset, cache_dir=self.cache_dir)
             raw = {split: built[split] for split in self.splits()}
+        elif spec.group == "own":
+            raw = load_own_task(spec.dataset)
         elif self.data_files or self.data_dir:
             raw = load_local_task(spec, self.data_dir, self.data_files)
         else:
             raw = load_hub_task(spec)
+        if self.predict_test:
+            self.test_raw = load_test_splits(spec, self.data_dir)
         self._raw = datasets.DatasetDict(raw)
         return self._raw
 
@@ -141,6 +153,8 @@ class TaskDataModule(L.LightningDataModule):
                 swapped = ds.map(lambda ex: {a: ex[b], b: ex[a]}, desc="both orders")
                 ds = datasets.concatenate_datasets([ds, swapped])
             self.datasets[split] = self._tokenize(ds, split)
+        for split, ds in self.test_raw.items():  # whole: a submission needs every row
+            self.datasets[f"predict_{split}"] = self._tokenize(ds, f"predict_{split}")
 
     def _tokenize(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         spec, tokenizer = self.spec, self.tokenizer
@@ -198,3 +212,7 @@ class TaskDataModule(L.LightningDataModule):
         if not self.spec.test_has_labels:
             raise ValueError(f"task {self.spec.name} has no labelled test split (GLUE test labels are hidden)")
         return self._loader("test", train=False)
+
+    def predict_dataloaders(self) -> dict[str, DataLoader]:
+        """One loader per unlabelled test split (``predict_test``), in file order; their ``idx`` in :attr:`test_raw`."""
+        return {split: self._loader(f"predict_{split}", train=False) for split in self.test_raw}

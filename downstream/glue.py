@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import pandas as pd
 
+from downstream.files import EXTENSIONS as _EXTENSIONS
+from downstream.files import read_table as _read_table
 from downstream.tasks import TaskSpec
 
 HUB_PATH = "nyu-mll/glue"
 
-_EXTENSIONS = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
 # File stems accepted for each split (GLUE's own downloads say "dev", the hub says "validation").
 _SPLIT_STEMS = {
     "train": ("train",),
@@ -29,30 +29,20 @@ _SPLIT_STEMS = {
     "validation_matched": ("validation_matched", "dev_matched"),
     "validation_mismatched": ("validation_mismatched", "dev_mismatched"),
     "test": ("test",),
+    "test_matched": ("test_matched",),
+    "test_mismatched": ("test_mismatched",),
 }
+
+
+def test_splits(spec: TaskSpec) -> tuple[str, ...]:
+    """A task's unlabelled test splits, named as its dev splits are: ``test`` (MNLI: ``test_matched``,
+    ``test_mismatched``, as on the hub)."""
+    return tuple(split.replace("validation", "test") for split in spec.val_splits)
 
 
 # --------------------------------------------------------------------------------------------
 # Local files
 # --------------------------------------------------------------------------------------------
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    """Read one local file. Text columns stay text: "NA" or "null" in a sentence is a word, not missing."""
-    suffix = path.suffix.lower()
-    if suffix in (".tsv", ".csv"):
-        # QUOTE_NONE for TSV: GLUE sentences contain unbalanced quotes that must stay as they are.
-        sep, quoting = ("\t", 3) if suffix == ".tsv" else (",", 0)
-        return pd.read_csv(path, sep=sep, quoting=quoting, dtype=str, keep_default_na=False)
-    if suffix == ".jsonl":
-        return pd.read_json(path, lines=True, dtype=False)
-    if suffix == ".json":
-        with open(path) as f:
-            is_array = f.read(4096).lstrip().startswith("[")  # records array, else JSON lines
-        return pd.read_json(path, lines=not is_array, dtype=False)
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    raise ValueError(f"{path}: unsupported file type {suffix!r} (use one of {', '.join(_EXTENSIONS)})")
 
 
 def find_local_files(spec: TaskSpec, data_dir: str | os.PathLike) -> dict[str, Path]:
@@ -61,7 +51,7 @@ def find_local_files(spec: TaskSpec, data_dir: str | os.PathLike) -> dict[str, P
     Looks in ``data_dir/<task>/`` (also GLUE's own folder names such as ``SST-2``, ``STS-B``,
     matched ignoring case and dashes) and then in ``data_dir`` itself, for ``train.<ext>`` and each
     dev split (``validation.<ext>`` or ``dev.<ext>``; MNLI: ``validation_matched`` /
-    ``dev_matched`` and ``..._mismatched``).
+    ``dev_matched`` and ``..._mismatched``), and the test splits where present (:func:`test_splits`).
     """
     root = Path(data_dir).expanduser()
     if not root.is_dir():
@@ -70,7 +60,7 @@ def find_local_files(spec: TaskSpec, data_dir: str | os.PathLike) -> dict[str, P
     candidates.append(root)
     for folder in candidates:
         files: dict[str, Path] = {}
-        for split in ("train", *spec.val_splits, "test"):
+        for split in ("train", *spec.val_splits, *test_splits(spec)):
             for stem in _SPLIT_STEMS[split]:
                 hits = [folder / f"{stem}{ext}" for ext in _EXTENSIONS if (folder / f"{stem}{ext}").is_file()]
                 if hits:

@@ -43,7 +43,7 @@ class TaskSpec:
         both_orders: Whether ``both_orders`` augmentation applies (MRPC, STS-B: symmetric pairs).
         label_scale: Multiplier on the label (STS-B's 0..5 similarity becomes a 0..1 target).
         test_has_labels: Whether the ``test`` split is labelled (not on GLUE; yes offline).
-        group: ``glue`` or ``offline``: which average the task belongs to.
+        group: ``glue`` or ``offline``: which average the task belongs to; ``own``: a user's directory (:mod:`downstream.own`).
         data: The dataset the task reads (default: its own name); a probe reads another task's.
         probe: A linear probe: the encoder's weights stay frozen (in eval mode, no dropout) and only
             the classification head on its [CLS] vector trains, so the score says what pre-training
@@ -145,25 +145,56 @@ def all_tasks() -> dict[str, TaskSpec]:
 
 
 def get_task(name: str) -> TaskSpec:
-    """The spec of one task; an unknown name raises a ValueError listing the valid ones."""
+    """The spec of one task; an unknown name raises a ValueError listing the valid ones.
+
+    A name written as a path (``data/mytask``, ``./mytask``, ``mytask/``) is a directory of the user's own
+    data (:mod:`downstream.own`), checked now; its spec is then also known by the directory's name.
+    """
+    if _is_task_dir(name):
+        return own_task(name)
     tasks = all_tasks()
     key = name.strip().lower()
     key = key if key in tasks else key.replace("-", "")  # sst-2 as sst2
     if key not in tasks:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(tasks)}")
+        if name.strip() in OWN_TASKS:
+            return OWN_TASKS[name.strip()]
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(tasks)} (or a directory of your own data, "
+                         "written as a path: ./mytask)")
     return tasks[key]
+
+
+# The user's own tasks named in this process, by directory name (the name results and logs use).
+OWN_TASKS: dict[str, TaskSpec] = {}
+
+
+def _is_task_dir(name: str) -> bool:
+    name = str(name).strip()
+    return "/" in name or "\\" in name or name.startswith((".", "~"))
+
+
+def own_task(directory: str) -> TaskSpec:
+    """The spec of the user's own task in ``directory`` (:mod:`downstream.own`), remembered by its name."""
+    from downstream.own import own_task_fields  # pandas and datasets only when such a task is named
+
+    spec = TaskSpec(**own_task_fields(directory))
+    if spec.name.lower() in (*all_tasks(), "glue", "offline", "average"):
+        raise ValueError(f"task directory {directory!r} is named like the built-in {spec.name!r}; rename the directory")
+    OWN_TASKS[spec.name] = spec  # the latest directory of that name: resolve_tasks refuses two in one list
+    return spec
 
 
 def resolve_tasks(tasks: list[str] | str) -> list[str]:
     """Task names from ``glue``, ``offline``, a name, or a list of any of these.
 
     ``glue`` is every GLUE task but WNLI (name ``wnli`` to run it too), as GLUE's average leaves it
-    out. Unknown names raise a ValueError that lists the valid ones.
+    out. A path is a directory of the user's own data (:func:`own_task`), named by the directory's name.
+    Unknown names raise a ValueError that lists the valid ones.
     """
     items = [tasks] if isinstance(tasks, str) else list(tasks)
     names = [str(item).strip() for item in items if str(item).strip()]
     known = all_tasks()
     out: list[str] = []
+    dirs: dict[str, str] = {}  # own task name -> its directory
     for name in names:
         key = name.lower()
         if key == "glue":
@@ -172,11 +203,16 @@ def resolve_tasks(tasks: list[str] | str) -> list[str]:
             expanded = list(OFFLINE_SUITE)
         else:
             try:
-                expanded = [get_task(name).name]
+                spec = get_task(name)
+                expanded = [spec.name]
             except ValueError:
+                if _is_task_dir(name):
+                    raise
                 raise ValueError(
                     f"unknown task {name!r}; valid: glue, offline, {', '.join(known)}"
                 ) from None
+        if _is_task_dir(name) and dirs.setdefault(spec.name, spec.data) != spec.data:
+            raise ValueError(f"two task directories named {spec.name!r} ({dirs[spec.name]}, {spec.data}); rename one")
         out += [t for t in expanded if t not in out]
     if not out:
         raise ValueError(f"no task given; valid: glue, offline, {', '.join(known)}")

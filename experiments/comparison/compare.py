@@ -428,9 +428,11 @@ def paper_reference(convention: str) -> tuple[str, float] | None:
 def check_finetune(args: dict) -> None:
     """The fine-tuning's options before any pre-training: its tasks exist, its optimiser settings are valid
     (``layerwise_lr_decay``, ``lr_schedule``), and every task's data can be had (local GLUE files under
-    ``data_dir``, or the hub: offline, a one-line error says to use ``data_dir``)."""
+    ``data_dir``, or the hub: offline, a one-line error says to use ``data_dir``; with ``predict_test`` the test
+    splits too; a directory of the user's own data is read and checked when its name is resolved)."""
     from downstream.classifier import check_layerwise_lr_decay
     from downstream.glue import find_local_files, load_hub_task
+    from downstream.submission import load_test_splits
     from downstream.tasks import get_task, resolve_tasks
     from experiments.config import as_list
     from experiments.finetuning.finetune import finetune
@@ -455,6 +457,8 @@ def check_finetune(args: dict) -> None:
                 find_local_files(spec, args["data_dir"])
             elif spec.group == "glue":
                 load_hub_task(spec)  # from the hub's cache, or downloaded now rather than after the pre-training
+            if args.get("predict_test"):
+                load_test_splits(spec, args.get("data_dir"))  # GLUE's test files (or the hub's), before compute
         except (ValueError, OSError) as err:  # finetune's option names, as compare spells them
             raise UsageError(f"--finetune.tasks {name}: {str(err).replace('--data_dir', '--finetune.data_dir')}") \
                 from None

@@ -7,12 +7,15 @@ average over tasks of the medians (the GLUE score; WNLI is left out of it).
     isoflop finetune --encoder runs/electra-small/export --tasks glue --seeds 10
     isoflop finetune --encoder DIR --tasks mrpc,rte --data_dir ~/glue_data --seeds 3
     isoflop finetune --encoder DIR --tasks offline --max_steps 200      # no network needed
+    isoflop finetune --encoder DIR --tasks glue --data_dir ~/glue_data --predict_test true   # + GLUE test files
+    isoflop finetune --encoder DIR --tasks data/mytask/                   # your own CSV/JSONL task
 
 Writes to ``out_dir``: ``results.csv`` and ``results.md`` (one row per task: headline metric,
 median, min, max, std, n_seeds and each seed's score, then an ``average`` row), ``metrics.csv``
 (every metric of every run, long format) and, per run, ``<task>/seed<k>/metrics.csv`` from the CSV
 logger (plus a wandb run of job type ``finetune``, grouped by encoder, tagged with the task, the seed and the
-export's provenance). Scores are in GLUE points (x100).
+export's provenance). Scores are in GLUE points (x100). With ``predict_test``, GLUE's submission files too
+(:mod:`experiments.finetuning.predict`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ from downstream.classifier import (
     official_layerwise_lr_decay,
 )
 from downstream.data import TaskDataModule
-from downstream.tasks import TaskSpec, resolve_tasks
+from downstream.own import describe_own_task
+from downstream.tasks import TaskSpec, get_task, resolve_tasks
+from experiments.finetuning.predict import (
+    median_seed,
+    save_seed_predictions,
+    seed_predictions_path,
+    write_test_predictions,
+)
 from experiments.finetuning.scores import TaskResult, write_results
 from experiments.run.loggers import (
     export_name,
@@ -58,13 +68,13 @@ def encoder_tag(encoder: str) -> str:
 # Where finetune()'s parameters go: every task's datamodule, every run's training, and the record
 # (config.json, and each run's logged config; tasks and seeds as resolved).
 _DATA_OPTIONS = ("data_dir", "cache_dir", "max_seq_length", "batch_size", "both_orders", "max_train_examples",
-                 "max_eval_examples", "num_workers")
+                 "max_eval_examples", "num_workers", "predict_test")
 _RUN_OPTIONS = ("max_steps", "learning_rate", "layerwise_lr_decay", "weight_decay", "warmup_fraction",
                 "adam_bias_correction", "lr_schedule", "accelerator", "devices", "precision", "wandb", "progress_bar",
                 "wandb_project", "wandb_entity", "wandb_tags", "wandb_group")
 _RECORDED = ("encoder", "tasks", "seeds", "data_dir", "epochs", "max_steps", "max_train_examples", "max_eval_examples",
              "batch_size", "max_seq_length", "learning_rate", "layerwise_lr_decay", "weight_decay", "warmup_fraction",
-             "adam_bias_correction", "lr_schedule", "both_orders", "precision")
+             "adam_bias_correction", "lr_schedule", "both_orders", "precision", "predict_test")
 
 
 def finetune(
@@ -87,6 +97,7 @@ def finetune(
     adam_bias_correction: bool = False,
     lr_schedule: str = "electra",
     both_orders: bool = True,
+    predict_test: bool = False,
     accelerator: str = "auto",
     devices: int | str = 1,
     precision: str = "32-true",
@@ -103,7 +114,7 @@ def finetune(
     Args:
         encoder: Checkpoint directory with its tokenizer (``isoflop export`` output or any ``save_pretrained`` dir).
         tasks: ``glue`` (all GLUE tasks but WNLI), ``offline`` (the suite that measures pre-training: docpkg-probe,
-            docpair), a task name, or a list of these (``[mrpc, rte]``).
+            docpair), a task name, a directory of your own data as a path (``data/mytask/``: ``downstream.own``), or a list.
         seeds: Number of fine-tuning seeds (0..n-1), or an explicit list of seeds.
         out_dir: Output directory; default ``runs/finetune/<encoder's last two path parts>``.
         data_dir: Local GLUE files (``<data_dir>/<task>/train.tsv``, ``validation.tsv``); default: the hub's GLUE.
@@ -116,16 +127,15 @@ def finetune(
         max_seq_length: Maximum tokens per example (both sentences together).
         learning_rate: Peak learning rate (of the head); default: the encoder family's own for the encoder's size
             (``objectives.encoder``: ELECTRA paper Table 7, DeBERTa-v3's MNLI recipe), 1e-4 for another shape.
-        layerwise_lr_decay: Learning-rate factor per depth from the head, at the official ELECTRA depths
-            (``model/optimization.py``, ``_get_layer_lrs``); 1.0 turns it off. Default: the official value for the
-            encoder: 0.8, 0.9 at ELECTRA-Large (``configure_finetuning.py``), 1.0 for DeBERTa (none officially).
+        layerwise_lr_decay: Learning-rate factor per depth from the head (official ``_get_layer_lrs``); 1.0 turns it
+            off. Default: the official value: 0.8, 0.9 at ELECTRA-Large (``configure_finetuning.py``), 1.0 for DeBERTa.
         weight_decay: AdamW weight decay (not on biases and LayerNorm).
         warmup_fraction: Fraction of steps in the schedule's warm-up.
-        adam_bias_correction: Adam's bias correction (torch's AdamW); default false, as the official fine-tuning's
-            ``AdamWeightDecayOptimizer`` (``objectives.optim.AdamWeightDecay``).
-        lr_schedule: ``electra`` (default; the official ``create_optimizer``'s), ``linear`` or ``deberta``
-            (``objectives.optim``).
+        adam_bias_correction: Adam's bias correction; default false, as the official ``AdamWeightDecayOptimizer``.
+        lr_schedule: ``electra`` (default; the official ``create_optimizer``'s), ``linear`` or ``deberta``.
         both_orders: Also train MRPC and STS-B on swapped sentence pairs.
+        predict_test: Predict each task's test split with the seed of median dev score into GLUE's submission files,
+            ``out_dir/glue-test/`` and ``glue-test.zip`` (own tasks: ``test-predictions/``); :mod:`experiments.finetuning.predict`.
         accelerator: Lightning accelerator (auto, cpu, gpu ...).
         devices: Devices per run.
         precision: Lightning precision (32-true, bf16-mixed ...).
@@ -134,29 +144,34 @@ def finetune(
         progress_bar: Show Lightning's progress bar.
         wandb_project: wandb project (default: WANDB_PROJECT, else isoflop).
         wandb_entity: wandb entity (team or user) that owns the project (default: your own).
-        wandb_tags: wandb tags for every run, besides those isoflop adds: task:, finetune-seed:, and for an isoflop
-            export the objective:, encoder:, budget:, seed: and pretrain-step: of its provenance (isoflop.json).
-        wandb_group: wandb group of every run (default: the encoder's short name); ``isoflop compare`` puts them in
-            the comparison's group.
+        wandb_tags: wandb tags for every run, besides isoflop's (task:, finetune-seed:, an export's objective: ...).
+        wandb_group: wandb group of every run (default: the encoder's short name; compare: the comparison's).
 
     Returns: results per task name (in GLUE points, x100); ``average(results)`` gives the GLUE-style mean.
     """
-    options = dict(locals())  # the parameters by name, dealt out below with the tuples above
-    # Every check (task names, seeds, optimiser settings, encoder, data files and columns) before any training compute.
-    names, seed_list = resolve_tasks(tasks), _seed_list(seeds)
-    _check_optimiser(options)
-    modules = _prepare_tasks(encoder, names, **{k: options[k] for k in _DATA_OPTIONS})
-    out = Path(out_dir) if out_dir else Path("runs") / "finetune" / encoder_tag(encoder)
-    _family_defaults(encoder, options)
-    settings = {**{k: options[k] for k in _RECORDED}, "tasks": names, "seeds": seed_list}
-    write_atomic(out / "config.json", json.dumps(settings, indent=2) + "\n")
+    options = dict(locals())  # the parameters by name, dealt out with the tuples above
+    modules, seed_list, out, settings = _prepare(options)  # every check before any training compute
     run = {k: options[k] for k in _RUN_OPTIONS}
     results: dict[str, TaskResult] = {}
     for name, dm in modules.items():
         results[name] = _run_task(dm, seed_list, encoder=encoder, out=out, settings=settings, epochs=epochs, **run)
-        # After every task, so a crash keeps what is done.
         write_results(results, out, f"Fine-tuning `{encoder}` (median over seeds, GLUE points)")
     return results
+
+
+def _prepare(options: dict) -> tuple[dict[str, TaskDataModule], list[int], Path, dict]:
+    """:func:`finetune`'s checks (task names, seeds, optimiser settings, encoder, data files and columns), its tasks'
+    datamodules, seeds, output directory and recorded settings (``config.json``, written); ``options`` are its
+    arguments, the family's learning rate and layer-wise decay filled in."""
+    encoder = options["encoder"]
+    names, seed_list = resolve_tasks(options["tasks"]), _seed_list(options["seeds"])
+    _check_optimiser(options)
+    modules = _prepare_tasks(encoder, names, **{k: options[k] for k in _DATA_OPTIONS})
+    out = Path(options["out_dir"]) if options["out_dir"] else Path("runs") / "finetune" / encoder_tag(encoder)
+    _family_defaults(encoder, options)
+    settings = {**{k: options[k] for k in _RECORDED}, "tasks": names, "seeds": seed_list}
+    write_atomic(out / "config.json", json.dumps(settings, indent=2) + "\n")
+    return modules, seed_list, out, settings
 
 
 class Jobs:
@@ -200,6 +215,10 @@ class Jobs:
         """``config.json`` and the tables :func:`finetune` writes, for ``results`` gathered from the jobs."""
         write_atomic(self.out / "config.json", json.dumps(self.settings, indent=2) + "\n")
         write_results(results, self.out, f"Fine-tuning `{self.encoder}` (median over seeds, GLUE points)")
+        for name, result in results.items():
+            _record_own_task(get_task(name), self.out)
+            if self.data["predict_test"]:  # the jobs kept each seed's test predictions
+                _write_test_predictions(get_task(name), result, self.out)
 
 
 def _check_optimiser(options: dict) -> None:
@@ -275,6 +294,7 @@ def _run_task(
     ``run`` holds :func:`_run_one`'s training options."""
     spec = dm.spec
     dm.setup("fit")
+    _record_own_task(spec, out)
     result = TaskResult(spec.name, spec.metric)
     for seed in seed_list:
         metrics = _run_one(
@@ -285,7 +305,23 @@ def _run_task(
             if key != spec.metric:
                 result.others.setdefault(key, {})[seed] = value
         print(f"[finetune] {spec.name} seed {seed}: {spec.metric} {metrics[spec.metric]:.2f}", flush=True)
+    if getattr(dm, "test_raw", None):
+        _write_test_predictions(spec, result, out)
     return result
+
+
+def _record_own_task(spec: TaskSpec, out: Path) -> None:
+    """A user's own task: what it was taken to be (columns, type, class ids) in ``out/<task>/task.json``."""
+    if spec.group == "own":
+        write_atomic(out / spec.name / "task.json", json.dumps(describe_own_task(spec.dataset), indent=2) + "\n")
+
+
+def _write_test_predictions(spec: TaskSpec, result: TaskResult, out: Path) -> None:
+    """The median seed's test predictions of a task as the benchmark's files (:mod:`experiments.finetuning.predict`)."""
+    folder = write_test_predictions(spec, result, out)
+    if folder is not None:
+        print(f"[finetune] {spec.name} test predictions (seed {median_seed(result)}, the median dev score): {folder}",
+              flush=True)
 
 
 def _run_one(
@@ -333,6 +369,8 @@ def _run_one(
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         trainer.fit(model, train_dataloaders=train_loader)
     trainer.validate(model, dataloaders=dm.val_dataloader(), verbose=False)
+    if getattr(dm, "test_raw", None) and trainer.is_global_zero:  # --predict_test: this seed's test predictions
+        save_seed_predictions(model, dm, seed_predictions_path(out, spec.name, seed))
     metrics = {
         key.removeprefix("val/"): 100 * float(value)
         for key, value in trainer.callback_metrics.items()

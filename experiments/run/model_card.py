@@ -164,6 +164,8 @@ def eval_results(record: dict[str, Any]) -> list:
             spec = get_task(task)
         except ValueError:
             continue  # "average", or a task this isoflop does not know
+        if spec.group == "own":
+            continue  # a user's own data (downstream.own): no dataset the Hub knows; its score stays in the text
         glue = spec.group == "glue"
         results.append(EvalResult(
             task_type="text-classification", task_name=task + (" (linear probe)" if spec.probe else ""),
