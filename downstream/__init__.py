@@ -4,7 +4,8 @@ Every pre-trained encoder is judged here the same way, whatever objective produc
 :mod:`downstream.tasks` says what each task is (pure Python), :mod:`downstream.glue` and
 :mod:`downstream.offline` load the raw splits (:mod:`downstream.own` a user's own task from a directory,
 :mod:`downstream.submission` the test splits and GLUE's submission format), :mod:`downstream.data` tokenises and batches them,
-:mod:`downstream.classifier` fine-tunes the encoder. ``isoflop finetune``
+:mod:`downstream.classifier` fine-tunes the encoder. SQuAD (question answering) has its own data and
+model: :mod:`downstream.squad`, :mod:`downstream.qa`, and its official scores in :mod:`downstream.squad_metrics`. ``isoflop finetune``
 (:mod:`experiments.finetuning.finetune`) runs them over tasks and seeds.
 
 The names below are loaded on first use, so that ``import downstream.tasks`` (task names on a
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from downstream.classifier import SequenceClassification
     from downstream.data import TaskDataModule
     from downstream.offline import load_offline_task
+    from downstream.qa import QuestionAnswering
+    from downstream.squad import SquadDataModule
     from downstream.tasks import TaskSpec, all_tasks, get_task, resolve_tasks
 
 # Public name -> the module that defines it.
@@ -31,6 +34,8 @@ _EXPORTS = {
     "TaskDataModule": "downstream.data",
     "SequenceClassification": "downstream.classifier",
     "load_offline_task": "downstream.offline",
+    "SquadDataModule": "downstream.squad",
+    "QuestionAnswering": "downstream.qa",
 }
 
 __all__ = list(_EXPORTS)

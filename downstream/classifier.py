@@ -208,7 +208,79 @@ def check_layerwise_lr_decay(layerwise_lr_decay: float | None) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class SequenceClassification(L.LightningModule):
+class EncoderFineTuning(L.LightningModule):
+    """What every fine-tuning module shares: the encoder (:func:`load_encoder`) and the official ELECTRA optimiser.
+
+    A subclass saves its hyperparameters (``learning_rate``, ``weight_decay``, ``warmup_fraction``, ``adam_epsilon``,
+    ``adam_bias_correction``, ``lr_schedule``) and calls :meth:`init_encoder`; every parameter outside
+    ``self.encoder`` is its task head, trained at the full learning rate.
+    """
+
+    def init_encoder(self, encoder: str, layerwise_lr_decay: float | None, lr_schedule: str) -> None:
+        """Check the optimiser settings, load ``self.encoder`` and resolve ``self.layerwise_lr_decay`` (None: the
+        official value for this encoder, :func:`official_layerwise_lr_decay`)."""
+        check_layerwise_lr_decay(layerwise_lr_decay)
+        check_schedule(lr_schedule)
+        self.encoder = load_encoder(encoder)
+        self.layerwise_lr_decay = official_layerwise_lr_decay(self.encoder.config)[0] \
+            if layerwise_lr_decay is None else float(layerwise_lr_decay)
+
+    # -- optimiser --------------------------------------------------------------------------
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW parameter groups with the official ELECTRA fine-tuning's layer-wise learning rates.
+
+        The depths of ``_get_layer_lrs`` (google-research/electra, ``model/optimization.py``): with n layers,
+        the embeddings (with the embedding projection, and any other encoder parameter outside the layer
+        list) are at depth 0, layer i (0-based) at depth i + 1, the task head at depth n + 2, and a group's
+        rate is ``learning_rate * layerwise_lr_decay ** (n + 2 - depth)``: the head ``decay**0``, the top
+        layer ``decay**2``, layer i ``decay**(n + 1 - i)``, the embeddings ``decay**(n + 2)``. Depth n + 1
+        holds nothing (BERT's pooler's place; ELECTRA's fine-tuning has no pooler), so the top layer's
+        rate is ``decay**2``, not ``decay``, of the head's, as in the official code.
+        Each depth is split in two groups: with weight decay, and without it for biases and
+        LayerNorm weights (every 1-d parameter). Groups are named ``head``, ``layer.<i>``,
+        ``embeddings``, with ``/no_decay`` appended for the second kind; ``param_names`` lists each
+        group's parameters (for inspection; the optimiser drops it).
+        """
+        hp = self.hparams
+        decay = self.layerwise_lr_decay
+        prefix, layers = encoder_layers(self.encoder)
+        n_layers = len(layers)
+
+        def lr_of(pname: str) -> tuple[str, float]:
+            if not pname.startswith("encoder."):
+                name, depth = "head", n_layers + 2
+            else:
+                rest = pname[len("encoder."):]
+                if rest.startswith(prefix + "."):
+                    index = int(rest[len(prefix) + 1:].split(".", 1)[0])
+                    name, depth = f"layer.{index}", index + 1
+                else:
+                    name, depth = "embeddings", 0
+            return name, hp.learning_rate * decay ** (n_layers + 2 - depth)
+
+        return adamw_groups(self.named_parameters(), hp.weight_decay, lr_of=lr_of)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Adam with decoupled weight decay (betas 0.9, 0.999) over :meth:`parameter_groups`, without bias
+        correction unless ``adam_bias_correction`` (then ``torch.optim.AdamW``), under ``lr_schedule``
+        (default ``electra``, the official: the first update has rate 0), stepped every optimiser step.
+        The schedule multiplies each group's own rate, so the layer-wise ratios hold throughout."""
+        hp = self.hparams
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return adamw_with_schedule(
+            self.parameter_groups(),
+            lr=hp.learning_rate,
+            betas=(0.9, 0.999),
+            eps=hp.adam_epsilon,
+            total_steps=total,
+            warmup_fraction=hp.warmup_fraction,
+            bias_correction=hp.adam_bias_correction,
+            lr_schedule=hp.lr_schedule,
+        )
+
+
+class SequenceClassification(EncoderFineTuning):
     """A pre-trained encoder plus a linear head on [CLS], fine-tuned on one task.
 
     Logs ``train/loss``, and after each dev pass ``val/loss`` and ``val/<metric>`` for the task's
@@ -251,13 +323,8 @@ class SequenceClassification(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        check_layerwise_lr_decay(layerwise_lr_decay)
-        check_schedule(lr_schedule)
         self.spec = get_task(task)
-        self.encoder = load_encoder(encoder)
-        # None: the official value for this encoder, resolved from its loaded config.
-        self.layerwise_lr_decay = official_layerwise_lr_decay(self.encoder.config)[0] \
-            if layerwise_lr_decay is None else float(layerwise_lr_decay)
+        self.init_encoder(encoder, layerwise_lr_decay, lr_schedule)
         # from_pretrained returns the model in eval mode, and Lightning keeps each module's mode:
         # without this, fine-tuning would run with the encoder's dropout switched off. A probe's
         # encoder stays frozen and in eval mode: fixed features, only the head trains.
@@ -331,57 +398,3 @@ class SequenceClassification(L.LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Predicted class ids (or regression scores) ``(B,)``; labels are not needed."""
         return self._predictions(self(batch))
-
-    # -- optimiser --------------------------------------------------------------------------
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """AdamW parameter groups with the official ELECTRA fine-tuning's layer-wise learning rates.
-
-        The depths of ``_get_layer_lrs`` (google-research/electra, ``model/optimization.py``): with n layers,
-        the embeddings (with the embedding projection, and any other encoder parameter outside the layer
-        list) are at depth 0, layer i (0-based) at depth i + 1, the task head at depth n + 2, and a group's
-        rate is ``learning_rate * layerwise_lr_decay ** (n + 2 - depth)``: the head ``decay**0``, the top
-        layer ``decay**2``, layer i ``decay**(n + 1 - i)``, the embeddings ``decay**(n + 2)``. Depth n + 1
-        holds nothing (BERT's pooler's place; ELECTRA's fine-tuning has no pooler), so the top layer's
-        rate is ``decay**2``, not ``decay``, of the head's, as in the official code.
-        Each depth is split in two groups: with weight decay, and without it for biases and
-        LayerNorm weights (every 1-d parameter). Groups are named ``head``, ``layer.<i>``,
-        ``embeddings``, with ``/no_decay`` appended for the second kind; ``param_names`` lists each
-        group's parameters (for inspection; the optimiser drops it).
-        """
-        hp = self.hparams
-        decay = self.layerwise_lr_decay
-        prefix, layers = encoder_layers(self.encoder)
-        n_layers = len(layers)
-
-        def lr_of(pname: str) -> tuple[str, float]:
-            if not pname.startswith("encoder."):
-                name, depth = "head", n_layers + 2
-            else:
-                rest = pname[len("encoder."):]
-                if rest.startswith(prefix + "."):
-                    index = int(rest[len(prefix) + 1:].split(".", 1)[0])
-                    name, depth = f"layer.{index}", index + 1
-                else:
-                    name, depth = "embeddings", 0
-            return name, hp.learning_rate * decay ** (n_layers + 2 - depth)
-
-        return adamw_groups(self.named_parameters(), hp.weight_decay, lr_of=lr_of)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        """Adam with decoupled weight decay (betas 0.9, 0.999) over :meth:`parameter_groups`, without bias
-        correction unless ``adam_bias_correction`` (then ``torch.optim.AdamW``), under ``lr_schedule``
-        (default ``electra``, the official: the first update has rate 0), stepped every optimiser step.
-        The schedule multiplies each group's own rate, so the layer-wise ratios hold throughout."""
-        hp = self.hparams
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        return adamw_with_schedule(
-            self.parameter_groups(),
-            lr=hp.learning_rate,
-            betas=(0.9, 0.999),
-            eps=hp.adam_epsilon,
-            total_steps=total,
-            warmup_fraction=hp.warmup_fraction,
-            bias_correction=hp.adam_bias_correction,
-            lr_schedule=hp.lr_schedule,
-        )

@@ -21,6 +21,7 @@ the ELECTRA paper (Clark et al. 2020) reports it::
 The offline tasks (``docpkg``, its linear probe ``docpkg-probe``, ``docpair``) are built from the
 embedded corpus by :mod:`downstream.offline`; their specs live here so that naming a task never
 builds anything. ``offline`` names the suite that measures pre-training (:data:`OFFLINE_SUITE`).
+SQuAD 1.1 and 2.0 (``squad``, ``squad2``: group ``squad``) are question answering (:mod:`downstream.qa`).
 """
 
 from __future__ import annotations
@@ -126,6 +127,17 @@ OFFLINE_TASKS: dict[str, TaskSpec] = {
     ),
 }
 
+# SQuAD (Rajpurkar et al. 2016, 2018), the ELECTRA paper's second benchmark: extractive question answering,
+# fine-tuned by :mod:`downstream.qa` on :mod:`downstream.squad`'s features for 2 epochs (the official
+# configure_finetuning.py's for SQuAD). Headline F1: the paper reports dev EM and F1, and F1, which gives partial
+# answers partial credit, varies less over seeds; EM and SQuAD 2.0's breakdowns are logged too.
+_SQUAD = dict(epochs=2, group="squad", num_labels=0)  # no classes: start and end positions
+_SQUAD_V2_METRICS = ("f1", "exact", "HasAns_f1", "HasAns_exact", "NoAns_f1", "NoAns_exact", "best_f1", "best_exact")
+SQUAD_TASKS: dict[str, TaskSpec] = {
+    "squad": TaskSpec("squad", ("question", "context"), metrics=("f1", "exact"), **_SQUAD),
+    "squad2": TaskSpec("squad2", ("question", "context"), metrics=_SQUAD_V2_METRICS, **_SQUAD),
+}
+
 # What ``offline`` runs: the offline tasks that measure pre-training (rtd/downstream.rst, "Which offline
 # tasks measure pre-training"). docpkg fine-tuned is left out: a random-initialised tiny encoder fine-tuned
 # on it beats the same encoder pre-trained for CPU minutes, so it measures fine-tuning, not pre-training.
@@ -140,8 +152,8 @@ TASK_NOTES = {
 
 
 def all_tasks() -> dict[str, TaskSpec]:
-    """Every task name accepted anywhere a GLUE task name is: GLUE's, then the offline ones."""
-    return {**GLUE_TASKS, **OFFLINE_TASKS}
+    """Every task name accepted anywhere a GLUE task name is: GLUE's, the offline ones, then SQuAD's."""
+    return {**GLUE_TASKS, **OFFLINE_TASKS, **SQUAD_TASKS}
 
 
 def get_task(name: str) -> TaskSpec:

@@ -433,6 +433,7 @@ def check_finetune(args: dict) -> None:
     from downstream.classifier import check_layerwise_lr_decay
     from downstream.glue import find_local_files, load_hub_task
     from downstream.submission import load_test_splits
+    from downstream.squad import load_squad
     from downstream.tasks import get_task, resolve_tasks
     from experiments.config import as_list
     from experiments.finetuning.finetune import finetune
@@ -457,6 +458,8 @@ def check_finetune(args: dict) -> None:
                 find_local_files(spec, args["data_dir"])
             elif spec.group == "glue":
                 load_hub_task(spec)  # from the hub's cache, or downloaded now rather than after the pre-training
+            elif spec.group == "squad":
+                load_squad(spec, args.get("data_dir"))  # the local files checked, or the hub's copy fetched now
             if args.get("predict_test"):
                 load_test_splits(spec, args.get("data_dir"))  # GLUE's test files (or the hub's), before compute
         except (ValueError, OSError) as err:  # finetune's option names, as compare spells them

@@ -9,6 +9,7 @@ average over tasks of the medians (the GLUE score; WNLI is left out of it).
     isoflop finetune --encoder DIR --tasks offline --max_steps 200      # no network needed
     isoflop finetune --encoder DIR --tasks glue --data_dir ~/glue_data --predict_test true   # + GLUE test files
     isoflop finetune --encoder DIR --tasks data/mytask/                   # your own CSV/JSONL task
+    isoflop finetune --encoder DIR --tasks squad2 --data_dir ~/squad     # SQuAD 2.0 (downstream.squad)
 
 Writes to ``out_dir``: ``results.csv`` and ``results.md`` (one row per task: headline metric,
 median, min, max, std, n_seeds and each seed's score, then an ``average`` row), ``metrics.csv``
@@ -38,6 +39,8 @@ from downstream.classifier import (
 )
 from downstream.data import TaskDataModule
 from downstream.own import describe_own_task
+from downstream.qa import QuestionAnswering
+from downstream.squad import SquadDataModule
 from downstream.tasks import TaskSpec, get_task, resolve_tasks
 from experiments.finetuning.predict import (
     median_seed,
@@ -89,7 +92,7 @@ def finetune(
     max_train_examples: int | None = None,
     max_eval_examples: int | None = None,
     batch_size: int = 32,
-    max_seq_length: int = 128,
+    max_seq_length: int | None = None,
     learning_rate: float | None = None,
     layerwise_lr_decay: float | None = None,
     weight_decay: float = 0.01,
@@ -117,14 +120,14 @@ def finetune(
             docpair), a task name, a directory of your own data as a path (``data/mytask/``: ``downstream.own``), or a list.
         seeds: Number of fine-tuning seeds (0..n-1), or an explicit list of seeds.
         out_dir: Output directory; default ``runs/finetune/<encoder's last two path parts>``.
-        data_dir: Local GLUE files (``<data_dir>/<task>/train.tsv``, ``validation.tsv``); default: the hub's GLUE.
+        data_dir: Local GLUE files (``<data_dir>/<task>/train.tsv``, ``validation.tsv``) and SQuAD JSON; default: the hub.
         cache_dir: Cache for the embedded corpus and the offline tasks (default ``$ISOFLOP_CACHE`` or ``~/.cache/isoflop``).
         epochs: Epochs for every task; default each task's own (3; RTE and STS-B 10).
         max_steps: Stop each run after this many optimiser steps or its epochs, what comes first (-1: epochs).
         max_train_examples: Use only this many training examples per task (a fixed subset); for quick runs.
         max_eval_examples: Use only this many examples per dev split (a fixed subset); for quick runs.
         batch_size: Training batch size.
-        max_seq_length: Maximum tokens per example (both sentences together).
+        max_seq_length: Maximum tokens per example; default: the task's own (the official 128; SQuAD 512).
         learning_rate: Peak learning rate (of the head); default: the encoder family's own for the encoder's size
             (``objectives.encoder``: ELECTRA paper Table 7, DeBERTa-v3's MNLI recipe), 1e-4 for another shape.
         layerwise_lr_decay: Learning-rate factor per depth from the head (official ``_get_layer_lrs``); 1.0 turns it
@@ -193,12 +196,12 @@ class Jobs:
         self.settings = {**{k: options[k] for k in _RECORDED}, "tasks": self.names, "seeds": self.seeds}
         self.run = {k: options[k] for k in _RUN_OPTIONS}
         self.data = {k: options[k] for k in _DATA_OPTIONS}
-        self.modules: dict[str, TaskDataModule] = {}
+        self.modules: dict[str, TaskDataModule | SquadDataModule] = {}
 
-    def module(self, name: str) -> TaskDataModule:
+    def module(self, name: str) -> TaskDataModule | SquadDataModule:
         """Task ``name``'s datamodule, loaded, checked and tokenised at its first use."""
         if name not in self.modules:
-            dm = TaskDataModule(self.encoder, task=name, **self.data)
+            dm = task_datamodule(self.encoder, name, **self.data)
             dm.load_raw()
             dm.setup("fit")
             self.modules[name] = dm
@@ -270,7 +273,16 @@ def family_layerwise_lr_decay(encoder: str) -> tuple[float, str]:
     return official_layerwise_lr_decay(AutoConfig.from_pretrained(encoder))
 
 
-def _prepare_tasks(encoder: str, names: list[str], **data_options: Any) -> dict[str, TaskDataModule]:
+def task_datamodule(encoder: str, name: str, **data_options: Any) -> TaskDataModule | SquadDataModule:
+    """Task ``name``'s datamodule: :class:`~downstream.squad.SquadDataModule` for SQuAD (given the options it takes),
+    :class:`~downstream.data.TaskDataModule` otherwise; a ``max_seq_length`` of None leaves the module's default."""
+    cls = SquadDataModule if get_task(name).group == "squad" else TaskDataModule
+    accepted = inspect.signature(cls).parameters
+    return cls(encoder, task=name, **{k: v for k, v in data_options.items()
+                                      if k in accepted and not (k == "max_seq_length" and v is None)})
+
+
+def _prepare_tasks(encoder: str, names: list[str], **data_options: Any) -> dict[str, TaskDataModule | SquadDataModule]:
     """Check the encoder and build every task's datamodule, loading and checking its raw data.
 
     Runs before any training: a missing tokenizer, file, column or a bad label then fails in one
@@ -278,9 +290,9 @@ def _prepare_tasks(encoder: str, names: list[str], **data_options: Any) -> dict[
     :class:`~downstream.data.TaskDataModule` arguments.
     """
     check_encoder(encoder)
-    modules: dict[str, TaskDataModule] = {}
+    modules: dict[str, TaskDataModule | SquadDataModule] = {}
     for name in names:
-        dm = TaskDataModule(encoder, task=name, **data_options)
+        dm = task_datamodule(encoder, name, **data_options)
         dm.load_raw()  # raises on missing files, columns or bad labels
         modules[name] = dm
     return modules
@@ -333,7 +345,7 @@ def _run_one(
 ) -> dict[str, float]:
     """One fine-tuning run; returns every dev metric after training, in GLUE points."""
     L.seed_everything(seed, workers=True, verbose=False)  # head init, dropout and data order
-    model = SequenceClassification(
+    model = (QuestionAnswering if spec.group == "squad" else SequenceClassification)(
         encoder, task=spec.name, learning_rate=spec.learning_rate or learning_rate, layerwise_lr_decay=layerwise_lr_decay,
         weight_decay=weight_decay, warmup_fraction=warmup_fraction, adam_bias_correction=adam_bias_correction,
         lr_schedule=lr_schedule,

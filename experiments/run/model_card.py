@@ -167,11 +167,16 @@ def eval_results(record: dict[str, Any]) -> list:
         if spec.group == "own":
             continue  # a user's own data (downstream.own): no dataset the Hub knows; its score stays in the text
         glue = spec.group == "glue"
+        dataset_type, dataset_name = ("nyu-mll/glue", f"GLUE {spec.name.upper()}") if glue else \
+            (spec.dataset, f"{spec.dataset} (isoflop offline task)")
+        if spec.group == "squad":
+            from downstream.squad import HUB_DATASETS
+
+            dataset_type, dataset_name = HUB_DATASETS[spec.name], {"squad": "SQuAD 1.1", "squad2": "SQuAD 2.0"}[spec.name]
         results.append(EvalResult(
-            task_type="text-classification", task_name=task + (" (linear probe)" if spec.probe else ""),
-            dataset_type="nyu-mll/glue" if glue else spec.dataset,
-            dataset_name=f"GLUE {spec.name.upper()}" if glue else f"{spec.dataset} (isoflop offline task)",
-            dataset_config=spec.name, dataset_split=spec.val_splits[0],
+            task_type="question-answering" if spec.group == "squad" else "text-classification",
+            task_name=task + (" (linear probe)" if spec.probe else ""), dataset_type=dataset_type, dataset_name=dataset_name,
+            dataset_config=None if spec.group == "squad" else spec.name, dataset_split=spec.val_splits[0],
             metric_type=METRIC_IDS.get(score["metric"], score["metric"]), metric_value=round(score["median"], 4),
             metric_name=f"{score['metric']} (points, median of {score['seeds']} fine-tuning seeds)"))
     return results
