@@ -34,7 +34,8 @@ from datamodules.cache import default_cache_dir
 from datamodules.files import COMPRESSIONS, FORMATS, check_data_files, data_format
 from datamodules.sampler import ResumableSampler
 from datamodules.streaming import PackedStream, StreamTracker, source_of, training_documents, validation_examples
-from datamodules.synthetic import SyntheticSource, SyntheticSpec, is_synthetic, synthetic_tokenizer
+from datamodules.synthetic import SyntheticSpec, is_synthetic, synthetic_tokenizer
+from datamodules.synthetic_hmm import make_source
 from datamodules.tokenizer import cached_wordpiece, load_tokenizer, tokenizer_hash
 
 PACK_VERSION = "pack-3"  # pack-3: examples filled to max_seq_length; with short_seq_prob 0 no short last example
@@ -226,7 +227,7 @@ class PretrainingDataModule(L.LightningDataModule):
     Args:
         dataset: a Hugging Face dataset name (e.g. ``Salesforce/wikitext``), a directory written by
             ``datasets.save_to_disk``, or a synthetic source with known floors, ``synthetic:KIND[,key=value...]``
-            (``chain``, ``topics``, ``chain+topics``; see ``datamodules.synthetic``). ``None`` and no
+            (``chain``, ``topics``, ``chain+topics``, ``hmm``; see ``datamodules.synthetic``). ``None`` and no
             ``data_files``: the embedded CPython-docs corpus.
         dataset_config: the dataset's configuration (e.g. ``wikitext-103-raw-v1``).
         data_files: local ``.txt`` (one document per line), ``.json``/``.jsonl`` or ``.parquet`` files
@@ -324,7 +325,7 @@ class PretrainingDataModule(L.LightningDataModule):
             raise ValueError("streaming reads a text source; a synthetic dataset is generated in memory: drop "
                              "--data.streaming")
         # A synthetic source is parsed (and a bad one refused) now; it has its own tokenizer.
-        self.synthetic = SyntheticSource(SyntheticSpec.parse(dataset)) if is_synthetic(dataset) else None
+        self.synthetic = make_source(SyntheticSpec.parse(dataset)) if is_synthetic(dataset) else None
         if self.synthetic is not None and tokenizer is not None:
             raise ValueError("a synthetic dataset brings its own vocabulary: leave --data.tokenizer unset")
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -538,7 +539,7 @@ class PretrainingDataModule(L.LightningDataModule):
             self.synthetic.examples(spec.train_examples, hp.max_seq_length, seed=2 * spec.seed + hp.seed * 1_000_003))
         self.val_dataset = datasets.Dataset.from_dict(
             self.synthetic.examples(n_val, hp.max_seq_length, seed=2 * spec.seed + 1 + hp.seed * 1_000_003))
-        self.fingerprint = {"source": "synthetic", **spec.__dict__}
+        self.fingerprint = {"source": "synthetic", **spec.settings()}
 
     def floors(self, mask_prob: float) -> dict[str, float]:
         """The reference levels of the data at a masking rate. A synthetic source has exact ones

@@ -323,7 +323,7 @@ class SequenceClassification(EncoderFineTuning):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.spec = get_task(task)
+        self.spec = self.task_spec(task, encoder)
         self.init_encoder(encoder, layerwise_lr_decay, lr_schedule)
         # from_pretrained returns the model in eval mode, and Lightning keeps each module's mode:
         # without this, fine-tuning would run with the encoder's dropout switched off. A probe's
@@ -341,6 +341,11 @@ class SequenceClassification(EncoderFineTuning):
         nn.init.zeros_(self.classifier.bias)
         self.val_metrics = nn.ModuleList([task_metrics(self.spec) for _ in self.spec.val_splits])
         self.test_metrics = task_metrics(self.spec)
+
+    def task_spec(self, task: str, encoder: str) -> TaskSpec:
+        """The spec of ``task``; a subclass whose classes depend on the encoder (the synthetic tasks' topics or
+        states: :mod:`downstream.synthetic_tasks`) resolves them here."""
+        return get_task(task)
 
     # -- forward and loss -------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ The offline tasks (``docpkg``, its linear probe ``docpkg-probe``, ``docpair``) a
 embedded corpus by :mod:`downstream.offline`; their specs live here so that naming a task never
 builds anything. ``offline`` names the suite that measures pre-training (:data:`OFFLINE_SUITE`).
 SQuAD 1.1 and 2.0 (``squad``, ``squad2``: group ``squad``) are question answering (:mod:`downstream.qa`).
+The known-answer tasks on the synthetic sources (``synth-topic``, ``synth-state`` and their probes) are
+built by :mod:`downstream.synthetic_tasks`.
 """
 
 from __future__ import annotations
@@ -151,9 +153,22 @@ TASK_NOTES = {
 }
 
 
+# The known-answer tasks on the synthetic sources (downstream.synthetic_tasks): drawn from the synthetic source
+# the encoder was pre-trained on, scored next to chance and the exact Bayes ceiling. num_labels 0: the source's
+# topics or states, known once the encoder is (SyntheticTaskDataModule, the known-answer models).
+_SYNTHETIC = dict(test_has_labels=True, group="synthetic")
+_PROBE = dict(probe=True, learning_rate=3e-2, **{**_SYNTHETIC, "epochs": 10})  # docpkg-probe's recipe
+SYNTHETIC_TASKS: dict[str, TaskSpec] = {
+    "synth-topic": TaskSpec("synth-topic", ("symbols",), 0, ("accuracy",), **_SYNTHETIC),
+    "synth-topic-probe": TaskSpec("synth-topic-probe", ("symbols",), 0, ("accuracy",), data="synth-topic", **_PROBE),
+    "synth-state": TaskSpec("synth-state", ("symbols",), 0, ("accuracy",), **_SYNTHETIC),
+    "synth-state-probe": TaskSpec("synth-state-probe", ("symbols",), 0, ("accuracy",), data="synth-state", **_PROBE),
+}
+
+
 def all_tasks() -> dict[str, TaskSpec]:
-    """Every task name accepted anywhere a GLUE task name is: GLUE's, the offline ones, then SQuAD's."""
-    return {**GLUE_TASKS, **OFFLINE_TASKS, **SQUAD_TASKS}
+    """Every task name accepted anywhere a GLUE task name is: GLUE's, the offline ones, SQuAD's, the synthetic ones."""
+    return {**GLUE_TASKS, **OFFLINE_TASKS, **SQUAD_TASKS, **SYNTHETIC_TASKS}
 
 
 def get_task(name: str) -> TaskSpec:

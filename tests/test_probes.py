@@ -5,6 +5,8 @@ the documentation's Downstream page, from ``python -m experiments.measure.probes
 
 from __future__ import annotations
 
+from statistics import median
+
 from downstream.tasks import OFFLINE_SUITE, get_task, resolve_tasks
 from experiments.measure.probes import encoder_dir, finetune_scores
 
@@ -33,25 +35,25 @@ def test_a_probe_trains_the_head_alone(tmp_path, cache_dir, one_thread):
 
 def test_docpkg_probe_separates_a_pretrained_encoder_from_random_init(tmp_path, cache_dir, one_thread):
     """A tiny DeBERTa-v2 MaskedLM pre-trained for 800 steps on the embedded corpus (about 40 s on one core)
-    against the same shape untrained, on docpkg-probe (the majority class is 11.8).
+    against the same shape untrained, seeded alike, on docpkg-probe (the majority class is 11.8): the medians over
+    probe seeds 0, 1, 2.
 
-    Measured on the shipped corpus (any Python build reads the same one), pre-training seed
-    (``--seed_everything``, which also draws the random init) x probe seeds 0, 1, 2, as pre-trained
-    against random init:
+    Measured on the shipped corpus, pre-training seed (``--seed_everything``, which also draws the random init,
+    the same on every call since experiments.measure.probes.random_init seeds it) x probe seeds 0, 1, 2, as
+    pre-trained against random init:
 
-    * seed 0: 21.2, 19.4, 20.9 against 11.8, 12.1, 11.8 (this test: seed 0, probe seed 0, +9.4)
-    * seed 1: 17.6, 18.8, 19.1 against 11.8, 11.8, 11.8
-    * seed 2: 19.7, 18.8, 19.1 against 11.8, 11.8, 11.8
-    * seed 3: 20.0, 18.2, 18.2 against 11.8, 11.8, 11.8
-    * seed 4: 21.2, 21.8, 21.5 against 11.8, 11.8, 11.8
+    * seed 0: 18.2, 18.2, 18.2 against 15.0, 11.5, 12.4 (median gain 5.9; this test)
+    * seed 1: 21.8, 19.1, 24.4 against 11.8, 11.5, 11.8 (10.0)
+    * seed 2: 19.4, 19.1, 20.6 against 11.8, 11.8, 11.8 (7.6)
+    * seed 3: 22.6, 25.0, 23.5 against 11.8, 12.1, 11.8 (11.8)
+    * seed 4: 22.4, 22.6, 21.5 against 12.1, 12.6, 11.8 (10.3)
 
-    The gain over random init is 7.9 points on average (standard deviation 1.3, lowest 5.9 of 15), so
-    the margin asserted is 4: three standard deviations below the mean. (The old margin of 6 failed one
-    draw of the 15: seed 1, probe seed 0.)"""
+    The gain of the medians is 9.1 points on average, lowest 5.9, so the margin asserted is 4. (One probe seed
+    alone is not enough: seed 0's random init reads 15.0 on probe seed 0, a gain of 3.2 only.)"""
     scores = {}
     for steps in (0, 800):
         export = encoder_dir(tmp_path, "deberta-v2", steps, config="tiny")
-        scores[steps] = finetune_scores(export, "docpkg-probe", tmp_path / f"ft-{steps}", seeds=1,
-                                        cache_dir=str(cache_dir), progress_bar=False)[0]
+        scores[steps] = median(finetune_scores(export, "docpkg-probe", tmp_path / f"ft-{steps}", seeds=3,
+                                               cache_dir=str(cache_dir), progress_bar=False))
     print(f"docpkg-probe: random init {scores[0]:.1f}, pre-trained 800 steps {scores[800]:.1f}")
     assert scores[800] > scores[0] + 4.0

@@ -515,7 +515,7 @@ def finetune_export(name: str, export_dir: Path, ft_dir: Path, finetune_args: di
         task_results = finetune(str(export_dir), out_dir=str(ft_dir), **finetune_args)
     avg = average(task_results)
     results = {name: {"metric": r.metric, "median": r.median, "min": r.min, "max": r.max, "std": r.std,
-                      "scores": list(r.scores.values())}
+                      "scores": list(r.scores.values()), **r.levels}
                for name, r in {**task_results, **({"average": avg} if avg is not None else {})}.items()}
     write_atomic(ft_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results

@@ -25,6 +25,7 @@ import random
 from pathlib import Path
 
 from datamodules.cache import write_atomic
+from experiments.finetuning.scores import gap_share
 
 LEVEL = 0.95
 BOOTSTRAP_SAMPLES = 2000
@@ -174,11 +175,23 @@ def aggregate(rows: list[dict]) -> list[dict]:
             diff = paired(task_scores(first, task), scores) if members is not first else []
             d_med, d_lo, d_hi = bootstrap_median(diff) if diff else (None, None, None)
             base = members[0]["tasks"].get(task, {})
+            chance, ceiling = (_level(members, task, k) for k in ("chance", "ceiling"))  # known-answer tasks only
+            majority = majority_baseline(task)
             entry["tasks"][task] = {"metric": base.get("metric"), "median": med, "lo": lo, "hi": hi,
-                                    "n": sum(map(len, scores.values())), "majority": majority_baseline(task),
-                                    "diff": d_med, "diff_lo": d_lo, "diff_hi": d_hi}
+                                    "n": sum(map(len, scores.values())),
+                                    "majority": chance if majority is None else majority,
+                                    "diff": d_med, "diff_lo": d_lo, "diff_hi": d_hi, "chance": chance,
+                                    "ceiling": ceiling, "gap_share": gap_share(med, chance, ceiling)}
         out.append(entry)
     return out
+
+
+def _level(rows: list[dict], task: str, key: str) -> float | None:
+    """A known-answer task's ``chance`` or ``ceiling`` (experiments.finetuning.scores.TaskResult.levels) over a
+    group's runs (the median: every run of one source has the same), None for another task."""
+    values = [r["tasks"].get(task, {}).get(key) for r in rows]
+    values = [v for v in values if v is not None]
+    return median(values) if values else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -222,7 +235,7 @@ def write_tables(rows: list[dict], out: Path, budget: float, reference: tuple[st
     task_names = [t for t in entries[0]["tasks"] if t != "average"] if entries else []
     header = ["run", "objective", "seeds", "steps", "tokens", "flops", "budget_frac", "val_loss", "disc_auroc",
               "disc_gain", "disc_loss", "disc_label_entropy", "prior_only"]
-    stats = ("median", "lo", "hi", "diff", "diff_lo", "diff_hi", "majority")
+    stats = ("median", "lo", "hi", "diff", "diff_lo", "diff_hi", "majority", "ceiling", "gap_share")
     header += [f"{t}_{s}" for t in task_names for s in stats] + ["average", "average_lo", "average_hi"]
     table = []
     for e in entries:
@@ -264,6 +277,7 @@ def markdown(entries: list[dict], task_names: list[str], budget: float, referenc
     md += ["", f"Downstream scores are in points: the median over {seeds} pre-training seed(s) x the fine-tuning "
                "seeds, with a 95% bootstrap interval of that median. val loss is each objective's own loss on "
                "held-out text (not comparable across objectives)."]
+    md += _gap_shares(entries, task_names)
     md += _at_chance(entries, task_names) + _differences(entries, task_names) + _plateau(entries) + _diagnostics(entries)
     md += _recipes(entries)
     return "\n".join(md) + "\n"
@@ -302,6 +316,21 @@ def _at_chance(entries: list[dict], task_names: list[str]) -> list[str]:
         lines.append(f"- {t}: every objective is within {AT_CHANCE:g} points of the majority baseline ({majority:.1f}): "
                      f"none of these encoders learned what the task needs{note}.")
     return ["", "## Tasks no encoder here reaches", "", *lines] if lines else []
+
+
+def _gap_shares(entries: list[dict], task_names: list[str]) -> list[str]:
+    """A line per known-answer task (downstream.synthetic_tasks): each objective's median as the share of the gap
+    from chance to the Bayes ceiling that its encoder closed."""
+    lines = []
+    for t in task_names:
+        first = entries[0]["tasks"][t] if entries else {}
+        if first.get("ceiling") is None or first.get("chance") is None:
+            continue
+        shares = ", ".join(f"{e['name']} {_fmt(e['tasks'][t].get('gap_share'))}" for e in entries)
+        lines.append(f"- {t} (chance {first['chance']:.1f}, Bayes ceiling {first['ceiling']:.1f}): {shares}.")
+    return ["", "## Share of the gap from chance to the Bayes ceiling", "",
+            "On the known-answer tasks the best possible score is known exactly: (median - chance) / (ceiling - "
+            "chance), 0 at chance, 1 at the ceiling.", "", *lines] if lines else []
 
 
 def _interval(task: dict) -> str:

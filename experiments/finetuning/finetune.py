@@ -41,6 +41,7 @@ from downstream.data import TaskDataModule
 from downstream.own import describe_own_task
 from downstream.qa import QuestionAnswering
 from downstream.squad import SquadDataModule
+from downstream.synthetic_tasks import SyntheticTaskDataModule, is_synthetic_task, synthetic_model
 from downstream.tasks import TaskSpec, get_task, resolve_tasks
 from experiments.finetuning.predict import (
     median_seed,
@@ -275,9 +276,14 @@ def family_layerwise_lr_decay(encoder: str) -> tuple[float, str]:
 
 def task_datamodule(encoder: str, name: str, **data_options: Any) -> TaskDataModule | SquadDataModule:
     """Task ``name``'s datamodule: :class:`~downstream.squad.SquadDataModule` for SQuAD (given the options it takes),
+    :class:`~downstream.synthetic_tasks.SyntheticTaskDataModule` for a known-answer task on a synthetic source,
     :class:`~downstream.data.TaskDataModule` otherwise; a ``max_seq_length`` of None leaves the module's default."""
-    cls = SquadDataModule if get_task(name).group == "squad" else TaskDataModule
-    accepted = inspect.signature(cls).parameters
+    spec = get_task(name)
+    cls = SquadDataModule if spec.group == "squad" else SyntheticTaskDataModule if is_synthetic_task(spec) \
+        else TaskDataModule
+    params = inspect.signature(cls).parameters  # a subclass passing **options on takes TaskDataModule's
+    accepted = inspect.signature(TaskDataModule).parameters \
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) else params
     return cls(encoder, task=name, **{k: v for k, v in data_options.items()
                                       if k in accepted and not (k == "max_seq_length" and v is None)})
 
@@ -345,7 +351,7 @@ def _run_one(
 ) -> dict[str, float]:
     """One fine-tuning run; returns every dev metric after training, in GLUE points."""
     L.seed_everything(seed, workers=True, verbose=False)  # head init, dropout and data order
-    model = (QuestionAnswering if spec.group == "squad" else SequenceClassification)(
+    model = (synthetic_model(spec) or (QuestionAnswering if spec.group == "squad" else SequenceClassification))(
         encoder, task=spec.name, learning_rate=spec.learning_rate or learning_rate, layerwise_lr_decay=layerwise_lr_decay,
         weight_decay=weight_decay, warmup_fraction=warmup_fraction, adam_bias_correction=adam_bias_correction,
         lr_schedule=lr_schedule,

@@ -55,6 +55,21 @@ class TaskResult:
     def n_seeds(self) -> int:
         return len(self.scores)
 
+    @property
+    def levels(self) -> dict[str, float]:
+        """A known-answer task's ``chance`` and Bayes ``ceiling`` (:mod:`downstream.synthetic_tasks`: medians over
+        seeds of ``chance_accuracy`` and ``bayes_accuracy``, the same on every seed), in points; {} for another."""
+        pairs = (("chance", "chance_accuracy"), ("ceiling", "bayes_accuracy"))
+        return {key: statistics.median(self.others[m].values()) for key, m in pairs if self.others.get(m)}
+
+
+def gap_share(score: float | None, chance: float | None, ceiling: float | None) -> float | None:
+    """The share of the gap from chance to the Bayes ceiling that a score closed: 0 at chance, 1 at the ceiling
+    (None without both levels, or when the ceiling is no better than chance)."""
+    if score is None or chance is None or ceiling is None or ceiling <= chance:
+        return None
+    return (score - chance) / (ceiling - chance)
+
 
 def average(results: dict[str, TaskResult], include_wnli: bool = False) -> TaskResult | None:
     """The paper's average: mean over tasks of each task's median headline score (WNLI excluded).
@@ -109,6 +124,7 @@ def write_results(results: dict[str, TaskResult], out_dir: str | Path, header: s
     if others:
         lines += ["", "Other metrics (median over seeds):", "", "| task | metric | median |", "|---|---|---:|"]
         lines += [f"| {task} | {name} | {value:.2f} |" for task, name, value in others]
+    lines += _known_answers(results)
     write_atomic(out / "results.md", "\n".join(lines) + "\n")
 
     # Every metric of every run, long format, for later analysis.
@@ -119,3 +135,18 @@ def write_results(results: dict[str, TaskResult], out_dir: str | Path, header: s
         for name, per_seed in {r.metric: r.scores, **r.others}.items():
             writer.writerows([r.task, seed, name, f"{value:.4f}"] for seed, value in sorted(per_seed.items()))
     write_atomic(out / "metrics.csv", long.getvalue())
+
+
+def _known_answers(results: dict[str, TaskResult]) -> list[str]:
+    """results.md's lines on the known-answer tasks: each median with chance, the ceiling and the gap share."""
+    known = [(r, r.levels) for r in results.values() if len(r.levels) == 2]
+    if not known:
+        return []
+    lines = ["", "Known-answer tasks: the median as the share of the gap from chance to the Bayes ceiling it closed "
+             "(0: chance, 1: the ceiling):", "", "| task | median | chance | ceiling | gap share |",
+             "|---|---:|---:|---:|---:|"]
+    for r, v in known:
+        share = gap_share(r.median, v["chance"], v["ceiling"])
+        lines.append(f"| {r.task} | {r.median:.2f} | {v['chance']:.2f} | {v['ceiling']:.2f} | "
+                     f"{'-' if share is None else f'{share:.2f}'} |")
+    return lines

@@ -47,10 +47,14 @@ def encoder_dir(out: Path, encoder: str, steps: int, config: str = "default", ex
 
 
 def random_init(cfg, export: Path) -> Path:
-    """The configuration's objective untrained, with the data's tokenizer, exported."""
+    """The configuration's objective untrained, with the data's tokenizer, exported; seeded with the configuration's
+    ``seed_everything`` as a pre-training is, so the same weights on every call (before, each process drew its own)."""
+    import lightning as L
+
     from datamodules.cache import replace_directory
     from experiments.config import parser
 
+    L.seed_everything(cfg.seed_everything, workers=True, verbose=False)
     init = parser().instantiate(cfg)
     model, data = init.model, init.data
     model.configure_model()
