@@ -52,13 +52,13 @@ from experiments.finetuning.predict import (
 from experiments.finetuning.scores import TaskResult, write_results
 from experiments.run.loggers import (
     export_name,
-    export_record,
     export_tags,
     finish_loggers,
     make_loggers,
     tag,
     user_tags,
 )
+from experiments.run.provenance import read_record
 from objectives.optim import check_schedule
 
 
@@ -356,7 +356,7 @@ def _run_one(
         weight_decay=weight_decay, warmup_fraction=warmup_fraction, adam_bias_correction=adam_bias_correction,
         lr_schedule=lr_schedule,
     )
-    record = export_record(encoder)  # an isoflop export's provenance: its run, objective and step, for wandb
+    record = read_record(encoder)  # an isoflop export's provenance: its run, objective and step, for wandb
     loggers = make_loggers(
         out, f"{spec.name}/seed{seed}", wandb=wandb, group=wandb_group or encoder_tag(encoder), job_type="finetune",
         project=wandb_project, entity=wandb_entity,

@@ -98,8 +98,6 @@ def read_points(dirpath: str | Path) -> list[dict]:
     return [p for p in json.loads(path.read_text()) if (dirpath / p["checkpoint"]).exists()]
 
 
-def run_points(run_dir: str | Path, before_flops: float | None = None) -> list[dict]:
-    """A run's curve points (``<run_dir>/checkpoints/curve``), those before ``before_flops`` when given (a point
-    at the run's last step is its final export already)."""
-    points = read_points(Path(run_dir) / CURVE_DIR)
-    return [p for p in points if before_flops is None or p["flops"] < before_flops]
+def run_points(run_dir: str | Path) -> list[dict]:
+    """A run's curve points (``<run_dir>/checkpoints/curve``), by step."""
+    return read_points(Path(run_dir) / CURVE_DIR)

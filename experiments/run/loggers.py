@@ -289,18 +289,8 @@ def pretrain_tags(cfg, budget: float | None) -> list[str]:
     return tags + user_tags(cfg.get("wandb_tags"))
 
 
-def export_record(encoder: str | os.PathLike) -> dict:
-    """The provenance (``isoflop.json``) of an isoflop export; {} for an encoder without one."""
-    import json
-
-    try:
-        return json.loads((Path(encoder).expanduser() / "isoflop.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def export_tags(record: dict) -> list[str]:
-    """The wandb tags of a fine-tuning of an isoflop export, from its provenance (:func:`export_record`): the
+    """The wandb tags of a fine-tuning of an isoflop export, from its provenance (:func:`experiments.run.provenance.read_record`): the
     objective, encoder, budget, pre-training seed and the step of the weights (a point of a curve, or the end)."""
     if not record:
         return []

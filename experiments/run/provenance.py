@@ -91,6 +91,12 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def read_record(directory: str | Path) -> dict:
+    """The provenance (``isoflop.json``) of an export's network directory; {} for a directory without one (an
+    encoder not exported by isoflop)."""
+    return _read_json(Path(directory).expanduser() / PROVENANCE_FILE) or {}
+
+
 def find_run_dir(checkpoint: Path, class_path: str) -> Path | None:
     """The isoflop run directory ``checkpoint`` belongs to (its ``run.json`` names the same objective), or None."""
     from objectives import resolve
